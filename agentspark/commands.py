@@ -1,0 +1,78 @@
+"""What ``agentspark generate`` does (the CLI parses; this runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .drafters.factory import build_drafter
+from .engine import Engine, GenerationResult
+from .model.loading import load_model
+from .sampling import SamplingParams
+
+
+def _summary(result: GenerationResult) -> dict:
+    s = result.stats
+    return {
+        "drafter": s.drafter,
+        "prompt_tokens": s.prompt_tokens,
+        "new_tokens": s.new_tokens,
+        "finish_reason": s.finish_reason,
+        "rounds": len(s.rounds),
+        "drafted": sum(r.drafted for r in s.rounds),
+        "verified": sum(r.verified for r in s.rounds),
+        "accepted": sum(r.accepted for r in s.rounds),
+        "mean_accepted_length": round(s.mean_accepted_length, 3),
+        "prefill_s": round(s.prefill_s, 4),
+        "draft_s": round(s.draft_s, 4),
+        "verify_s": round(s.verify_s, 4),
+        "other_s": round(s.other_s, 4),
+        "total_s": round(s.total_s, 4),
+        "tokens_per_second": round(s.tokens_per_second, 2),
+    }
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+    )
+    target = load_model(args.model, dtype=args.dtype, device=args.device)
+    drafter = build_drafter(args.drafter, target)
+    engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule)
+
+    if args.json:
+        result = engine.generate(args.prompt, params, chat=args.chat)
+    else:
+        result = None
+        for chunk in engine.stream(args.prompt, params, chat=args.chat):
+            sys.stdout.write(chunk.delta)
+            sys.stdout.flush()
+            result = chunk.result or result
+        sys.stdout.write("\n")
+    assert result is not None
+    out: dict = {"text": result.text, "token_ids": result.token_ids, "stats": _summary(result)}
+    out["stats"]["per_round"] = [
+        {"drafted": r.drafted, "verified": r.verified, "accepted": r.accepted, "committed": r.committed}
+        for r in result.stats.rounds
+    ]
+    if args.compare_plain:
+        plain = engine.generate(args.prompt, params, chat=args.chat, speculative=False)
+        out["plain_tokens_per_second"] = round(plain.stats.tokens_per_second, 2)
+        out["identical"] = plain.token_ids == result.token_ids
+        out["speedup"] = round(result.stats.tokens_per_second / max(plain.stats.tokens_per_second, 1e-9), 3)
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        stats = dict(out["stats"])
+        stats.pop("per_round")
+        lines = [f"{k}: {v}" for k, v in stats.items()]
+        if args.compare_plain:
+            lines += [f"{k}: {out[k]}" for k in ("plain_tokens_per_second", "identical", "speedup")]
+        print("--- round statistics ---\n" + "\n".join(lines), file=sys.stderr)
+    return 0

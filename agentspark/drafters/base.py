@@ -1,0 +1,58 @@
+"""The drafter interface: propose a chain of tokens after the committed sequence.
+
+The engine calls ``start`` once per request, then per round ``propose`` with the whole committed
+sequence (prompt + generated; its last token is the anchor x0, not yet in the target's cache).
+A drafter that needs the target's hidden states names the layers in ``capture_layers``; the
+engine then hands them over in ``observe`` after every target forward (prefill and verify), so
+no second target pass is ever made.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..sampling import SamplingParams
+
+
+@dataclass
+class Draft:
+    tokens: Tensor  # [gamma] long (any device: the engine moves it to the target's)
+    probs: Tensor | None = None  # [gamma, V] q after the request's sampling params; None = deterministic
+    confidences: Tensor | None = None  # [gamma] P(d_k survives | d_<k survived), learned drafters only
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def truncate(self, n: int) -> Draft:
+        """The first n drafted tokens (the scheduler trims *before* the verify forward)."""
+        return Draft(
+            tokens=self.tokens[:n],
+            probs=None if self.probs is None else self.probs[:n],
+            confidences=None if self.confidences is None else self.confidences[:n],
+        )
+
+    @staticmethod
+    def empty(device: torch.device) -> Draft:
+        return Draft(tokens=torch.empty(0, dtype=torch.long, device=device))
+
+
+class Drafter(ABC):
+    name: str = "drafter"
+    capture_layers: tuple[int, ...] = ()
+
+    def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
+        """A new request begins (drop any per-request state)."""
+
+    @abstractmethod
+    def propose(self, tokens: list[int], max_tokens: int) -> Draft:
+        """Up to max_tokens draft tokens continuing ``tokens`` (may return fewer, even none)."""
+
+    def observe(self, hidden: Tensor, start: int) -> None:
+        """Target hidden states [T, m*H] of positions [start, start+T) from the last forward."""
+
+    def feedback(self, verified: int, accepted: int) -> None:
+        """How the last round went: ``accepted`` of ``verified`` draft tokens survived."""

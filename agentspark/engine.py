@@ -1,0 +1,279 @@
+"""Engine: plain target decoding (the reference) and speculative decoding (chain), one request at a time.
+
+Both paths share prefill, the request bookkeeping (``_Request``: budget, EOS, stop strings, text
+deltas) and the statistics; they differ only in how a round produces tokens. Plain: one target
+step, one token. Speculative (DESIGN.md, "One speculative round"): draft, schedule, one verify
+forward over [x0, d_1..d_l], accept a prefix with the verifier, roll the KV cache back to what was
+committed. Everything the speculative path emits must equal (greedy) or be distributed as (sampling)
+what the plain path emits; the tests and the audit hold it to that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .detokenize import TextTracker
+from .drafters.base import Draft, Drafter
+from .errors import InvalidDraftLengthError, InvalidRequestError, PromptTooLongError
+from .model.linear import blas_owns_the_cores
+from .model.loading import LoadedModel
+from .prompts import Prompt, encode_prompt
+from .sampling import SamplingParams, make_generator, probs_from_logits, sample
+from .scheduler import choose_length, measure_sps
+from .stats import RequestStats, RoundStats
+from .verify import Verifier, verify_chain
+
+MAX_DRAFT_LIMIT = 64  # beyond this a verify forward costs more than it can ever win back
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # generated tokens only
+    prompt_ids: list[int]
+    stats: RequestStats
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stats.finish_reason
+
+
+@dataclass
+class StreamChunk:
+    delta: str  # text released by this chunk
+    token_ids: list[int]  # tokens committed by this chunk
+    result: GenerationResult | None = None  # set on the last chunk only
+
+
+@dataclass
+class _Request:
+    """Commit bookkeeping shared by both paths: every token passes ``commit`` one at a time."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    budget: int  # max new tokens, already clipped to the cache
+    eos: frozenset[int]
+    tracker: TextTracker
+    tokens: list[int] = field(default_factory=list)  # prompt + generated
+    finish_reason: str = ""
+
+    def commit(self, token: int) -> str:
+        self.tokens.append(token)
+        delta = self.tracker.push(token)
+        if token in self.eos or self.tracker.stopped:
+            self.finish_reason = "stop"
+        elif self.generated >= self.budget:
+            self.finish_reason = "length"
+        return delta
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - len(self.prompt_ids)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finish_reason)
+
+
+class Engine:
+    def __init__(
+        self,
+        target: LoadedModel,
+        drafter: Drafter | None = None,
+        *,
+        max_draft: int = 8,
+        max_seq_len: int = 4096,
+        schedule: str = "adaptive",
+        verifier: Verifier = verify_chain,
+    ) -> None:
+        """schedule: "adaptive" verifies the prefix the scheduler picks from the drafter's
+        confidences and the measured SPS table (scheduler.py); "full" verifies every draft token."""
+        if not isinstance(max_draft, int) or not 1 <= max_draft <= MAX_DRAFT_LIMIT:
+            raise InvalidDraftLengthError(f"max_draft must be an integer in 1..{MAX_DRAFT_LIMIT}, got {max_draft}")
+        if schedule not in ("adaptive", "full"):
+            raise InvalidRequestError(f"schedule must be 'adaptive' or 'full', got {schedule!r}")
+        self.target = target
+        self.model = target.model
+        self.tokenizer = target.tokenizer
+        self.drafter = drafter
+        self.max_draft = max_draft
+        self.verifier = verifier
+        self.schedule = schedule
+        self.cache = self.model.new_cache(max_seq_len)
+        self.device = self.model.device
+        self._sps: list[float] | None = None  # target steps/s at 1..max_draft+1 tokens, measured once
+
+    def steps_per_second(self) -> list[float]:
+        """The SPS table (measured on first use, in the mode decode steps run in)."""
+        if self._sps is None:
+            start = min(64, self.cache.capacity - self.max_draft - 1)
+            vocab = self.model.cfg.vocab_size
+            probe = torch.randint(0, vocab, (1, start + self.max_draft + 1), device=self.device)
+            with torch.inference_mode():
+                self.model(probe[:, :start], self.cache, 0)
+
+                def step(t: int) -> None:
+                    self.model(probe[:, start : start + t], self.cache, start, row_invariant=True)
+                    self._sync()
+
+                self._sps = measure_sps(step, self.max_draft + 1)
+            self.cache.reset()
+        return self._sps
+
+    # ---- public API -------------------------------------------------------------------------
+    def generate(
+        self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False, speculative: bool = True
+    ) -> GenerationResult:
+        """Run one request to the end. ``speculative=False`` (or no drafter) is plain decoding."""
+        for chunk in self.stream(prompt, params, chat=chat, speculative=speculative):
+            if chunk.result is not None:
+                return chunk.result
+        raise AssertionError("stream ended without a result")  # pragma: no cover
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False, speculative: bool = True
+    ) -> Iterator[StreamChunk]:
+        """Yield text deltas as tokens are committed; the last chunk carries the result."""
+        params = params or SamplingParams()
+        req = self._new_request(encode_prompt(self.tokenizer, prompt, chat=chat), params)
+        drafter = self.drafter if speculative else None
+        if drafter is not None and self.schedule == "adaptive":
+            self.steps_per_second()
+        with torch.inference_mode():
+            yield from self._run(req, drafter)
+
+    # ---- internals --------------------------------------------------------------------------
+    def _new_request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
+        vocab = self.model.cfg.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})")
+        if len(prompt_ids) >= self.cache.capacity:
+            raise PromptTooLongError(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.cache.capacity} "
+                "(prompt + new tokens): shorten the prompt or raise max_seq_len"
+            )
+        if params.stop and self.tokenizer is None:
+            raise InvalidRequestError("stop strings need a tokenizer; this model has none")
+        budget = min(params.max_new_tokens, self.cache.capacity - len(prompt_ids))
+        return _Request(
+            prompt_ids=prompt_ids,
+            params=params,
+            budget=budget,
+            eos=self.target.eos_token_ids,
+            tracker=TextTracker(self.tokenizer, params.stop),
+            tokens=list(prompt_ids),
+        )
+
+    def _sync(self) -> None:
+        """Host sync for honest timings of asynchronous device work (CUDA only)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _run(self, req: _Request, drafter: Drafter | None) -> Iterator[StreamChunk]:
+        params = req.params
+        generator = make_generator(params, self.device)
+        capture = drafter.capture_layers if drafter else ()
+        stats = RequestStats(prompt_tokens=len(req.prompt_ids), drafter=drafter.name if drafter else "none")
+        t_start = time.perf_counter()
+        # Torch stays on one thread while we compute (linear.py says why); between chunks the
+        # caller's own setting is back in force.
+        with blas_owns_the_cores(self.model.embed.weight):
+            if drafter:
+                drafter.start(req.prompt_ids, params, generator)
+            # Prefill: the whole prompt in one forward; its last row gives the first new token.
+            self.cache.reset()
+            prompt = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)  # [1, P]
+            out = self.model(prompt, self.cache, 0, num_logits=1, capture_layers=capture)
+            first = self._pick(out.logits[0], params, generator)  # host sync
+            if drafter and capture:
+                drafter.observe(out.hidden[0], 0)
+            stats.prefill_tokens, stats.prefill_s = len(req.prompt_ids), time.perf_counter() - t_start
+            committed, delta = self._commit(req, [first])
+        yield StreamChunk(delta=delta, token_ids=committed)
+
+        while not req.done:
+            with blas_owns_the_cores(self.model.embed.weight):
+                if drafter is None:
+                    new, round_stats = self._plain_round(req, generator)
+                else:
+                    new, round_stats = self._speculative_round(req, drafter, generator, capture)
+                t_commit = time.perf_counter()
+                committed, delta = self._commit(req, new)
+                round_stats.committed = len(committed)
+                round_stats.other_s += time.perf_counter() - t_commit
+            stats.rounds.append(round_stats)
+            yield StreamChunk(delta=delta, token_ids=committed)
+
+        # Leave the cache holding exactly the committed sequence minus its last token (multi-turn).
+        self.cache.rollback(len(req.tokens) - 1)
+        stats.new_tokens = req.generated
+        stats.finish_reason = req.finish_reason
+        stats.total_s = time.perf_counter() - t_start
+        result = GenerationResult(
+            text=req.tracker.text, token_ids=req.tokens[len(req.prompt_ids) :], prompt_ids=req.prompt_ids, stats=stats
+        )
+        yield StreamChunk(delta="", token_ids=[], result=result)
+
+    @staticmethod
+    def _commit(req: _Request, new: list[int]) -> tuple[list[int], str]:
+        """Commit tokens one at a time; a stop inside an accepted block cuts there."""
+        committed: list[int] = []
+        delta = ""
+        for token in new:
+            delta += req.commit(token)
+            committed.append(token)
+            if req.done:
+                delta += req.tracker.flush()  # release what was held back for a stop string
+                break
+        return committed, delta
+
+    def _plain_round(self, req: _Request, generator: torch.Generator) -> tuple[list[int], RoundStats]:
+        """The reference: one target step on the pending token, one token from its logits."""
+        t0 = time.perf_counter()
+        start = len(req.tokens) - 1  # the pending token's position; the cache holds [0, start)
+        anchor = torch.tensor([[req.tokens[-1]]], dtype=torch.long, device=self.device)  # [1, 1]
+        logits = self.model(anchor, self.cache, start, row_invariant=True).logits[0]  # [1, V]
+        token = self._pick(logits, req.params, generator)  # host sync
+        return [token], RoundStats(0, 0, 0, 0, 0.0, time.perf_counter() - t0, 0.0)
+
+    def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+        """The plain decoding rule: one token from the last row of logits [K, V]."""
+        last = logits[-1:]
+        if params.greedy:
+            return int(last.argmax(-1).item())
+        return int(sample(probs_from_logits(last, params), generator).item())
+
+    def _speculative_round(
+        self, req: _Request, drafter: Drafter, generator: torch.Generator, capture: tuple[int, ...]
+    ) -> tuple[list[int], RoundStats]:
+        t0 = time.perf_counter()
+        start = len(req.tokens) - 1  # anchor x0's position; the cache holds [0, start)
+        # Draft no further than the token budget (the round emits up to l+1) and the cache.
+        room = min(self.max_draft, req.budget - req.generated - 1, self.cache.capacity - 1 - start)
+        draft = drafter.propose(req.tokens, room) if room > 0 else Draft.empty(self.device)
+        draft = draft.truncate(max(0, min(len(draft), room)))
+        self._sync()
+        t1 = time.perf_counter()
+        # Schedule: trim *before* the verify forward, never after it.
+        verified = draft
+        if self.schedule == "adaptive" and draft.confidences is not None and len(draft):
+            verified = draft.truncate(choose_length(draft.confidences.tolist(), self.steps_per_second()))
+        d_tokens = verified.tokens.to(self.device)  # [l]
+        inputs = torch.cat([torch.tensor([req.tokens[-1]], device=self.device), d_tokens])[None]  # [1, l+1]
+        out = self.model(inputs, self.cache, start, capture_layers=capture, row_invariant=True)
+        p = probs_from_logits(out.logits[0], req.params)  # [l+1, V]
+        q = None if verified.probs is None else verified.probs.to(self.device)
+        verdict = self.verifier(d_tokens, q, p, generator)  # host sync
+        t2 = time.perf_counter()
+        a = verdict.accepted
+        drafter.feedback(len(verified), a)
+        self.cache.rollback(start + 1 + a)  # keep x0, d_1..d_a; the new token is the next anchor
+        if capture:
+            drafter.observe(out.hidden[0, : a + 1], start)
+        new = d_tokens[:a].tolist() + [verdict.token]
+        stats = RoundStats(len(draft), len(verified), a, 0, t1 - t0, t2 - t1, time.perf_counter() - t2)
+        return new, stats

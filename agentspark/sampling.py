@@ -1,0 +1,83 @@
+"""SamplingParams and the one function that turns logits into the distribution decoding samples from.
+
+``probs_from_logits`` is applied alike to the target's logits (p) and the drafter's (q): the
+speculative output then follows exactly the distribution plain decoding samples from with the
+same parameters. Temperature 0 means greedy: the distribution is one-hot at the argmax (the first
+maximal index, as ``torch.argmax`` returns it on every device).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidSamplingError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = field(default=())  # stop strings: the text is cut before them
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.temperature, (int, float)) or math.isnan(self.temperature) or self.temperature < 0:
+            raise InvalidSamplingError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise InvalidSamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidSamplingError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InvalidSamplingError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise InvalidSamplingError(f"seed must be a non-negative integer, got {self.seed}")
+        if isinstance(self.stop, str):  # a lone string is one stop string, not its characters
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def probs_from_logits(logits: Tensor, params: SamplingParams) -> Tensor:
+    """logits [N, V] -> probabilities [N, V] in float32 (temperature, then top-k, then top-p)."""
+    logits = logits.float()
+    if params.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+    logits = logits / params.temperature
+    if 0 < params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]  # [N, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p (always >= 1 token).
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [N, V] mass of strictly better tokens
+        drop_sorted = mass_before >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row of probs [N, V] -> [N] (long), exactly distributed as probs.
+
+    Exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) picks i with probability p_i. One pass
+    over V and no host sync, where torch.multinomial took ~3 ms per row at V = 49152 on a CPU.
+    """
+    race = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(1e-30)  # [N, V]
+    return (probs / race).argmax(dim=-1)
+
+
+def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    return gen

@@ -1,0 +1,49 @@
+"""How much of a draft to verify: DESIGN.md's causal prefix scheduler, reduced to one request.
+
+Survival of prefix j is a_j = prod_{i<=j} c_i (c_i: the drafter's estimate that d_i survives given
+d_<i did). With SPS(T) the target's measured forward steps per second at T tokens, the expected
+throughput of verifying l tokens is (1 + sum_{j<=l} a_j) * SPS(1+l). We extend l one token at a
+time and stop at the first extension that does not raise it. The early stop keeps the rule
+causal: whether d_j is verified never depends on anything drafted after d_j.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+
+def choose_length(confidences: Sequence[float], steps_per_second: Sequence[float]) -> int:
+    """l in 0..len(confidences): steps_per_second[t] is SPS at t+1 tokens per forward."""
+    survival, expected = 1.0, 1.0
+    best = expected * steps_per_second[0]
+    length = 0
+    for j, c in enumerate(confidences, start=1):
+        if j >= len(steps_per_second):
+            break
+        survival *= c
+        throughput = (expected + survival) * steps_per_second[j]
+        if throughput <= best:
+            break  # the first admission that does not raise the throughput ends the schedule
+        expected += survival
+        best = throughput
+        length = j
+    return length
+
+
+def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 3) -> list[float]:
+    """SPS table: median steps per second of ``step(T)`` for T = 1..max_tokens (after a warm-up)."""
+    table = []
+    for t in range(1, max_tokens + 1):
+        step(t)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step(t)
+            times.append(time.perf_counter() - t0)
+        table.append(1.0 / max(statistics.median(times), 1e-9))
+    # Verifying more tokens never makes a forward faster: enforce that against timing noise.
+    for i in range(1, len(table)):
+        table[i] = min(table[i], table[i - 1])
+    return table
