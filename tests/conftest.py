@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import os
 
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Two workers on two cores: one BLAS/OpenMP thread each, or their spinning threads fight
+    # (set before numpy and torch load their thread pools).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 
@@ -79,6 +85,34 @@ def eval_chat_prompts(default_model) -> list[list[int]]:
         by_set.setdefault(r.dataset, []).append(r)
     mixed = [r for pair in zip(*by_set.values()) for r in pair]  # round-robin over datasets
     return [encode_prompt(default_model.tokenizer, [{"role": "user", "content": r.turns[0]}]) for r in mixed]
+
+
+@pytest.fixture(scope="module")
+def default_references(default_model, eval_chat_prompts):
+    """(prompt, plain greedy result) for 10 eval prompts, 128 new tokens: what every drafter on
+    the default model must reproduce (computed once per test module)."""
+    from agentspark import Engine, SamplingParams
+
+    plain = Engine(default_model)
+    params = SamplingParams(max_new_tokens=128)
+    refs = [(p, plain.generate(p, params, speculative=False)) for p in eval_chat_prompts[:10]]
+    assert all(r.stats.new_tokens == 128 or r.finish_reason == "stop" for _, r in refs)
+    return refs
+
+
+def assert_reproduces(engine, references) -> int:
+    """Every reference reproduced token for token and character for character; returns how many
+    draft tokens were accepted in all (so a test can show the fast path ran)."""
+    from agentspark import SamplingParams
+
+    params = SamplingParams(max_new_tokens=128)
+    accepted = 0
+    for prompt, ref in references:
+        got = engine.generate(prompt, params)
+        assert got.token_ids == ref.token_ids
+        assert got.text == ref.text
+        accepted += sum(r.accepted for r in got.stats.rounds)
+    return accepted
 
 
 def pytest_collection_modifyitems(config, items):

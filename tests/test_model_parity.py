@@ -96,3 +96,17 @@ def test_default_model_matches_transformers(default_model):
         ref = hf(ids).logits
         got = ours_prefill_then_decode(default_model.model, ids, prefill=ids.shape[1] - 20, row_invariant=True)
     assert relative_error(got, ref) < 1e-4
+
+
+def test_captured_hidden_states_are_transformers_layer_outputs():
+    """capture_layers returns the raw residual stream after the chosen layers (-1 = embeddings),
+    concatenated in request order, from the same forward that yields the logits."""
+    hf = tiny_hf_model("llama", seed=9, num_hidden_layers=3)
+    ours = ours_from_hf(hf).model
+    ids = torch.randint(0, 96, (1, 10), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        ref = hf(ids, output_hidden_states=True).hidden_states  # (embeddings, layer 0, 1, 2 (normed))
+        out = ours(ids, ours.new_cache(16), 0, capture_layers=(1, -1, 0))
+    expected = torch.cat([ref[2], ref[0], ref[1]], dim=-1)  # HF index l+1 is layer l's output
+    assert out.hidden.shape == (1, 10, 3 * 64)
+    assert torch.allclose(out.hidden, expected, atol=1e-5, rtol=1e-4)

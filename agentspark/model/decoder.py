@@ -176,10 +176,11 @@ class DecoderModel(nn.Module):
         sin = self.rope_sin[start:end, None].to(x.dtype)  # [T, 1, D] signed (layers.rope_tables)
         mask = None
         if T > 1:
-            # query i (absolute start+i) sees keys j <= start+i; built on device, no host sync.
+            # query i (absolute start+i) sees keys j <= start+i; built on device, no host sync,
+            # once per forward as an additive mask (a bool mask is converted again in every layer).
             q_pos = torch.arange(start, end, device=x.device)[:, None]  # [T, 1]
             k_pos = torch.arange(end, device=x.device)[None, :]  # [1, end]
-            mask = k_pos <= q_pos  # [T, end] bool
+            mask = torch.zeros(T, end, dtype=x.dtype, device=x.device).masked_fill_(k_pos > q_pos, float("-inf"))
         captured: dict[int, Tensor] = {}
         if -1 in capture_layers:
             captured[-1] = x
