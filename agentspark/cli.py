@@ -7,7 +7,6 @@ anything else is a bug and says so (set AGENTSPARK_DEBUG=1 for the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
@@ -91,10 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
-
-
-def print_json(obj: object) -> None:
-    print(json.dumps(obj, ensure_ascii=False))
 
 
 if __name__ == "__main__":  # pragma: no cover

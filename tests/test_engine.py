@@ -4,7 +4,6 @@ streams in deltas; every request returns its round statistics; bad requests are 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from agentspark import DraftModelDrafter, Engine, NgramDrafter, SamplingParams
 from agentspark.drafters import check_same_tokenizer

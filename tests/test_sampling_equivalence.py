@@ -33,7 +33,7 @@ def accept_always(draft, q, p, generator):
 
 def residual_from_p(draft, q, p, generator):
     """Wrong on purpose: a rejected position is resampled from p instead of norm(max(p - q, 0))."""
-    l, V = draft.shape[0], p.shape[-1]
+    l = draft.shape[0]
     qd = torch.ones(l) if q is None else q[torch.arange(l), draft]
     pd = p[torch.arange(l), draft]
     u = torch.rand(l, generator=generator)
