@@ -106,6 +106,7 @@ class Engine:
         self.cache = self.model.new_cache(max_seq_len)
         self.device = self.model.device
         self._sps: list[float] | None = None  # target steps/s at 1..max_draft+1 tokens, measured once
+        self._cached_ids: list[int] = []  # the tokens whose K/V fill cache positions [0, cache.length)
 
     def steps_per_second(self) -> list[float]:
         """The SPS table (measured on first use, in the mode decode steps run in)."""
@@ -122,20 +123,39 @@ class Engine:
 
                 self._sps = measure_sps(step, self.max_draft + 1)
             self.cache.reset()
+            self._cached_ids = []
         return self._sps
 
     # ---- public API -------------------------------------------------------------------------
     def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False, speculative: bool = True
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        chat: bool = False,
+        speculative: bool = True,
+        reuse_cache: bool = False,
     ) -> GenerationResult:
-        """Run one request to the end. ``speculative=False`` (or no drafter) is plain decoding."""
-        for chunk in self.stream(prompt, params, chat=chat, speculative=speculative):
+        """Run one request to the end. ``speculative=False`` (or no drafter) is plain decoding.
+
+        reuse_cache: keep the KV of the longest prefix this prompt shares with what the cache
+        holds from the previous request (a multi-turn session then prefills only what was
+        appended). Plain and speculative runs compared against each other must agree on it:
+        reused K/V were computed by other forwards than a fresh prefill would use.
+        """
+        for chunk in self.stream(prompt, params, chat=chat, speculative=speculative, reuse_cache=reuse_cache):
             if chunk.result is not None:
                 return chunk.result
         raise AssertionError("stream ended without a result")  # pragma: no cover
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False, speculative: bool = True
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        chat: bool = False,
+        speculative: bool = True,
+        reuse_cache: bool = False,
     ) -> Iterator[StreamChunk]:
         """Yield text deltas as tokens are committed; the last chunk carries the result."""
         params = params or SamplingParams()
@@ -144,7 +164,7 @@ class Engine:
         if drafter is not None and self.schedule == "adaptive":
             self.steps_per_second()
         with torch.inference_mode():
-            yield from self._run(req, drafter)
+            yield from self._run(req, drafter, reuse_cache)
 
     # ---- internals --------------------------------------------------------------------------
     def _new_request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
@@ -173,7 +193,7 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _run(self, req: _Request, drafter: Drafter | None) -> Iterator[StreamChunk]:
+    def _run(self, req: _Request, drafter: Drafter | None, reuse_cache: bool) -> Iterator[StreamChunk]:
         params = req.params
         generator = make_generator(params, self.device)
         capture = drafter.capture_layers if drafter else ()
@@ -184,14 +204,17 @@ class Engine:
         with blas_owns_the_cores(self.model.embed.weight):
             if drafter:
                 drafter.start(req.prompt_ids, params, generator)
-            # Prefill: the whole prompt in one forward; its last row gives the first new token.
-            self.cache.reset()
-            prompt = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)  # [1, P]
-            out = self.model(prompt, self.cache, 0, num_logits=1, capture_layers=capture)
+            # Prefill what the cache does not already hold, in one forward; its last row gives
+            # the first new token. At least one token is fed: its logits are needed.
+            keep = self._reusable_prefix(req.prompt_ids) if reuse_cache and not capture else 0
+            self._cached_ids = []  # until this request ends cleanly, the cache content is unknown
+            self.cache.rollback(keep)
+            prompt = torch.tensor([req.prompt_ids[keep:]], dtype=torch.long, device=self.device)  # [1, P-keep]
+            out = self.model(prompt, self.cache, keep, num_logits=1, capture_layers=capture)
             first = self._pick(out.logits[0], params, generator)  # host sync
             if drafter and capture:
-                drafter.observe(out.hidden[0], 0)
-            stats.prefill_tokens, stats.prefill_s = len(req.prompt_ids), time.perf_counter() - t_start
+                drafter.observe(out.hidden[0], keep)
+            stats.prefill_tokens, stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - t_start
             committed, delta = self._commit(req, [first])
         yield StreamChunk(delta=delta, token_ids=committed)
 
@@ -210,6 +233,7 @@ class Engine:
 
         # Leave the cache holding exactly the committed sequence minus its last token (multi-turn).
         self.cache.rollback(len(req.tokens) - 1)
+        self._cached_ids = req.tokens[: self.cache.length]
         stats.new_tokens = req.generated
         stats.finish_reason = req.finish_reason
         stats.total_s = time.perf_counter() - t_start
@@ -217,6 +241,15 @@ class Engine:
             text=req.tracker.text, token_ids=req.tokens[len(req.prompt_ids) :], prompt_ids=req.prompt_ids, stats=stats
         )
         yield StreamChunk(delta="", token_ids=[], result=result)
+
+    def _reusable_prefix(self, prompt_ids: list[int]) -> int:
+        """Length of the longest prefix of prompt_ids whose K/V the cache holds (< len(prompt))."""
+        cached = self._cached_ids[: self.cache.length]
+        limit = min(len(cached), len(prompt_ids) - 1)
+        n = 0
+        while n < limit and cached[n] == prompt_ids[n]:
+            n += 1
+        return n
 
     @staticmethod
     def _commit(req: _Request, new: list[int]) -> tuple[list[int], str]:

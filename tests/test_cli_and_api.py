@@ -109,3 +109,20 @@ def test_generate_prints_text_and_statistics(capsys, default_model):
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "agentspark.cli", "--help"], capture_output=True, text=True, check=True)
     assert "generate" in out.stdout and "bench" in out.stdout
+
+
+def test_every_package_folder_is_declared_for_wheels():
+    """A wheel (not an editable install) contains only the packages pyproject lists."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    mapping = {"agentspark": "agentspark", "backends": "agentspark.backends", "tools": "agentspark.tools",
+               "kernels": "agentspark.kernels", "traces": "agentspark.traces"}
+    found = set()
+    for top, name in mapping.items():
+        for init in (root / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / top).parts
+            found.add(".".join((name, *rel)) if rel else name)
+    assert found <= declared, f"not declared in pyproject packages: {sorted(found - declared)}"

@@ -135,3 +135,20 @@ def test_mismatched_draft_tokenizer_is_refused(default_model, tmp_path):
     draft.tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     with pytest.raises(DrafterMismatchError, match="tokenizer"):
         check_same_tokenizer(default_model, draft)
+
+
+def test_multi_turn_reuses_the_cache_and_stays_lossless(default_model):
+    """Turn 2 extends turn 1's conversation: only the appended tokens are prefilled, and the
+    speculative run reproduces the plain run that reused its cache the same way."""
+    params = SamplingParams(max_new_tokens=40)
+    turn1 = [{"role": "user", "content": "Name three primary colors."}]
+    outputs = {}
+    for name, engine in (("plain", Engine(default_model)), ("spec", Engine(default_model, NgramDrafter(), max_draft=4, schedule="full"))):
+        first = engine.generate(turn1, params, speculative=name == "spec", reuse_cache=True)
+        turn2 = turn1 + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And three secondary ones?"}]
+        second = engine.generate(turn2, params, speculative=name == "spec", reuse_cache=True)
+        appended = len(second.prompt_ids) - len(first.prompt_ids) - len(first.token_ids)
+        assert first.stats.prefill_tokens == len(first.prompt_ids)
+        assert second.stats.prefill_tokens <= appended + 4  # the template may re-render the turn's end
+        outputs[name] = (first.token_ids, second.token_ids)
+    assert outputs["spec"] == outputs["plain"]

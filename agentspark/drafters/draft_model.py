@@ -53,9 +53,8 @@ class DraftModelDrafter(Drafter):
         self.generator: torch.Generator | None = None
 
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
+        # The cache is kept: propose() reuses the longest prefix it shares with the new sequence.
         self.params, self.generator = params, generator
-        self.cache.reset()
-        self.cached = []
 
     def _to_target_vocab(self, logits: Tensor) -> Tensor:
         """Draft logits [N, Vd] -> [N, Vt]: same tokenizer, possibly differently padded embeddings."""

@@ -1,0 +1,1 @@
+"""Agent-loop helpers: tool-call parsing and tool prompts for local chat models."""

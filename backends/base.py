@@ -1,0 +1,105 @@
+"""The one interface every backend implements: messages + tools + sampling in, an assistant
+message (content and tool calls) with round statistics out; streaming as text deltas.
+
+Messages are OpenAI-style dicts: ``{"role": "system"|"user"|"assistant"|"tool", "content": str}``;
+an assistant message may carry ``"tool_calls": [{"id", "type": "function", "function":
+{"name", "arguments": dict}}]`` and a tool message ``"tool_call_id"`` and ``"name"``. Inside
+agentspark arguments stay dicts; the OpenAI wire format (a JSON string) exists only at the HTTP
+boundary (the remote backend and our server).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..agent.tool_prompt import RAW_TEXT_KEY
+from ..sampling import SamplingParams
+from ..stats import RequestStats
+
+ToolChoice = Literal["auto", "none", "required"] | str  # or the name of one tool to force
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """A tool call the model asked for, in LangChain's shape."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+
+    def to_message_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.args}}
+
+
+@dataclass(frozen=True)
+class InvalidToolCallRequest:
+    """Text that looked like a tool call but could not be used; fed back to the model."""
+
+    raw: str
+    error: str
+
+
+@dataclass
+class AssistantMessage:
+    content: str
+    tool_calls: list[ToolCallRequest] = field(default_factory=list)
+    invalid_tool_calls: list[InvalidToolCallRequest] = field(default_factory=list)
+    raw_text: str | None = None  # what the model generated, markup included (local backends)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_message_dict() for c in self.tool_calls]
+        if self.raw_text is not None:
+            out[RAW_TEXT_KEY] = self.raw_text  # lets a plain template re-render the turn verbatim
+        return out
+
+
+@dataclass
+class BackendResponse:
+    message: AssistantMessage
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    prompt_tokens: int
+    completion_tokens: int
+    backend: str
+    stats: RequestStats | None = None  # round statistics where the backend can see them
+    prompt_ids: list[int] | None = None  # local backends: for traces and audits
+    forced_prefix: str = ""  # text the backend put in the model's mouth (tool_choice), if any
+
+
+@dataclass
+class BackendChunk:
+    delta: str
+    response: BackendResponse | None = None  # set on the last chunk only
+
+
+class Backend(ABC):
+    name: str = "backend"
+
+    @abstractmethod
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> Iterator[BackendChunk]:
+        """Yield text deltas; the last chunk carries the full response."""
+
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> BackendResponse:
+        for chunk in self.stream(messages, tools, sampling, tool_choice):
+            if chunk.response is not None:
+                return chunk.response
+        raise AssertionError(f"backend {self.name} ended its stream without a response")  # pragma: no cover
+
+    def reset(self) -> None:
+        """Forget per-session state (a local backend's reusable KV cache)."""

@@ -1,0 +1,99 @@
+"""LocalBackend: our engine behind the backend interface (speculative, or plain target decoding).
+
+Chat template and tools: models whose template renders tools get them through
+``apply_chat_template(tools=...)``; others get them in the system prompt, Hermes style, and their
+``<tool_call>`` text is parsed back. A session keeps the engine's KV cache between rounds, so each
+round prefills only what was appended (tool results, the next user turn).
+
+tool_choice: "auto" offers the tools; "none" hides them; "required" or a tool's name put the start
+of a tool call in the model's mouth — for a named tool up to the value of its first required
+argument (``forced_prefix`` says exactly what was forced).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from ..agent.tool_prompt import apply_chat_template_with_tools
+from ..engine import Engine
+from ..errors import InvalidRequestError
+from ..sampling import SamplingParams
+from .base import Backend, BackendChunk, BackendResponse, ToolChoice
+from .messages import message_from_text
+
+
+def forced_prefix(tool_choice: ToolChoice, tools: list[dict[str, Any]] | None) -> str:
+    """The text a tool_choice puts at the start of the reply ('' for auto/none)."""
+    if tool_choice in ("auto", "none"):
+        return ""
+    names = [t["function"]["name"] for t in tools or []]
+    if tool_choice == "required":
+        if not names:
+            raise InvalidRequestError("tool_choice 'required' needs at least one tool")
+        return '<tool_call>\n{"name": "'
+    if tool_choice not in names:
+        raise InvalidRequestError(f"tool_choice {tool_choice!r} names no offered tool; offered: {names}")
+    # Force the call's opening up to its first required argument's value, so that even a small
+    # model writes an arguments object of the right shape.
+    schema = next(t["function"] for t in tools or [] if t["function"]["name"] == tool_choice)
+    params = schema.get("parameters") or {}
+    prefix = '<tool_call>\n{"name": ' + json.dumps(tool_choice) + ', "arguments": {'
+    required = params.get("required") or []
+    if required:
+        kind = (params.get("properties") or {}).get(required[0], {}).get("type")
+        prefix += json.dumps(required[0]) + ": " + ('"' if kind == "string" else "")
+    return prefix
+
+
+class LocalBackend(Backend):
+    def __init__(self, engine: Engine, *, speculative: bool = True, reuse_cache: bool = True) -> None:
+        if engine.tokenizer is None:
+            raise InvalidRequestError("a local backend needs a model with a tokenizer and a chat template")
+        self.engine = engine
+        self.speculative = speculative and engine.drafter is not None
+        self.reuse_cache = reuse_cache
+        self.name = f"local-{engine.drafter.name if self.speculative else 'plain'}"
+
+    def reset(self) -> None:
+        self.engine.cache.reset()
+
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> Iterator[BackendChunk]:
+        offered = tools if tool_choice != "none" else None
+        prefix = forced_prefix(tool_choice, offered)
+        tok = self.engine.tokenizer
+        prompt_ids = apply_chat_template_with_tools(tok, messages, offered)
+        if prefix:
+            prompt_ids = prompt_ids + list(tok.encode(prefix, add_special_tokens=False))
+            yield BackendChunk(delta=prefix)
+        result = None
+        for chunk in self.engine.stream(
+            prompt_ids, sampling or SamplingParams(), speculative=self.speculative, reuse_cache=self.reuse_cache
+        ):
+            if chunk.delta:
+                yield BackendChunk(delta=chunk.delta)
+            result = chunk.result or result
+        assert result is not None
+        message = message_from_text(prefix + result.text, parse_tools=bool(offered))
+        message.raw_text = prefix + result.text
+        finish = "tool_calls" if message.tool_calls else result.finish_reason
+        yield BackendChunk(
+            delta="",
+            response=BackendResponse(
+                message=message,
+                finish_reason=finish,
+                prompt_tokens=len(prompt_ids),
+                completion_tokens=len(result.token_ids),
+                backend=self.name,
+                stats=result.stats,
+                prompt_ids=prompt_ids,
+                forced_prefix=prefix,
+            ),
+        )

@@ -1,0 +1,221 @@
+"""RemoteBackend: any OpenAI-compatible ``/v1/chat/completions`` server (ours, vLLM, SGLang) over httpx.
+
+Retries (tenacity, exponential backoff) on connection errors, timeouts, 429 and 5xx; any other
+4xx is the caller's mistake and raises ``RemoteBackendError`` at once with the server's message.
+Streaming reads server-sent events. ``transport`` is the httpx seam for tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from ..agent.tool_prompt import RAW_TEXT_KEY
+from ..errors import AgentSparkError
+from ..sampling import SamplingParams
+from .base import (
+    AssistantMessage,
+    Backend,
+    BackendChunk,
+    BackendResponse,
+    InvalidToolCallRequest,
+    ToolCallRequest,
+    ToolChoice,
+)
+from .messages import message_from_text
+
+
+class RemoteBackendError(AgentSparkError):
+    """The server refused the request or stayed unreachable after the retries."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection, timeout, 429, 5xx)."""
+
+
+def to_wire(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our messages -> OpenAI wire format (tool-call arguments as JSON strings)."""
+    out = []
+    for m in messages:
+        m = {k: v for k, v in m.items() if k != RAW_TEXT_KEY}
+        if m.get("tool_calls"):
+            m["tool_calls"] = [
+                {**c, "function": {**c["function"], "arguments": c["function"]["arguments"]
+                                   if isinstance(c["function"]["arguments"], str)
+                                   else json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+                for c in m["tool_calls"]
+            ]
+        out.append(m)
+    return out
+
+
+def from_wire(message: dict[str, Any], *, parse_text_tools: bool) -> AssistantMessage:
+    """A server's assistant message -> ours; servers without a tool parser leave calls in the text."""
+    calls, invalid = [], []
+    for c in message.get("tool_calls") or []:
+        fn = c.get("function") or {}
+        raw = fn.get("arguments") or "{}"
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(args, dict):
+                raise ValueError("arguments are not a JSON object")
+            calls.append(ToolCallRequest(id=c.get("id") or f"call_{len(calls)}", name=fn.get("name", ""), args=args))
+        except (ValueError, TypeError) as exc:
+            invalid.append(InvalidToolCallRequest(raw=str(raw), error=f"tool call arguments are not valid JSON: {exc}"))
+    content = message.get("content") or ""
+    if not calls and not invalid and parse_text_tools:
+        return message_from_text(content, parse_tools=True)
+    return AssistantMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid)
+
+
+class RemoteBackend(Backend):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = f"remote:{model}"
+        self.model = model
+        self.retries = retries
+        self.backoff = backoff
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport)
+
+    def _body(self, messages, tools, sampling: SamplingParams, tool_choice, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": to_wire(messages),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "stream": stream,
+        }
+        if sampling.top_k:
+            body["top_k"] = sampling.top_k  # vLLM and SGLang accept it; OpenAI ignores unknown fields
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if tools:
+            body["tools"] = tools
+            body["tool_choice"] = tool_choice if tool_choice in ("auto", "none", "required") else {
+                "type": "function", "function": {"name": tool_choice}}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _send(self, body: dict[str, Any], stream: bool) -> httpx.Response:
+        """POST with retries on transient failures; the response is open (streaming) or read."""
+
+        def attempt() -> httpx.Response:
+            try:
+                request = self.client.build_request("POST", "/v1/chat/completions", json=body)
+                response = self.client.send(request, stream=stream)
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code == 429 or response.status_code >= 500:
+                response.read()
+                response.close()
+                raise _Transient(f"HTTP {response.status_code}: {response.text[:200]}")
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+                raise RemoteBackendError(f"{self.name} refused the request: HTTP {response.status_code}: {response.text[:500]}")
+            return response
+
+        try:
+            for round_ in Retrying(
+                retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+                stop=stop_after_attempt(self.retries + 1),
+                wait=wait_exponential(multiplier=self.backoff, max=10 * self.backoff),
+                reraise=True,
+            ):
+                with round_:
+                    return attempt()
+        except _Transient as exc:
+            raise RemoteBackendError(f"{self.name} at {self.client.base_url} failed after {self.retries} retries: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> Iterator[BackendChunk]:
+        sampling = sampling or SamplingParams()
+        response = self._send(self._body(messages, tools, sampling, tool_choice, stream=True), stream=True)
+        content, finish, usage = "", "stop", {}
+        calls: dict[int, dict[str, Any]] = {}
+        try:
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:"):].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        content += delta["content"]
+                        yield BackendChunk(delta=delta["content"])
+                    for tc in delta.get("tool_calls") or []:  # arguments arrive in pieces
+                        slot = calls.setdefault(tc.get("index", 0), {"id": "", "function": {"name": "", "arguments": ""}})
+                        slot["id"] = tc.get("id") or slot["id"]
+                        fn = tc.get("function") or {}
+                        slot["function"]["name"] += fn.get("name") or ""
+                        slot["function"]["arguments"] += fn.get("arguments") or ""
+                    finish = choice.get("finish_reason") or finish
+        finally:
+            response.close()
+        message = from_wire({"content": content, "tool_calls": [calls[i] for i in sorted(calls)]},
+                            parse_text_tools=bool(tools))
+        yield BackendChunk(
+            delta="",
+            response=BackendResponse(
+                message=message,
+                finish_reason="tool_calls" if message.tool_calls else finish,
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                backend=self.name,
+            ),
+        )
+
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> BackendResponse:
+        sampling = sampling or SamplingParams()
+        response = self._send(self._body(messages, tools, sampling, tool_choice, stream=False), stream=False)
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+        except (ValueError, KeyError, IndexError) as exc:
+            raise RemoteBackendError(f"{self.name} sent an unreadable response: {response.text[:300]}") from exc
+        message = from_wire(choice.get("message") or {}, parse_text_tools=bool(tools))
+        usage = data.get("usage") or {}
+        return BackendResponse(
+            message=message,
+            finish_reason="tool_calls" if message.tool_calls else choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            backend=self.name,
+        )
+
+    def close(self) -> None:
+        self.client.close()
