@@ -17,12 +17,26 @@ from typing import Any
 
 import torch
 
-from .datasets import load_prompts
-from .drafters import NgramDrafter
-from .engine import Engine
-from .model.loading import load_model, resolve_folder
-from .prompts import encode_prompt
-from .sampling import SamplingParams
+from ..datasets import load_prompts
+from ..drafters import NgramDrafter
+from ..engine import Engine
+from ..model.loading import load_model, resolve_folder
+from ..prompts import encode_prompt
+from ..sampling import SamplingParams
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .common import add_model_args
+
+    p = sub.add_parser("bench", help="tokens/s: ours (plain, n-gram) vs HF transformers, side by side")
+    add_model_args(p)
+    p.add_argument("--prompts", default=None, help="a .jsonl file or folder of {'turns': [...]} (default: bundled eval sample)")
+    p.add_argument("--num-prompts", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-draft", type=int, default=8)
+    p.add_argument("--no-hf", action="store_true", help="skip the HF transformers baselines")
+    p.add_argument("--json-out", default=None, help="also write every figure to this JSON file")
+    p.set_defaults(run=run_bench)
 
 
 def _mixed(records: list, n: int) -> list:
@@ -117,7 +131,8 @@ def run_bench(args: argparse.Namespace) -> int:
         table.add_row(name, f"{med:.1f}", f"{med / base:.2f}x", f"{med / hf_base:.2f}x" if hf_base else "-",
                       f"{same}/{len(rs)}", f"{statistics.mean(taus):.2f}" if taus else "-")
     console.print(table)
-    out = {"command": "agentspark bench " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "command" and v not in (None, False)),
+    shown = {k: v for k, v in vars(args).items() if k not in ("command", "run") and v not in (None, False)}
+    out = {"command": "agentspark bench " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in shown.items()),
            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
            "device": str(target.model.device), "summary": summary, "per_prompt": rows}
     if args.json_out:

@@ -1,4 +1,4 @@
-"""What ``agentspark generate`` does (the CLI parses; this runs)."""
+"""``agentspark generate``: one request with speculative decoding; text, then round statistics."""
 
 from __future__ import annotations
 
@@ -6,10 +6,28 @@ import argparse
 import json
 import sys
 
-from .drafters.factory import build_drafter
-from .engine import Engine, GenerationResult
-from .model.loading import load_model
-from .sampling import SamplingParams
+from ..drafters.factory import build_drafter
+from ..engine import Engine, GenerationResult
+from ..model.loading import load_model
+from ..sampling import SamplingParams
+from .common import add_drafter_args, add_model_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text with speculative decoding")
+    add_model_args(p)
+    add_drafter_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat template")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--compare-plain", action="store_true", help="also run plain decoding: identical? speedup?")
+    p.set_defaults(run=run_generate)
 
 
 def _summary(result: GenerationResult) -> dict:
