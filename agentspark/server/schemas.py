@@ -1,0 +1,159 @@
+"""Request and response shapes of the OpenAI chat-completions API, as far as we serve it.
+
+Requests are pydantic models that ignore fields we do not use (OpenAI clients send many);
+responses are built as plain dicts by the small helpers at the bottom, so the wire shape is
+visible in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..backends.base import BackendResponse, ToolCallRequest
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+Content = str | list[ContentPart] | None
+
+
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str | dict[str, Any] | None = None  # OpenAI sends a JSON string; a dict is tolerated
+
+
+class ToolCall(_Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Content = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Lenient):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str | None = None  # absent means the served model
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    temperature: float | None = None  # None: DEFAULT_TEMPERATURE (OpenAI's 1.0)
+    top_p: float | None = None
+    top_k: int | None = None  # extension (vLLM and SGLang accept it too)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    logprobs: bool | None = None
+
+
+# ---- responses ------------------------------------------------------------------------------
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def error_body(message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def wire_tool_calls(calls: list[ToolCallRequest], ids: list[str], *, indexed: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for i, (call, call_id) in enumerate(zip(calls, ids)):
+        item: dict[str, Any] = {"id": call_id, "type": "function",
+                                "function": {"name": call.name, "arguments": json.dumps(call.args, ensure_ascii=False)}}
+        out.append({"index": i, **item} if indexed else item)
+    return out
+
+
+def usage(response: BackendResponse) -> dict[str, int]:
+    return {
+        "prompt_tokens": response.prompt_tokens,
+        "completion_tokens": response.completion_tokens,
+        "total_tokens": response.prompt_tokens + response.completion_tokens,
+    }
+
+
+def extension(response: BackendResponse) -> dict[str, Any]:
+    """The ``agentspark`` field: what an OpenAI response has no slot for."""
+    return {
+        "backend": response.backend,
+        "stats": response.stats.to_dict(rounds=False) if response.stats is not None else None,
+        "forced_prefix": response.forced_prefix,
+        "invalid_tool_calls": [{"raw": c.raw, "error": c.error} for c in response.message.invalid_tool_calls],
+    }
+
+
+def completion_body(response: BackendResponse, *, completion_id: str, created: int, model: str,
+                    call_ids: list[str]) -> dict[str, Any]:
+    message = response.message
+    wire: dict[str, Any] = {"role": "assistant", "content": message.content}
+    if message.tool_calls:
+        wire["tool_calls"] = wire_tool_calls(message.tool_calls, call_ids)
+        if not message.content:
+            wire["content"] = None
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": wire, "logprobs": None, "finish_reason": response.finish_reason}],
+        "usage": usage(response),
+        "agentspark": extension(response),
+    }
+
+
+def chunk_body(*, completion_id: str, created: int, model: str, delta: dict[str, Any] | None = None,
+               finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": choices, **extra}

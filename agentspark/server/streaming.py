@@ -1,0 +1,153 @@
+"""Server-sent events for ``stream: true``: content deltas as the backend produces them, then
+the tool calls, the finish reason, the usage (on request) and ``data: [DONE]``.
+
+When tools are offered, text that may be the start of a tool call (``<``, ``{``, ``[`` or a
+backtick: the markup the tool-call parser recognises) is held back until the message is complete;
+the parsed content then fixes what remains to send. So the concatenated deltas equal the
+non-streamed ``content`` and never carry tool-call markup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from ..backends.base import BackendChunk, BackendResponse
+from . import schemas
+from .errors import translate
+from .runner import Job
+
+log = logging.getLogger("agentspark.server")
+
+_MAY_START_A_CALL = "<{[`"
+POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+
+
+class ClientGone(Exception):
+    pass
+
+
+class DisconnectWatch:
+    """Asks the server whether a request's client is still there, at most every POLL_S seconds."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.last = time.monotonic()
+
+    async def gone(self, *, force: bool = False) -> bool:
+        if not force and time.monotonic() - self.last < POLL_S:
+            return False
+        self.last = time.monotonic()
+        return await self.request.is_disconnected()
+
+
+async def next_chunk(job: Job, watch: DisconnectWatch) -> BackendChunk | None:
+    """The job's next chunk; ClientGone once the client has disconnected (checked while chunks
+    flow and while we wait for one)."""
+    while True:
+        if await watch.gone():
+            raise ClientGone()
+        try:
+            return await job.next(timeout=POLL_S)
+        except (TimeoutError, asyncio.TimeoutError):
+            if await watch.gone(force=True):
+                raise ClientGone() from None
+
+
+class ContentFilter:
+    """Decides which text of a stream is content that can be sent right away."""
+
+    def __init__(self, parse_tools: bool) -> None:
+        self.parse_tools = parse_tools
+        self.text = ""
+        self.sent = ""
+        self.holding = False
+
+    def feed(self, delta: str) -> str:
+        self.text += delta
+        if not self.parse_tools:
+            piece = delta
+        elif self.holding:
+            return ""
+        else:
+            cut = min((i for i in (self.text.find(c) for c in _MAY_START_A_CALL) if i >= 0), default=-1)
+            self.holding = cut >= 0
+            safe = (self.text[:cut] if self.holding else self.text).strip()  # the parser strips content
+            piece = safe[len(self.sent):]
+        self.sent += piece
+        return piece
+
+    def finish(self, content: str) -> str:
+        if content.startswith(self.sent):
+            return content[len(self.sent):]
+        log.warning("streamed content is not a prefix of the parsed content; the remainder is dropped")
+        return ""
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def sse_events(job: Job, first: BackendChunk, watch: DisconnectWatch, *, completion_id: str, model: str,
+                     parse_tools: bool, include_usage: bool, call_ids: Callable[[int], list[str]]) -> AsyncIterator[str]:
+    created = schemas.now()
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+        return _sse(schemas.chunk_body(completion_id=completion_id, created=created, model=model,
+                                       delta=delta, finish_reason=finish, **extra))
+
+    yield chunk({"role": "assistant", "content": ""})
+    filt = ContentFilter(parse_tools)
+    final: BackendResponse | None = None
+    current: BackendChunk | None = first
+    try:
+        while current is not None:
+            piece = filt.feed(current.delta) if current.delta else ""
+            if piece:
+                yield chunk({"content": piece})
+            final = current.response or final
+            current = await next_chunk(job, watch)
+        if final is None:
+            raise RuntimeError("the backend ended its stream without a response")
+    except ClientGone:
+        job.cancel()
+        return
+    except Exception as exc:  # headers are gone already: the error travels as an event
+        job.cancel()
+        yield _sse(translate(exc).body())
+        return
+    message = final.message
+    rest = filt.finish(message.content)
+    if rest:
+        yield chunk({"content": rest})
+    if message.tool_calls:
+        calls = schemas.wire_tool_calls(message.tool_calls, call_ids(len(message.tool_calls)), indexed=True)
+        yield chunk({"tool_calls": calls})
+    ext = schemas.extension(final)
+    yield chunk({}, final.finish_reason, agentspark=ext)
+    if include_usage:
+        yield chunk(None, usage=schemas.usage(final), agentspark=ext)
+    yield "data: [DONE]\n\n"
+
+
+class JobStreamingResponse(StreamingResponse):
+    """A StreamingResponse that cancels its job however the response ends (done, disconnect, error)."""
+
+    def __init__(self, content: AsyncIterator[str], job: Job) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()

@@ -1,0 +1,75 @@
+"""End to end with the real default model: `agentspark serve` wiring and the engine behind the
+server (speculative with the n-gram drafter), through the official openai client over loopback."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from agentspark import Engine, NgramDrafter
+from agentspark.backends.local import LocalBackend
+from agentspark.server import create_app, serve_in_thread
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+PROMPT = [{"role": "user", "content": "List three colors of the rainbow."}]
+
+
+def test_default_model_streamed_equals_non_streamed(default_model):
+    # reuse_cache=False: both requests prefill from scratch, so greedy decoding must agree exactly.
+    backend = LocalBackend(Engine(default_model, NgramDrafter(), max_draft=4), reuse_cache=False)
+    with serve_in_thread(create_app(backend, model_name="agentspark-default")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        full = client.chat.completions.create(model="agentspark-default", messages=PROMPT, max_tokens=16, temperature=0)
+        chunks = list(client.chat.completions.create(
+            model="agentspark-default", messages=PROMPT, max_tokens=16, temperature=0, stream=True,
+            stream_options={"include_usage": True}))
+    text = full.choices[0].message.content
+    assert text and full.choices[0].finish_reason in ("stop", "length")
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    ext = full.model_extra["agentspark"]
+    assert ext["backend"] == "local-ngram" and ext["forced_prefix"] == ""
+    stats = ext["stats"]
+    assert 1 <= stats["new_tokens"] <= 16 and stats["drafter"] == "ngram" and "rounds" not in stats
+    assert full.usage.completion_tokens == stats["new_tokens"]
+    assert full.usage.prompt_tokens == stats["prompt_tokens"] > 5
+    usage_chunk = chunks[-1]
+    assert usage_chunk.choices == [] and usage_chunk.usage.completion_tokens == stats["new_tokens"]
+    assert usage_chunk.model_extra["agentspark"]["stats"]["new_tokens"] == stats["new_tokens"]
+
+
+def test_serve_command_wires_the_engine(monkeypatch, capsys):
+    import uvicorn
+
+    from agentspark.cli import main
+
+    captured = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: captured.update(app=app, host=host, port=port))
+    monkeypatch.delenv("AGENTSPARK_API_KEY", raising=False)
+    assert main(["serve", "--plain", "--host", "0.0.0.0", "--port", "8123", "--model-name", "tiny-one"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING" in err and "without an API key" in err
+    assert "http://0.0.0.0:8123/v1" in out and "local-plain" in out
+    assert (captured["host"], captured["port"]) == ("0.0.0.0", 8123)
+
+    monkeypatch.setenv("AGENTSPARK_API_KEY", "env-key")
+    assert main(["serve", "--port", "0", "--max-draft", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING" not in err and "http://127.0.0.1:0/v1" in out and "API key required" in out
+    # The app the command built answers real requests (the env key is enforced).
+    with serve_in_thread(captured["app"]) as url:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="env-key", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == ["agentspark-default"]
+        r = client.chat.completions.create(model="agentspark-default", messages=PROMPT, max_tokens=4, temperature=0)
+    assert r.model_extra["agentspark"]["backend"] == "local-ngram"
+    assert r.model_extra["agentspark"]["stats"]["new_tokens"] <= 4
+
+
+def test_serve_command_refuses_bad_options(capsys):
+    from agentspark.cli import main
+
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
