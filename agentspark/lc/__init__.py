@@ -1,0 +1,1 @@
+"""Pieces of the LangChain integration; the chat model itself is ``agentspark.langchain_chat``."""
