@@ -67,7 +67,17 @@ class BackendResponse:
     backend: str
     stats: RequestStats | None = None  # round statistics where the backend can see them
     prompt_ids: list[int] | None = None  # local backends: for traces and audits
+    completion_ids: list[int] | None = None  # local backends: the generated token ids
     forced_prefix: str = ""  # text the backend put in the model's mouth (tool_choice), if any
+    forced_suffix: str = ""  # text the backend appended to close a forced call, if any
+
+
+def response_record(response: BackendResponse) -> dict[str, Any]:
+    """The assistant message as a trace records it (with the generated token ids when known)."""
+    out = response.message.to_dict()
+    if response.completion_ids is not None:
+        out["token_ids"] = list(response.completion_ids)
+    return out
 
 
 @dataclass

@@ -7,13 +7,15 @@ round prefills only what was appended (tool results, the next user turn).
 
 tool_choice: "auto" offers the tools; "none" hides them; "required" or a tool's name put the start
 of a tool call in the model's mouth — for a named tool up to the value of its first required
-argument (``forced_prefix`` says exactly what was forced).
+argument (``forced_prefix`` says exactly what was forced). With ``close_forced_calls`` the model
+writes only that argument's value and the call is closed for it (``forced_suffix``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..agent.tool_prompt import apply_chat_template_with_tools
@@ -48,16 +50,31 @@ def forced_prefix(tool_choice: ToolChoice, tools: list[dict[str, Any]] | None) -
 
 
 class LocalBackend(Backend):
-    def __init__(self, engine: Engine, *, speculative: bool = True, reuse_cache: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, *, speculative: bool = True, reuse_cache: bool = True, close_forced_calls: bool = False
+    ) -> None:
         if engine.tokenizer is None:
             raise InvalidRequestError("a local backend needs a model with a tokenizer and a chat template")
         self.engine = engine
         self.speculative = speculative and engine.drafter is not None
         self.reuse_cache = reuse_cache
+        self.close_forced_calls = close_forced_calls
         self.name = f"local-{engine.drafter.name if self.speculative else 'plain'}"
 
     def reset(self) -> None:
         self.engine.cache.reset()
+
+    def build_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tool_choice: ToolChoice = "auto"
+    ) -> tuple[list[int], str]:
+        """The prompt token ids for a request, and the forced prefix they end with ('' if none)."""
+        offered = tools if tool_choice != "none" else None
+        prefix = forced_prefix(tool_choice, offered)
+        tok = self.engine.tokenizer
+        prompt_ids = apply_chat_template_with_tools(tok, messages, offered)
+        if prefix:
+            prompt_ids = prompt_ids + list(tok.encode(prefix, add_special_tokens=False))
+        return prompt_ids, prefix
 
     def stream(
         self,
@@ -67,22 +84,27 @@ class LocalBackend(Backend):
         tool_choice: ToolChoice = "auto",
     ) -> Iterator[BackendChunk]:
         offered = tools if tool_choice != "none" else None
-        prefix = forced_prefix(tool_choice, offered)
-        tok = self.engine.tokenizer
-        prompt_ids = apply_chat_template_with_tools(tok, messages, offered)
+        prompt_ids, prefix = self.build_prompt(messages, tools, tool_choice)
+        params = sampling or SamplingParams()
+        # A forced call that ends inside a string value: with close_forced_calls the model writes
+        # only that value (generation stops at its closing quote) and the call is closed for it.
+        closing = self.close_forced_calls and prefix.endswith('"') and tool_choice not in ("auto", "none", "required")
+        if closing:
+            params = replace(params, stop=(*params.stop, '"'))
         if prefix:
-            prompt_ids = prompt_ids + list(tok.encode(prefix, add_special_tokens=False))
             yield BackendChunk(delta=prefix)
         result = None
-        for chunk in self.engine.stream(
-            prompt_ids, sampling or SamplingParams(), speculative=self.speculative, reuse_cache=self.reuse_cache
-        ):
+        for chunk in self.engine.stream(prompt_ids, params, speculative=self.speculative, reuse_cache=self.reuse_cache):
             if chunk.delta:
                 yield BackendChunk(delta=chunk.delta)
             result = chunk.result or result
         assert result is not None
-        message = message_from_text(prefix + result.text, parse_tools=bool(offered))
-        message.raw_text = prefix + result.text
+        suffix = '"}}\n</tool_call>' if closing else ""
+        if suffix:
+            yield BackendChunk(delta=suffix)
+        text = prefix + result.text + suffix
+        message = message_from_text(text, parse_tools=bool(offered))
+        message.raw_text = text
         finish = "tool_calls" if message.tool_calls else result.finish_reason
         yield BackendChunk(
             delta="",
@@ -94,6 +116,8 @@ class LocalBackend(Backend):
                 backend=self.name,
                 stats=result.stats,
                 prompt_ids=prompt_ids,
+                completion_ids=list(result.token_ids),
                 forced_prefix=prefix,
+                forced_suffix=suffix,
             ),
         )

@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, BackendResponse, ToolChoice
+from ..backends.base import Backend, BackendResponse, ToolChoice, response_record
 from ..sampling import SamplingParams
 from ..stats import RequestStats
 from ..tools import Tool, ToolCall, ToolRegistry, ToolResult
@@ -89,6 +89,7 @@ class Agent:
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         self.rounds_done = 0
+        self._choice: ToolChoice = "auto"  # the tool_choice of the round in flight (for the trace)
         self._recorder = trace if isinstance(trace, TraceRecorder) or trace is None else TraceRecorder(trace)
 
     def run(self, task: str, *, tool_choice: ToolChoice = "auto") -> AgentResult:
@@ -104,6 +105,7 @@ class Agent:
         rounds: list[AgentRound] = []
         choice = tool_choice
         for _ in range(self.max_rounds):
+            self._choice = choice
             index = self.rounds_done
             started = time.time()
             t0 = time.perf_counter()
@@ -154,7 +156,8 @@ class Agent:
             tools=schemas,
             prompt_hash=prompt_hash(resp.prompt_ids) if resp.prompt_ids else "",
             prompt_tokens=resp.prompt_tokens,
-            sampling={**self.sampling.__dict__, "stop": list(self.sampling.stop), "forced_prefix": resp.forced_prefix},
+            sampling={**asdict(self.sampling), "stop": list(self.sampling.stop), "tool_choice": self._choice,
+                      "forced_prefix": resp.forced_prefix, "forced_suffix": resp.forced_suffix},
         )
         records = [
             ToolCallRecord(id=res.call_id, name=res.name, args=call.args, status=res.status,
@@ -164,7 +167,7 @@ class Agent:
         self._recorder.write(
             TraceRound.from_stats(
                 stats, session_id=self.session_id, round_index=r.index, started_at=started, backend=resp.backend,
-                request=request, response=resp.message.to_dict(), tool_calls=records, tool_s=r.tool_s,
+                request=request, response=response_record(resp), tool_calls=records, tool_s=r.tool_s,
             )
         )
 

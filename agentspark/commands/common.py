@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 
 
+def console():  # noqa: ANN201
+    """A rich console that keeps tables whole when stdout is a pipe or a file (no terminal width)."""
+    from rich.console import Console
+
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=160)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="default | HF folder | .gguf file (default: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -15,3 +23,33 @@ def add_drafter_args(p: argparse.ArgumentParser, default: str = "ngram") -> None
     p.add_argument("--drafter", default=default, help=f"none | ngram | draft-model:PATH (default: {default})")
     p.add_argument("--max-draft", type=int, default=8, help="most tokens drafted per round (default: 8)")
     p.add_argument("--schedule", default="adaptive", choices=["adaptive", "full"], help="how much of a draft to verify")
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """A local engine (model + drafter options) or a remote OpenAI-compatible server."""
+    add_model_args(p)
+    add_drafter_args(p)
+    p.add_argument("--plain", action="store_true", help="local plain target decoding instead of speculative")
+    p.add_argument("--base-url", default=None, help="an OpenAI-compatible server (vLLM, SGLang, agentspark serve)")
+    p.add_argument("--remote-model", default=None, help="the model name to ask the remote server for")
+    p.add_argument("--api-key", default=None, help="bearer key for the remote server")
+
+
+def engine_from_args(args: argparse.Namespace, *, drafter: str | None = None):  # noqa: ANN201
+    from ..drafters.factory import build_drafter
+    from ..engine import Engine
+    from ..model.loading import load_model
+
+    target = load_model(args.model, dtype=args.dtype, device=args.device)
+    return Engine(target, build_drafter(drafter or args.drafter, target), max_draft=args.max_draft, schedule=args.schedule)
+
+
+def backend_from_args(args: argparse.Namespace):  # noqa: ANN201
+    if args.base_url:
+        from ..backends.remote import RemoteBackend
+
+        return RemoteBackend(args.base_url, args.remote_model or args.model, api_key=args.api_key)
+    from ..backends.local import LocalBackend
+
+    engine = engine_from_args(args, drafter="none" if args.plain else None)
+    return LocalBackend(engine, speculative=not args.plain)

@@ -1,0 +1,76 @@
+"""``agentspark audit TRACE | --prompts FILE [--model --drafter ...]``: speculative against plain
+on the same requests; non-zero exit on any failure; for a trace, each verdict is written into it."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_drafter_args, add_model_args, console, engine_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="prove speculative output equals plain decoding on the same requests")
+    p.add_argument("trace", nargs="?", help="a trace whose rounds to audit (verdicts are written into it)")
+    p.add_argument("--prompts", default=None, help="or a .jsonl of {'turns': [...]} (first turns, no tools)")
+    p.add_argument("--limit", type=int, default=None, help="audit at most this many requests")
+    add_model_args(p)
+    add_drafter_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the recorded budget")
+    p.add_argument("--temperature", type=float, default=None, help="> 0: audit sampling instead of greedy")
+    p.add_argument("--samples", type=int, default=200, help="sampling audits: runs per side")
+    p.add_argument("--sample-tokens", type=int, default=4, help="sampling audits: tokens compared per run")
+    p.add_argument("--control", action="store_true", help="sampling audits: also show an accept-always verifier is caught")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..audit import audit_greedy, audit_sampling
+    from ..backends.local import LocalBackend
+    from ..errors import InvalidRequestError
+    from ..sampling import SamplingParams
+    from ..traces import AuditVerdict, read_trace, set_audit
+    from ..traces.replay import sampling_of
+
+    if bool(args.trace) == bool(args.prompts):
+        raise InvalidRequestError("give either a TRACE or --prompts FILE")
+    engine = engine_from_args(args)
+    if engine.drafter is None:
+        raise InvalidRequestError("an audit compares speculative with plain decoding: choose a drafter, not none")
+    backend = LocalBackend(engine, reuse_cache=False)
+    jobs = []  # (label, prompt ids, params, trace key)
+    if args.trace:
+        for r in read_trace(args.trace)[: args.limit]:
+            params, tool_choice = sampling_of(r.request)
+            ids, _ = backend.build_prompt(r.request.messages, r.request.tools, tool_choice)
+            if r.request.sampling.get("forced_suffix"):  # the engine stopped where the forced call was closed
+                params = replace(params, stop=(*params.stop, '"'))
+            jobs.append((f"{r.session_id}#{r.round_index}", ids, params, (r.session_id, r.round_index)))
+    else:
+        from ..datasets import load_prompts
+
+        for i, rec in enumerate(load_prompts(args.prompts, args.limit)):
+            ids, _ = backend.build_prompt([{"role": "user", "content": rec.turns[0]}], None)
+            jobs.append((f"{rec.dataset}#{i}", ids, SamplingParams(max_new_tokens=128), None))
+
+    out = console()
+    failures = 0
+    for label, ids, params, key in jobs:
+        if args.max_new_tokens:
+            params = replace(params, max_new_tokens=args.max_new_tokens)
+        if args.temperature is not None:
+            params = replace(params, temperature=args.temperature)
+        if params.temperature > 0:
+            result = audit_sampling(engine, ids, params, samples=args.samples, sample_tokens=args.sample_tokens,
+                                    control=args.control)
+        else:
+            result = audit_greedy(engine, ids, params)
+        failures += not result.passed
+        out.print(f"{'[green]PASS' if result.passed else '[red]FAIL'}[/] {label} {result.mode}: {result.detail}")
+        if key is not None:
+            verdict = AuditVerdict(mode=result.mode, passed=result.passed, detail=result.detail,
+                                   first_divergence=result.first_divergence)
+            set_audit(args.trace, key[0], key[1], verdict)
+    out.print(f"{len(jobs) - failures}/{len(jobs)} requests passed")
+    return 1 if failures else 0
