@@ -165,6 +165,10 @@ class RemoteBackend(Backend):
                 if data == "[DONE]":
                     break
                 event = json.loads(data)
+                if event.get("error"):  # after the headers a server reports failures as an event
+                    err = event["error"]
+                    err = err.get("message", err) if isinstance(err, dict) else err
+                    raise RemoteBackendError(f"{self.name} failed mid-stream: {err}")
                 usage = event.get("usage") or usage
                 for choice in event.get("choices") or []:
                     delta = choice.get("delta") or {}
@@ -178,6 +182,8 @@ class RemoteBackend(Backend):
                         slot["function"]["name"] += fn.get("name") or ""
                         slot["function"]["arguments"] += fn.get("arguments") or ""
                     finish = choice.get("finish_reason") or finish
+        except (httpx.HTTPError, ValueError) as exc:  # connection lost or a malformed event mid-stream
+            raise RemoteBackendError(f"{self.name} stream broke off: {type(exc).__name__}: {exc}") from exc
         finally:
             response.close()
         message = from_wire({"content": content, "tool_calls": [calls[i] for i in sorted(calls)]},
