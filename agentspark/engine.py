@@ -10,6 +10,7 @@ what the plain path emits; the tests and the audit hold it to that.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,11 +24,15 @@ from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator, probs_from_logits, sample
-from .scheduler import choose_length, measure_sps
+from .scheduler import choose_length, choose_length_no_early_stop, measure_sps, threshold_length
 from .stats import RequestStats, RoundStats
 from .verify import Verifier, verify_chain
 
 MAX_DRAFT_LIMIT = 64  # beyond this a verify forward costs more than it can ever win back
+# How much of a draft to verify (DESIGN.md, "Scheduling how much to verify"); "no-early-stop" is a
+# known-wrong negative control for the equivalence tests, never offered to users.
+SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")
+_NEEDS_SPS = ("adaptive", "no-early-stop")
 
 
 @dataclass
@@ -89,13 +94,40 @@ class Engine:
         max_seq_len: int = 4096,
         schedule: str = "adaptive",
         verifier: Verifier = verify_chain,
+        confidence_threshold: float = 0.5,
+        sps_table: list[float] | None = None,
     ) -> None:
-        """schedule: "adaptive" verifies the prefix the scheduler picks from the drafter's
-        confidences and the measured SPS table (scheduler.py); "full" verifies every draft token."""
+        """schedule, how much of each draft is verified (trimmed before the verify forward):
+        "adaptive": the causal prefix scheduler over the drafter's confidences and the SPS table
+        (scheduler.choose_length); "threshold": DeepSpec's static rule, cut at the first slot whose
+        confidence is below ``confidence_threshold`` (0 = verify everything); "full": every draft
+        token; "no-early-stop": the paper's Appendix-A variant, biased on purpose, a negative
+        control for tests only. Drafts without confidences are verified whole under every schedule.
+
+        sps_table: target steps per second at 1, 2, ... tokens per forward, used instead of
+        measuring it (tests, reproducible runs); lengths beyond the table are never verified.
+        """
         if not isinstance(max_draft, int) or not 1 <= max_draft <= MAX_DRAFT_LIMIT:
             raise InvalidDraftLengthError(f"max_draft must be an integer in 1..{MAX_DRAFT_LIMIT}, got {max_draft}")
-        if schedule not in ("adaptive", "full"):
-            raise InvalidRequestError(f"schedule must be 'adaptive' or 'full', got {schedule!r}")
+        if schedule not in SCHEDULES:
+            raise InvalidRequestError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
+        if (
+            isinstance(confidence_threshold, bool)
+            or not isinstance(confidence_threshold, (int, float))
+            or not 0.0 <= confidence_threshold <= 1.0
+        ):
+            raise InvalidRequestError(
+                f"confidence_threshold must be a number in [0, 1] (0 = verify every draft token), got {confidence_threshold!r}"
+            )
+        if sps_table is not None:
+            sps_table = list(sps_table)
+            if not sps_table or any(
+                isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0 for s in sps_table
+            ):
+                raise InvalidRequestError(
+                    "sps_table must be a non-empty list of finite positive steps per second "
+                    f"(entry t at t+1 tokens per forward), got {sps_table!r}; or pass None to measure it"
+                )
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer
@@ -103,13 +135,15 @@ class Engine:
         self.max_draft = max_draft
         self.verifier = verifier
         self.schedule = schedule
+        self.confidence_threshold = float(confidence_threshold)
         self.cache = self.model.new_cache(max_seq_len)
         self.device = self.model.device
-        self._sps: list[float] | None = None  # target steps/s at 1..max_draft+1 tokens, measured once
+        # target steps/s at 1..max_draft+1 tokens: given, or measured once on first use
+        self._sps: list[float] | None = None if sps_table is None else [float(s) for s in sps_table]
         self._cached_ids: list[int] = []  # the tokens whose K/V fill cache positions [0, cache.length)
 
     def steps_per_second(self) -> list[float]:
-        """The SPS table (measured on first use, in the mode decode steps run in)."""
+        """The SPS table (``sps_table`` if given, else measured on first use, in the mode decode steps run in)."""
         if self._sps is None:
             start = min(64, self.cache.capacity - self.max_draft - 1)
             vocab = self.model.cfg.vocab_size
@@ -161,7 +195,7 @@ class Engine:
         params = params or SamplingParams()
         req = self._new_request(encode_prompt(self.tokenizer, prompt, chat=chat), params)
         drafter = self.drafter if speculative else None
-        if drafter is not None and self.schedule == "adaptive":
+        if drafter is not None and self.schedule in _NEEDS_SPS:
             self.steps_per_second()
         with torch.inference_mode():
             yield from self._run(req, drafter, reuse_cache)
@@ -206,7 +240,9 @@ class Engine:
                 drafter.start(req.prompt_ids, params, generator)
             # Prefill what the cache does not already hold, in one forward; its last row gives
             # the first new token. At least one token is fed: its logits are needed.
-            keep = self._reusable_prefix(req.prompt_ids) if reuse_cache and not capture else 0
+            keep = self._reusable_prefix(req.prompt_ids) if reuse_cache else 0
+            if capture:  # the drafter must hold the features of what is not prefilled again
+                keep = min(keep, drafter.reusable_context())
             self._cached_ids = []  # until this request ends cleanly, the cache content is unknown
             self.cache.rollback(keep)
             prompt = torch.tensor([req.prompt_ids[keep:]], dtype=torch.long, device=self.device)  # [1, P-keep]
@@ -280,6 +316,17 @@ class Engine:
             return int(last.argmax(-1).item())
         return int(sample(probs_from_logits(last, params), generator).item())
 
+    def _schedule_length(self, draft: Draft) -> int:
+        """How many leading draft tokens to verify under this engine's schedule."""
+        if self.schedule == "full" or draft.confidences is None or not len(draft):
+            return len(draft)
+        confidences = draft.confidences.tolist()
+        if self.schedule == "threshold":
+            return threshold_length(confidences, self.confidence_threshold)
+        if self.schedule == "no-early-stop":
+            return choose_length_no_early_stop(confidences, self.steps_per_second())
+        return choose_length(confidences, self.steps_per_second())
+
     def _speculative_round(
         self, req: _Request, drafter: Drafter, generator: torch.Generator, capture: tuple[int, ...]
     ) -> tuple[list[int], RoundStats]:
@@ -292,9 +339,8 @@ class Engine:
         self._sync()
         t1 = time.perf_counter()
         # Schedule: trim *before* the verify forward, never after it.
-        verified = draft
-        if self.schedule == "adaptive" and draft.confidences is not None and len(draft):
-            verified = draft.truncate(choose_length(draft.confidences.tolist(), self.steps_per_second()))
+        length = self._schedule_length(draft)
+        verified = draft if length == len(draft) else draft.truncate(length)
         d_tokens = verified.tokens.to(self.device)  # [l]
         inputs = torch.cat([torch.tensor([req.tokens[-1]], device=self.device), d_tokens])[None]  # [1, l+1]
         out = self.model(inputs, self.cache, start, capture_layers=capture, row_invariant=True)

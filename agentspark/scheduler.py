@@ -5,6 +5,13 @@ d_<i did). With SPS(T) the target's measured forward steps per second at T token
 throughput of verifying l tokens is (1 + sum_{j<=l} a_j) * SPS(1+l). We extend l one token at a
 time and stop at the first extension that does not raise it. The early stop keeps the rule
 causal: whether d_j is verified never depends on anything drafted after d_j.
+
+Three length rules live here, each a pure function of the drafter's per-slot confidences:
+- ``choose_length``: the causal prefix scheduler above (the engine's "adaptive" schedule).
+- ``threshold_length``: DeepSpec's static rule, cut at the first slot whose c_k is below a
+  threshold (the "threshold" schedule). Causal as well: the cut at k looks only at c_<=k.
+- ``choose_length_no_early_stop``: the paper's Appendix-A variant, WRONG ON PURPOSE, a negative
+  control for the equivalence tests and the audit only.
 """
 
 from __future__ import annotations
@@ -29,6 +36,41 @@ def choose_length(confidences: Sequence[float], steps_per_second: Sequence[float
         expected += survival
         best = throughput
         length = j
+    return length
+
+
+def threshold_length(confidences: Sequence[float], threshold: float) -> int:
+    """DeepSpec's static rule: verify d_1..d_{k-1}, k the first slot with c_k < threshold.
+
+    The test is per slot (c_k itself, not the cumulative survival a_k). Every slot passes a
+    threshold of 0, so 0 verifies the whole draft; 1 verifies only slots the drafter is sure of.
+    """
+    for k, c in enumerate(confidences):
+        if c < threshold:
+            return k
+    return len(confidences)
+
+
+def choose_length_no_early_stop(confidences: Sequence[float], steps_per_second: Sequence[float]) -> int:
+    """NEGATIVE CONTROL ONLY, never a schedule to serve with: the paper's Appendix-A variant.
+
+    Same objective as ``choose_length`` but it scores every prefix length l and returns the
+    argmax of (1 + sum_{j<=l} a_j) * SPS(1+l) (the smallest l among ties) instead of stopping at
+    the first admission that does not raise it. A high c_{j+1} (which depends on d_j) can then
+    pull d_j into verification after a low c_j had ruled it out, so whether d_j is verified
+    depends on what was drafted at and after d_j: the output distribution is biased. The
+    equivalence tests use it to show their test detects exactly that bug.
+    """
+    survival, expected = 1.0, 1.0
+    best, length = expected * steps_per_second[0], 0
+    for j, c in enumerate(confidences, start=1):
+        if j >= len(steps_per_second):
+            break
+        survival *= c
+        expected += survival
+        throughput = expected * steps_per_second[j]
+        if throughput > best:
+            best, length = throughput, j
     return length
 
 

@@ -20,9 +20,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_drafter_args(p: argparse.ArgumentParser, default: str = "ngram") -> None:
-    p.add_argument("--drafter", default=default, help=f"none | ngram | draft-model:PATH (default: {default})")
+    p.add_argument("--drafter", default=default, help=f"none | ngram | draft-model:PATH | learned:PATH | default (default: {default})")
     p.add_argument("--max-draft", type=int, default=8, help="most tokens drafted per round (default: 8)")
-    p.add_argument("--schedule", default="adaptive", choices=["adaptive", "full"], help="how much of a draft to verify")
+    p.add_argument(
+        "--schedule",
+        default="adaptive",
+        choices=["adaptive", "threshold", "full"],
+        help="how much of a draft to verify: adaptive (causal prefix scheduler over the measured SPS table), "
+        "threshold (cut at the first draft slot whose confidence is below --confidence-threshold), "
+        "full (everything) (default: adaptive)",
+    )
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="per-slot confidence below which --schedule threshold stops verifying, in [0, 1]; 0 verifies everything "
+        "(default: 0.5)",
+    )
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +55,13 @@ def engine_from_args(args: argparse.Namespace, *, drafter: str | None = None):  
     from ..model.loading import load_model
 
     target = load_model(args.model, dtype=args.dtype, device=args.device)
-    return Engine(target, build_drafter(drafter or args.drafter, target), max_draft=args.max_draft, schedule=args.schedule)
+    return Engine(
+        target,
+        build_drafter(drafter or args.drafter, target),
+        max_draft=args.max_draft,
+        schedule=args.schedule,
+        confidence_threshold=getattr(args, "confidence_threshold", 0.5),
+    )
 
 
 def backend_from_args(args: argparse.Namespace):  # noqa: ANN201

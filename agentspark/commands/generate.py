@@ -62,7 +62,8 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     target = load_model(args.model, dtype=args.dtype, device=args.device)
     drafter = build_drafter(args.drafter, target)
-    engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule)
+    engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
+                    confidence_threshold=args.confidence_threshold)
 
     if args.json:
         result = engine.generate(args.prompt, params, chat=args.chat)

@@ -72,7 +72,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     target = load_model(args.model, dtype=args.dtype, device=args.device)
     drafter = None if args.plain else build_drafter(args.drafter, target)
-    engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule)
+    engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
+                    confidence_threshold=args.confidence_threshold)
     backend = LocalBackend(engine, speculative=not args.plain)
     app = create_app(backend, model_name=model_name, api_key=api_key, default_max_tokens=args.default_max_tokens)
 
