@@ -54,5 +54,10 @@ class Drafter(ABC):
     def observe(self, hidden: Tensor, start: int) -> None:
         """Target hidden states [T, m*H] of positions [start, start+T) from the last forward."""
 
+    def reusable_context(self) -> int:
+        """After ``start``: how many leading prompt positions' target features this drafter still
+        holds from its last request (a session then prefills only what was appended). 0 = none."""
+        return 0
+
     def feedback(self, verified: int, accepted: int) -> None:
         """How the last round went: ``accepted`` of ``verified`` draft tokens survived."""

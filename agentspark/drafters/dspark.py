@@ -1,0 +1,108 @@
+"""DSparkDrafter: a DSpark (or DFlash) model behind the Drafter interface.
+
+The drafter keeps its own small KV cache: per draft layer, the projected keys/values of the
+context features of every committed position. The engine hands it the target's hidden states
+from each forward it already makes (prefill, verify) through ``observe``; they are written at
+their positions, which is also the rollback (a verify observes only x0 and the accepted tokens,
+so the cache ends right before the next anchor). ``propose`` runs one block forward and the
+Markov head's left-to-right sampling. Nothing of the block itself is cached.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..sampling import SamplingParams, probs_from_logits, sample
+from .base import Draft, Drafter
+from .dspark_model import DSparkModel
+
+
+class DSparkDrafter(Drafter):
+    def __init__(self, model: DSparkModel, capacity: int = 4096) -> None:
+        cfg = model.cfg
+        self.model = model.eval()
+        self.name = cfg.method
+        self.capture_layers = tuple(cfg.target_layer_ids)
+        self.capacity = min(capacity, cfg.max_position_embeddings)
+        dev, dt = model.fc.weight.device, model.fc.weight.dtype
+        shape = (cfg.num_layers, 1, cfg.num_kv_heads, self.capacity, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=dev, dtype=dt)  # [L, 1, Hkv, cap, D]
+        self.values = torch.zeros(shape, device=dev, dtype=dt)
+        self.length = 0  # positions [0, length) hold context K/V
+        self.seen: list[int] = []  # the tokens at those positions (as of the last propose)
+        self.params = SamplingParams()
+        self.generator: torch.Generator | None = None
+        self._reusable = 0
+        mask_id = cfg.mask_token_id
+        self._mask_tail = torch.full((cfg.block_size - 1,), mask_id, dtype=torch.long, device=dev)  # [B-1]
+        self._offsets = torch.arange(cfg.block_size, device=dev)  # [B]
+
+    def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
+        self.params, self.generator = params, generator
+        held = self.seen[: self.length]
+        n, limit = 0, min(len(held), len(prompt_ids))
+        while n < limit and held[n] == prompt_ids[n]:
+            n += 1
+        self._reusable = n
+
+    def reusable_context(self) -> int:
+        return self._reusable
+
+    @torch.inference_mode()
+    def observe(self, hidden: Tensor, start: int) -> None:
+        """Target features [T, m*H] of positions [start, start+T) -> context K/V at those positions."""
+        T = hidden.shape[0]
+        end = min(start + T, self.capacity)
+        if end <= start:
+            return
+        context = self.model.fuse_context(hidden[None, : end - start])  # [1, T, H]
+        positions = torch.arange(start, end, device=context.device)[None]  # [1, T]
+        for i, (k, v) in enumerate(self.model.context_kv(context, positions)):  # [1, Hkv, T, D] each
+            self.keys[i, :, :, start:end] = k
+            self.values[i, :, :, start:end] = v
+        self.length = end
+
+    @torch.inference_mode()
+    def propose(self, tokens: list[int], max_tokens: int) -> Draft:
+        cfg, model = self.model.cfg, self.model
+        anchor_pos = len(tokens) - 1
+        device = self.keys.device
+        room = min(max_tokens, cfg.block_size)
+        fits = anchor_pos < self.capacity and anchor_pos + cfg.block_size <= model.rope_cos.shape[0]
+        if room <= 0 or not fits or self.length != anchor_pos:  # no room, or features missing: draft nothing
+            return Draft.empty(device)
+        self.seen = tokens[:anchor_pos]
+        anchor = torch.tensor([tokens[-1]], dtype=torch.long, device=device)
+        block = torch.cat([anchor, self._mask_tail])[None]  # [1, B]
+        positions = (anchor_pos + self._offsets)[None]  # [1, B]
+        ctx = [(self.keys[i, :, :, :anchor_pos], self.values[i, :, :, :anchor_pos]) for i in range(cfg.num_layers)]
+        h = model.block_hidden(block, positions, ctx, None)[0, :room]  # [g, H]
+        base = model.base_logits(h).float()  # [g, Vd]
+        if model.markov_head is None:  # DFlash: every slot independent
+            q = probs_from_logits(model.to_target_vocab(base), self.params)  # [g, V]
+            drafted = q.argmax(-1) if self.params.greedy else sample(q, self.generator)  # [g]
+            return Draft(tokens=drafted, probs=q, confidences=self._confidences(h, None))
+        # DSpark: left to right from the anchor, each slot biased by the token before it.
+        prev, state = anchor[0], None
+        out_tokens, out_probs, prev_feats = [], [], []
+        for k in range(room):
+            e_prev = model.markov_head.prev_features(prev)  # [r]
+            bias, state = model.markov_head.step(e_prev, h[k], state)
+            q_k = probs_from_logits(model.to_target_vocab(base[k] + bias.float())[None], self.params)  # [1, V]
+            prev = q_k[0].argmax() if self.params.greedy else sample(q_k, self.generator)[0]
+            out_tokens.append(prev)
+            out_probs.append(q_k)
+            prev_feats.append(e_prev)
+        drafted = torch.stack(out_tokens)  # [g]
+        return Draft(tokens=drafted, probs=torch.cat(out_probs), confidences=self._confidences(h, prev_feats))
+
+    def _confidences(self, h: Tensor, prev_feats: list[Tensor] | None) -> Tensor | None:
+        """c_k [g] = sigmoid(logit_k / T_k) from the confidence head (None without one)."""
+        head = self.model.confidence_head
+        if head is None:
+            return None
+        e_prev = torch.stack(prev_feats) if prev_feats is not None else None  # [g, r]
+        logits = head(h, e_prev).float()  # [g]
+        temps = self.model.confidence_temperatures[: logits.shape[0]]
+        return torch.sigmoid(logits / temps)

@@ -1,0 +1,151 @@
+"""DSparkModel: the parallel drafter backbone (DFlash) with DSpark's Markov and confidence heads.
+
+Backbone (deepspec-format.md §1.1): the target's context features (raw outputs of the layers in
+``target_layer_ids``, concatenated) are fused once, C = hidden_norm(fc(features)), and injected as
+extra keys/values into every draft layer. A block [anchor, MASK x (B-1)] at positions
+[a, a+B) attends to the context before a and to its whole block (no causal mask inside it); slot
+k's final-normed hidden h_k gives base logits U_k = LM_head(h_k) for the token at a+k+1. One
+forward drafts the whole block.
+
+Markov head (DSpark): z_k = U_k + W2 W1[x_{k-1}], sampled left to right from the anchor; q_k is
+softmax of z_k (after the request's sampling parameters). The ``rnn`` variant carries a state.
+Confidence head: c_k = sigmoid(w . [h_k; W1[x_{k-1}]] + b) estimates P(d_k survives | d_<k did),
+divided by a per-position temperature after calibration.
+
+The embedding and LM head are the target's, frozen and not stored with our checkpoints; with a
+reduced draft vocabulary the head is the target head's rows for those tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..model.decoder import DecoderModel
+from ..model.layers import RMSNorm, rope_tables
+from .draft_layers import BlockLayer, rope_at
+from .learned_config import LearnedDrafterConfig
+
+
+class MarkovHead(nn.Module):
+    """Low-rank bias from the previous token: b = W2 W1[prev] (vanilla) or through a gated state (rnn)."""
+
+    def __init__(self, cfg: LearnedDrafterConfig) -> None:
+        super().__init__()
+        r = cfg.markov_rank
+        self.kind = cfg.markov_head_type
+        self.markov_w1 = nn.Embedding(cfg.vocab_size, r)  # indexed by any target token
+        self.markov_w2 = nn.Linear(r, cfg.draft_vocab_size, bias=False)
+        if self.kind == "rnn":
+            self.joint_proj = nn.Linear(2 * r + cfg.hidden_size, 3 * r, bias=True)
+
+    def prev_features(self, prev: Tensor) -> Tensor:
+        """prev [...] token ids -> W1[prev] [..., r]."""
+        return self.markov_w1(prev)
+
+    def step(self, e_prev: Tensor, h: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One slot: e_prev = W1[prev] [..., r], h [..., H] -> bias [..., Vd], next state."""
+        if self.kind == "vanilla":
+            return self.markov_w2(e_prev), None
+        if state is None:
+            state = torch.zeros_like(e_prev)
+        gate, cand, out = self.joint_proj(torch.cat([state, e_prev, h], dim=-1)).chunk(3, dim=-1)
+        g = torch.sigmoid(gate)
+        state = g * state + (1 - g) * torch.tanh(cand)
+        return self.markov_w2(torch.tanh(out)), state
+
+    def block_bias(self, e_prev: Tensor, h: Tensor) -> Tensor:
+        """Teacher-forced biases for whole blocks: e_prev [B, nb, K, r], h [B, nb, K, H] -> [B, nb, K, Vd]."""
+        if self.kind == "vanilla":
+            return self.markov_w2(e_prev)
+        state, out = None, []
+        for k in range(e_prev.shape[-2]):
+            b, state = self.step(e_prev[..., k, :], h[..., k, :], state)
+            out.append(b)
+        return torch.stack(out, dim=-2)
+
+
+class ConfidenceHead(nn.Module):
+    def __init__(self, cfg: LearnedDrafterConfig) -> None:
+        super().__init__()
+        width = cfg.hidden_size + (cfg.markov_rank if cfg.confidence_head_with_markov and cfg.markov_rank else 0)
+        self.with_markov = width > cfg.hidden_size
+        self.proj = nn.Linear(width, 1, bias=True)
+
+    def forward(self, h: Tensor, e_prev: Tensor | None) -> Tensor:
+        """h [..., H], e_prev [..., r] -> logits [...]."""
+        x = torch.cat([h, e_prev], dim=-1) if self.with_markov else h
+        return self.proj(x).squeeze(-1)
+
+
+class DSparkModel(nn.Module):
+    def __init__(self, cfg: LearnedDrafterConfig) -> None:
+        super().__init__()
+        if cfg.method not in ("dspark", "dflash"):
+            raise ValueError(f"DSparkModel builds dspark/dflash drafters, not {cfg.method}")
+        self.cfg = cfg
+        H = cfg.hidden_size
+        self.fc = nn.Linear(cfg.num_features * H, H, bias=False)
+        self.hidden_norm = RMSNorm(H, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(BlockLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(H, cfg.rms_norm_eps)
+        self.markov_head = MarkovHead(cfg) if cfg.markov_rank else None
+        self.confidence_head = ConfidenceHead(cfg) if cfg.enable_confidence_head else None
+        cos, sin = rope_tables(cfg.rope_config(), cfg.max_position_embeddings)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [P, D] float32
+        self.register_buffer("rope_sin", sin, persistent=False)
+        vocab = torch.tensor(cfg.draft_vocab if cfg.draft_vocab is not None else [], dtype=torch.long)
+        self.register_buffer("draft_vocab_ids", vocab, persistent=False)  # [Vd] target ids, empty = all
+        temps = torch.tensor(cfg.confidence_temperatures or [1.0] * cfg.block_size, dtype=torch.float32)
+        self.register_buffer("confidence_temperatures", temps, persistent=False)  # [block_size]
+        # The target's frozen embedding [V, H] and LM head rows [Vd, H]: shared, never saved.
+        self.embed_weight: Tensor | None = None
+        self.head_weight: Tensor | None = None
+
+    # ---- target sharing ---------------------------------------------------------------------
+    def attach_target(self, target: DecoderModel) -> DSparkModel:
+        """Take the target's embedding and LM head (frozen; call after moving the drafter)."""
+        embed = target.embed.weight.detach()  # [V, H]
+        head = target.lm_head.weight_t.detach().t()  # [V, H] view of the stored [H, V]
+        if self.draft_vocab_ids.numel():
+            head = head[self.draft_vocab_ids.to(head.device)]  # [Vd, H]
+        self.embed_weight, self.head_weight = embed, head
+        return self
+
+    @property
+    def reduced_vocab(self) -> bool:
+        return bool(self.draft_vocab_ids.numel())
+
+    # ---- pieces shared by training and inference --------------------------------------------
+    def fuse_context(self, features: Tensor) -> Tensor:
+        """Target features [B, S, m*H] -> C [B, S, H]."""
+        return self.hidden_norm(self.fc(features.to(self.fc.weight.dtype)))
+
+    def context_kv(self, context: Tensor, positions: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """C [B, S, H] at positions [B, S] -> per layer (k, v) [B, Hkv, S, D]."""
+        cos, sin = rope_at(self.rope_cos, self.rope_sin, positions, context.dtype)
+        return [layer.self_attn.keys_values(context, cos, sin) for layer in self.layers]
+
+    def block_hidden(
+        self, block_ids: Tensor, positions: Tensor, ctx: list[tuple[Tensor, Tensor]], mask: Tensor | None
+    ) -> Tensor:
+        """Blocks block_ids [B, N] at positions [B, N] over context K/V -> final-normed h [B, N, H]."""
+        assert self.embed_weight is not None, "attach_target() first"
+        x = F.embedding(block_ids, self.embed_weight).to(self.fc.weight.dtype)  # [B, N, H]
+        cos, sin = rope_at(self.rope_cos, self.rope_sin, positions, x.dtype)
+        for layer, (k, v) in zip(self.layers, ctx):
+            x = layer(x, cos, sin, k, v, mask)
+        return self.norm(x)
+
+    def base_logits(self, h: Tensor) -> Tensor:
+        """h [..., H] -> U [..., Vd]."""
+        assert self.head_weight is not None, "attach_target() first"
+        return F.linear(h, self.head_weight.to(h.dtype))
+
+    def to_target_vocab(self, logits: Tensor) -> Tensor:
+        """[..., Vd] -> [..., V] with -inf outside the draft vocabulary."""
+        if not self.reduced_vocab:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.cfg.vocab_size), float("-inf"))
+        return full.scatter_(-1, self.draft_vocab_ids.expand(*logits.shape[:-1], -1), logits)
