@@ -1,0 +1,59 @@
+"""The scripts under examples/ run as written (a fresh interpreter each, the real default model on
+the CPU) and exit 0, printing what they demonstrate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentspark.traces import read_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+
+def run_example(name: str, *args: str) -> str:
+    env = dict(os.environ)
+    # One BLAS/OpenMP thread, as conftest sets for xdist workers: on 2 shared cores, spinning
+    # thread pools of several processes slow each other down by an order of magnitude.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run([sys.executable, f"examples/{name}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_langchain_agent(default_model):  # the fixture makes sure the default model is cached first
+    out = run_example("langchain_agent.py")
+    assert "forced by tool_choice='calculator': '<tool_call>" in out
+    assert "assistant tool_calls: [{'name': 'calculator'" in out and "tool calculator(" in out
+    assert out.count('agentspark stats: {"new_tokens": ') == 2
+    assert "OK: 2 rounds" in out and "backend local-ngram" in out
+
+
+def test_openai_client_agent(default_model):
+    out = run_example("openai_client_agent.py")
+    assert "health: {'status': 'ok'" in out and "server: http://127.0.0.1:" in out
+    assert "round 1: finish_reason=tool_calls" in out and "tool calculator(" in out
+    assert "round 1 agentspark: backend=local-ngram forced_prefix='<tool_call>" in out
+    assert "round 2 agentspark: backend=local-ngram forced_prefix=''" in out
+    assert out.count('stats: {"new_tokens": ') == 2
+    assert "OK: 2 rounds through the openai client" in out and out.rstrip().endswith("server stopped")
+
+
+def test_replay_and_audit(default_model, tmp_path):
+    out = run_example("replay_and_audit.py", "--trace-dir", str(tmp_path))
+    assert "plain vs speculative" in out and "speedup over plain decoding: " in out
+    assert "replayed tokens identical to the recorded ones: 2/2 rounds" in out
+    assert out.count(": PASS (identical (") == 2 and "verdict: PASS" in out
+    (trace,) = tmp_path.glob("session-*.jsonl")
+    rounds = read_trace(trace)
+    assert len(rounds) == 2 and all(r.audit is not None and r.audit.passed for r in rounds)
+    assert rounds[0].request.sampling["tool_choice"] == "calculator"
+    assert rounds[0].tool_calls and rounds[0].tool_calls[0].name == "calculator"
+    assert rounds[1].request.sampling["tool_choice"] == "auto"
