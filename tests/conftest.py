@@ -87,10 +87,10 @@ def eval_chat_prompts(default_model) -> list[list[int]]:
     return [encode_prompt(default_model.tokenizer, [{"role": "user", "content": r.turns[0]}]) for r in mixed]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def default_references(default_model, eval_chat_prompts):
     """(prompt, plain greedy result) for 10 eval prompts, 128 new tokens: what every drafter on
-    the default model must reproduce (computed once per test module)."""
+    the default model must reproduce (computed once per test process: ~1.5 minutes of CPU)."""
     from agentspark import Engine, SamplingParams
 
     plain = Engine(default_model)

@@ -1,4 +1,4 @@
-"""``agentspark bench``: our plain and n-gram speculative decoding against HF transformers'
+"""``agentspark bench``: our plain, n-gram (and any ``--drafter``) speculative decoding against HF transformers'
 ``generate`` and ``generate(prompt_lookup_num_tokens=...)``, same model, same prompts, one run.
 
 Greedy, batch 1. Every request is timed end to end (prefill included) after a warm-up; the table
@@ -19,6 +19,7 @@ import torch
 
 from ..datasets import load_prompts
 from ..drafters import NgramDrafter
+from ..drafters.factory import build_drafter
 from ..engine import Engine
 from ..model.loading import load_model, resolve_folder
 from ..prompts import encode_prompt
@@ -35,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-draft", type=int, default=8)
     p.add_argument("--no-hf", action="store_true", help="skip the HF transformers baselines")
+    p.add_argument("--drafter", action="append", default=[],
+                   help="also bench this drafter (repeatable): default | learned:PATH | draft-model:PATH")
     p.add_argument("--json-out", default=None, help="also write every figure to this JSON file")
     p.set_defaults(run=run_bench)
 
@@ -92,6 +95,10 @@ def run_bench(args: argparse.Namespace) -> int:
         "ours plain": lambda ids: _ours(plain, ids, params),
         "ours n-gram": lambda ids: _ours(spec, ids, params),
     }
+    for name in args.drafter:
+        extra = Engine(target, build_drafter(name, target), max_draft=args.max_draft)
+        extra.steps_per_second()
+        configs[f"ours {name}"] = lambda ids, e=extra: _ours(e, ids, params)
     if not args.no_hf:
         hf = _hf_runner(args.model, target.model.dtype, target.model.device, target.eos_token_ids)
         configs["HF generate"] = lambda ids: hf(ids, args.max_new_tokens, None)
@@ -131,15 +138,20 @@ def run_bench(args: argparse.Namespace) -> int:
         table.add_row(name, f"{med:.1f}", f"{med / base:.2f}x", f"{med / hf_base:.2f}x" if hf_base else "-",
                       f"{same}/{len(rs)}", f"{statistics.mean(taus):.2f}" if taus else "-")
     console.print(table)
-    shown = {k: v for k, v in vars(args).items() if k not in ("command", "run") and v not in (None, False)}
-    out = {"command": "agentspark bench " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in shown.items()),
+    flags = []
+    for k, v in vars(args).items():
+        if k in ("command", "run") or v is None or v is False or v == []:
+            continue
+        flag = "--" + k.replace("_", "-")
+        flags += [flag] if v is True else [f"{flag} {x}" for x in v] if isinstance(v, list) else [f"{flag} {v}"]
+    out = {"command": "agentspark bench " + " ".join(flags),
            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
            "device": str(target.model.device), "summary": summary, "per_prompt": rows}
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(out, f, indent=1)
     print(json.dumps({"summary": summary}, indent=1))
-    spec_ok = summary["ours n-gram"]["identical_to_ours_plain"] == len(prompts)
+    spec_ok = all(summary[n]["identical_to_ours_plain"] == len(prompts) for n in configs if n.startswith("ours "))
     return 0 if spec_ok else 1
 
 

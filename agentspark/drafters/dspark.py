@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..calibration import ConfidenceRound
 from ..sampling import SamplingParams, probs_from_logits, sample
 from .base import Draft, Drafter
 from .dspark_model import DSparkModel
@@ -34,6 +35,9 @@ class DSparkDrafter(Drafter):
         self.params = SamplingParams()
         self.generator: torch.Generator | None = None
         self._reusable = 0
+        # Set to a list to record every round's raw confidence logits and outcome (calibration, eval).
+        self.recording: list[ConfidenceRound] | None = None
+        self._last_logits: Tensor | None = None
         mask_id = cfg.mask_token_id
         self._mask_tail = torch.full((cfg.block_size - 1,), mask_id, dtype=torch.long, device=dev)  # [B-1]
         self._offsets = torch.arange(cfg.block_size, device=dev)  # [B]
@@ -48,6 +52,11 @@ class DSparkDrafter(Drafter):
 
     def reusable_context(self) -> int:
         return self._reusable
+
+    def feedback(self, verified: int, accepted: int) -> None:
+        if self.recording is not None and self._last_logits is not None and verified:
+            self.recording.append(ConfidenceRound(tuple(self._last_logits[:verified].tolist()), accepted))
+        self._last_logits = None
 
     @torch.inference_mode()
     def observe(self, hidden: Tensor, start: int) -> None:
@@ -67,6 +76,7 @@ class DSparkDrafter(Drafter):
     def propose(self, tokens: list[int], max_tokens: int) -> Draft:
         cfg, model = self.model.cfg, self.model
         anchor_pos = len(tokens) - 1
+        self._last_logits = None
         device = self.keys.device
         room = min(max_tokens, cfg.block_size)
         fits = anchor_pos < self.capacity and anchor_pos + cfg.block_size <= model.rope_cos.shape[0]
@@ -104,5 +114,6 @@ class DSparkDrafter(Drafter):
             return None
         e_prev = torch.stack(prev_feats) if prev_feats is not None else None  # [g, r]
         logits = head(h, e_prev).float()  # [g]
+        self._last_logits = logits
         temps = self.model.confidence_temperatures[: logits.shape[0]]
         return torch.sigmoid(logits / temps)

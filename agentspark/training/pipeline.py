@@ -1,0 +1,166 @@
+"""train-drafter, end to end: regenerate -> split -> train online -> calibrate -> export.
+
+Layout of ``out``:
+  data/samples.jsonl   the regenerated conversations (reused by later runs and --resume)
+  checkpoint/          the latest resumable state (float32 weights, optimizer, step)
+  drafter/             the exported drafter (config.json + model.safetensors, calibrated)
+  report.json          options, data sizes, loss history summary, calibration per position
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..calibration import calibration_report, fit_temperatures
+from ..drafters.checkpoint import build_model, place_like_target, save_drafter
+from ..drafters.dspark import DSparkDrafter
+from ..drafters.learned_config import LearnedDrafterConfig, default_layer_ids
+from ..engine import Engine
+from ..errors import InvalidRequestError
+from ..model.loading import LoadedModel
+from ..sampling import SamplingParams
+from .data import RegenParams, Sample, draft_vocabulary, load_samples, pick_mask_token, save_samples, split_held_out
+from .dspark_objective import ObjectiveWeights
+from .trainer import TrainOptions, train
+
+
+@dataclass
+class DrafterRecipe:
+    method: str = "dspark"
+    num_layers: int = 1
+    num_features: int = 3  # target layers fused as context
+    block_size: int = 7
+    markov_rank: int = 32
+    draft_vocab_size: int = 0  # 0 = the full vocabulary
+    held_out: float = 0.05
+    calibration_prompts: int = 32
+    calibration_tokens: int = 128
+    storage: str = "bfloat16"
+    train: TrainOptions = field(default_factory=TrainOptions)
+    regen: RegenParams = field(default_factory=RegenParams)
+
+
+def regenerate_with_hf(target_spec: str, target: LoadedModel, prompts: str | Path, recipe: DrafterRecipe,
+                       limit: int | None, progress: Any = None) -> list[Sample]:
+    """Load the same weights through transformers (batched generate) and answer every prompt."""
+    from transformers import AutoModelForCausalLM
+
+    from ..model.loading import resolve_folder
+    from .data import regenerate
+
+    folder = resolve_folder(target_spec)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=target.model.dtype).to(target.model.device).eval()
+    try:
+        return regenerate(hf, target.tokenizer, prompts, recipe.regen, limit=limit, progress=progress)
+    finally:
+        del hf
+        if target.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def new_drafter_model(target: LoadedModel, recipe: DrafterRecipe, samples: list[Sample]) -> torch.nn.Module:
+    t = target.config
+    vocab = None
+    if recipe.draft_vocab_size and recipe.draft_vocab_size < t.vocab_size:
+        vocab = draft_vocabulary(samples, recipe.draft_vocab_size, set(target.eos_token_ids))
+    cfg = LearnedDrafterConfig.for_target(
+        t, recipe.method, num_layers=recipe.num_layers,
+        target_layer_ids=default_layer_ids(t.num_layers, recipe.num_features), block_size=recipe.block_size,
+        mask_token_id=pick_mask_token(target.tokenizer, t.vocab_size), markov_rank=recipe.markov_rank,
+        draft_vocab=vocab,
+    )
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(cfg)
+    model.to(device=target.model.device)  # float32 master weights; autocast does bf16 on CUDA
+    return model.attach_target(target.model)
+
+
+def collect_rounds(model: torch.nn.Module, target: LoadedModel, prompts: list[list[int]], params: SamplingParams):
+    """Verify full blocks on ``prompts`` and record every round's raw confidences and outcome."""
+    drafter = DSparkDrafter(model)
+    drafter.recording = []
+    engine = Engine(target, drafter, max_draft=model.cfg.block_size, schedule="full")
+    for i, ids in enumerate(prompts):
+        seeded = SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                                seed=1000 + i, max_new_tokens=params.max_new_tokens)
+        engine.generate(ids, seeded)
+    return drafter.recording
+
+
+def prompt_part(sample: Sample) -> list[int]:
+    n = sample.loss_mask.index(1) if 1 in sample.loss_mask else len(sample.input_ids)
+    return sample.input_ids[:n]
+
+
+def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, recipe: DrafterRecipe, *,
+        responses: Path | None = None, limit: int | None = None, resume: bool = False,
+        log: Any = print, progress_factory: Any = None) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    cached = out / "data" / "samples.jsonl"
+    if responses is not None:
+        samples = load_samples(responses)
+        log(f"samples: {len(samples)} from {responses}")
+    elif cached.exists():
+        samples = load_samples(cached)
+        log(f"samples: {len(samples)} reused from {cached}")
+    else:
+        log(f"regenerating responses with the target ({recipe.regen})")
+        with progress_factory("regenerate", limit) if progress_factory else _null() as advance:
+            samples = regenerate_with_hf(target_spec, target, prompts, recipe, limit, advance)
+        save_samples(samples, cached)
+        log(f"samples: {len(samples)} regenerated -> {cached}")
+    samples = [s for s in samples if s.loss_tokens >= 2]
+    if not samples:
+        raise InvalidRequestError("no usable training samples (every response was empty)")
+    train_set, held_out = split_held_out(samples, recipe.held_out, recipe.train.seed)
+    regen_s = time.perf_counter() - t_start
+    model = new_drafter_model(target, recipe, train_set)
+    log(f"drafter: {model.cfg.method}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M trainable parameters, "
+        f"layers {model.cfg.target_layer_ids} of the target, draft vocab {model.cfg.draft_vocab_size}")
+    pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
+    t_train = time.perf_counter()
+    with progress_factory("train", recipe.train.steps) if progress_factory else _null() as advance:
+        history = train(model, target, train_set, recipe.train, out, weights=ObjectiveWeights.for_method(recipe.method),
+                        pad_id=pad, resume=resume, on_step=(lambda s, st: advance(1, st)) if advance else None)
+    train_s = time.perf_counter() - t_train
+    # --- calibrate on the held-out split: real verification rounds at temperature 1 ---
+    calibration: list[dict] = []
+    # (confidence heads only: DFlash has none, and EAGLE-3 drafts have no confidences at all)
+    if getattr(model, "confidence_head", None) is not None and held_out:
+        place_like_target(model, target).attach_target(target.model)
+        prompts_ho = [prompt_part(s) for s in held_out[: recipe.calibration_prompts]]
+        rounds = collect_rounds(model, target, prompts_ho, SamplingParams(temperature=1.0,
+                                                                          max_new_tokens=recipe.calibration_tokens))
+        temps = fit_temperatures(rounds, model.cfg.block_size)
+        model.cfg = model.cfg.with_(confidence_temperatures=tuple(temps))
+        model.confidence_temperatures.copy_(torch.tensor(temps))
+        calibration = calibration_report(rounds, model.cfg.block_size, temps)
+        log(f"calibrated on {len(rounds)} held-out rounds: temperatures {[round(t, 2) for t in temps]}")
+    final = save_drafter(model, out / "drafter", storage=recipe.storage)
+    size = sum(f.stat().st_size for f in final.iterdir())
+    tail = history[-50:]
+    report = {
+        "recipe": asdict(recipe), "target": target_spec, "samples": len(samples), "train_samples": len(train_set),
+        "held_out_samples": len(held_out), "drafter_bytes": size, "regenerate_s": regen_s, "train_s": train_s,
+        "final_loss": {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if isinstance(tail[0][k], float)}
+        if tail else {},
+        "calibration": calibration, "total_s": time.perf_counter() - t_start,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    log(f"drafter written to {final} ({size / 2**20:.2f} MiB)")
+    return report
+
+
+class _null:
+    def __enter__(self):  # noqa: ANN204
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
