@@ -1,6 +1,6 @@
 """The shipped default drafter (DSpark for SmolLM2-135M-Instruct, package data): within the size
 budget, loaded by ``--drafter default``, and lossless on the real default model (greedy, float32,
-CPU): 10 eval prompts x 128 new tokens identical to plain decoding, full blocks and adaptive."""
+CPU): 10 eval prompts x 128 new tokens identical to plain decoding (4 with full blocks, 6 adaptive)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,12 @@ def test_shipped_files_fit_the_budget():
 def test_default_drafter_is_lossless_on_the_default_model(default_model, default_references):
     drafter = build_drafter("default", default_model)
     assert drafter.name == "dspark"
+    # all 10 references: 4 with every drafted token verified, 6 with the adaptive schedule (on the
+    # CPU a full block of 7 costs ~7 extra row reads per round; both paths must be exact)
     full = Engine(default_model, drafter, max_draft=7, schedule="full")
-    assert assert_reproduces(full, default_references) > 100  # the drafter is trained: drafts survive
+    assert assert_reproduces(full, default_references[:4]) > 40  # the drafter is trained: drafts survive
     adaptive = Engine(default_model, build_drafter("default", default_model), max_draft=7)
-    assert_reproduces(adaptive, default_references[:2])
+    assert_reproduces(adaptive, default_references[4:])
 
 
 def test_generate_with_the_default_drafter_compares_equal(default_model, capsys):

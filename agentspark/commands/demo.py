@@ -1,5 +1,5 @@
 """``agentspark demo``: the main job. A multi-turn agent session on the embedded default model
-(SmolLM2-135M-Instruct, CPU) with the built-in tools, speculative decoding (n-gram), a trace
+(SmolLM2-135M-Instruct, CPU) with the built-in tools, speculative decoding (n-gram unless --drafter says otherwise), a trace
 under ./agentspark-traces/, the same requests replayed with plain decoding for the speedup, and a
 per-round greedy audit (speculative tokens == plain tokens) written into the trace.
 
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import add_model_args
+from ..errors import InvalidRequestError
+from .common import add_drafter_args, add_model_args
 from .common import console as make_console
 
 TASKS = [
@@ -32,8 +33,8 @@ NOTES = "Project Falcon\nDeadline: March 14, 2027\nBudget: 12,500 EUR\nOwner: Da
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a traced, audited multi-turn agent session on the default model")
     add_model_args(p)
+    add_drafter_args(p)
     p.add_argument("--max-new-tokens", type=int, default=64, help="per round (default: 64)")
-    p.add_argument("--max-draft", type=int, default=8)
     p.add_argument("--trace-dir", default="agentspark-traces")
     p.set_defaults(run=run)
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..agent.loop import Agent, ModelTurn, ToolOutputs
     from ..backends.local import LocalBackend
-    from ..drafters import NgramDrafter
+    from ..drafters.factory import build_drafter
     from ..engine import Engine
     from ..model.loading import load_model
     from ..sampling import SamplingParams
@@ -52,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     t_start = time.perf_counter()
     target = load_model(args.model, dtype=args.dtype, device=args.device)
-    spec_backend = LocalBackend(Engine(target, NgramDrafter(), max_draft=args.max_draft), close_forced_calls=True)
+    drafter = build_drafter(args.drafter, target)
+    if drafter is None:
+        raise InvalidRequestError("the demo compares speculative with plain decoding: choose a drafter, not none")
+    spec_engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
+                         confidence_threshold=args.confidence_threshold)
+    spec_backend = LocalBackend(spec_engine, close_forced_calls=True)
     plain_backend = LocalBackend(Engine(target), speculative=False, close_forced_calls=True)
     workspace = Path(tempfile.mkdtemp(prefix="agentspark-demo-"))
     (workspace / "notes.txt").write_text(NOTES)
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(spec_backend, [calculator, *make_file_tools(workspace)], trace=trace_path, max_rounds=3,
                   system="You are a helpful assistant. Use the tools when asked.",
                   sampling=SamplingParams(max_new_tokens=args.max_new_tokens))
-    console.rule(f"agentspark demo · {args.model} · {args.device} · {args.dtype} · speculative n-gram")
+    console.rule(f"agentspark demo · {args.model} · {args.device} · {args.dtype} · speculative, drafter {drafter.name}")
     for task, choice in TASKS:
         console.print(f"[bold]user:[/] {task}")
         for event in agent.stream(task, tool_choice=choice):

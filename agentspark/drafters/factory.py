@@ -1,5 +1,6 @@
 """Build a drafter from its command-line name:
-none | ngram | draft-model:PATH | learned:PATH (DSpark, DFlash or EAGLE-3, DeepSpec format or ours) | default."""
+none | ngram | draft-model:PATH | learned:PATH (DSpark, DFlash or EAGLE-3, DeepSpec format or ours) | default
+(the shipped DSpark drafter for SmolLM2-135M-Instruct; a learned drafter only fits its target)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .base import Drafter
 from .draft_model import DraftModelDrafter, check_same_tokenizer
 from .ngram import NgramDrafter
 
-DRAFTER_NAMES = "none | ngram | draft-model:PATH | learned:PATH | default"
+DRAFTER_NAMES = "none | ngram | default | learned:PATH | draft-model:PATH"
 DEFAULT_DRAFTER = "smollm2-135m-instruct-dspark"  # package data: agentspark/data/drafters/<name>/
 
 
