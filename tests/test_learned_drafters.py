@@ -24,7 +24,7 @@ from conftest import FAMILIES, ours_from_hf, tiny_hf_model
 from test_greedy_equivalence import tiny_prompts
 
 VOCAB = 16  # small: a random drafter then guesses right often enough to exercise acceptance
-N_PROMPTS = 12
+N_PROMPTS = 8
 NEW_TOKENS = 12
 
 
