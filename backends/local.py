@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..agent.tool_prompt import apply_chat_template_with_tools
@@ -49,6 +49,17 @@ def forced_prefix(tool_choice: ToolChoice, tools: list[dict[str, Any]] | None) -
     return prefix
 
 
+CLOSE_FORCED_CALL = '"}}\n</tool_call>'  # closes a forced call after its first string argument
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    prompt_ids: list[int]
+    prefix: str  # forced into the model's reply ('' if none)
+    params: SamplingParams
+    suffix: str  # appended to close the forced call ('' if none)
+
+
 class LocalBackend(Backend):
     def __init__(
         self, engine: Engine, *, speculative: bool = True, reuse_cache: bool = True, close_forced_calls: bool = False
@@ -64,17 +75,32 @@ class LocalBackend(Backend):
     def reset(self) -> None:
         self.engine.cache.reset()
 
-    def build_prompt(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tool_choice: ToolChoice = "auto"
-    ) -> tuple[list[int], str]:
-        """The prompt token ids for a request, and the forced prefix they end with ('' if none)."""
+    def prepare(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+        *,
+        close_forced_call: bool | None = None,
+    ) -> PreparedRequest:
+        """What the engine runs for a request: prompt ids (ending with the forced prefix, if any)
+        and sampling parameters; ``close_forced_call`` overrides ``close_forced_calls`` (audits
+        reproduce a recorded round with it)."""
         offered = tools if tool_choice != "none" else None
         prefix = forced_prefix(tool_choice, offered)
         tok = self.engine.tokenizer
         prompt_ids = apply_chat_template_with_tools(tok, messages, offered)
         if prefix:
             prompt_ids = prompt_ids + list(tok.encode(prefix, add_special_tokens=False))
-        return prompt_ids, prefix
+        params = sampling or SamplingParams()
+        # A forced call that ends inside a string value: when closing, the model writes only that
+        # value (generation stops at its closing quote) and the call is closed for it.
+        close = self.close_forced_calls if close_forced_call is None else close_forced_call
+        closing = close and prefix.endswith('"') and tool_choice not in ("auto", "none", "required")
+        if closing:
+            params = replace(params, stop=(*params.stop, '"'))
+        return PreparedRequest(prompt_ids, prefix, params, CLOSE_FORCED_CALL if closing else "")
 
     def stream(
         self,
@@ -84,13 +110,8 @@ class LocalBackend(Backend):
         tool_choice: ToolChoice = "auto",
     ) -> Iterator[BackendChunk]:
         offered = tools if tool_choice != "none" else None
-        prompt_ids, prefix = self.build_prompt(messages, tools, tool_choice)
-        params = sampling or SamplingParams()
-        # A forced call that ends inside a string value: with close_forced_calls the model writes
-        # only that value (generation stops at its closing quote) and the call is closed for it.
-        closing = self.close_forced_calls and prefix.endswith('"') and tool_choice not in ("auto", "none", "required")
-        if closing:
-            params = replace(params, stop=(*params.stop, '"'))
+        prepared = self.prepare(messages, tools, sampling, tool_choice)
+        prompt_ids, prefix, params, suffix = prepared.prompt_ids, prepared.prefix, prepared.params, prepared.suffix
         if prefix:
             yield BackendChunk(delta=prefix)
         result = None
@@ -99,7 +120,6 @@ class LocalBackend(Backend):
                 yield BackendChunk(delta=chunk.delta)
             result = chunk.result or result
         assert result is not None
-        suffix = '"}}\n</tool_call>' if closing else ""
         if suffix:
             yield BackendChunk(delta=suffix)
         text = prefix + result.text + suffix

@@ -19,7 +19,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace as with_fields
 from pathlib import Path
 
 from agentspark import Engine, NgramDrafter, SamplingParams, load_model
@@ -71,10 +70,9 @@ def main() -> int:
     failures = 0
     for r in recorded:
         params, tool_choice = sampling_of(r.request)
-        ids, _ = auditor.build_prompt(r.request.messages, r.request.tools, tool_choice)
-        if r.request.sampling.get("forced_suffix"):  # the recorded run stopped where the forced call was closed
-            params = with_fields(params, stop=(*params.stop, '"'))
-        verdict = audit_greedy(engine, ids, params)
+        prepared = auditor.prepare(r.request.messages, r.request.tools, params, tool_choice,
+                                   close_forced_call=bool(r.request.sampling.get("forced_suffix")))
+        verdict = audit_greedy(engine, prepared.prompt_ids, prepared.params)
         failures += not verdict.passed
         print(f"audit {r.session_id}#{r.round_index}: {'PASS' if verdict.passed else 'FAIL'} ({verdict.detail})")
         set_audit(trace, r.session_id, r.round_index, AuditVerdict(

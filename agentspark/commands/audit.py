@@ -43,16 +43,16 @@ def run(args: argparse.Namespace) -> int:
     if args.trace:
         for r in read_trace(args.trace)[: args.limit]:
             params, tool_choice = sampling_of(r.request)
-            ids, _ = backend.build_prompt(r.request.messages, r.request.tools, tool_choice)
-            if r.request.sampling.get("forced_suffix"):  # the engine stopped where the forced call was closed
-                params = replace(params, stop=(*params.stop, '"'))
+            prepared = backend.prepare(r.request.messages, r.request.tools, params, tool_choice,
+                                       close_forced_call=bool(r.request.sampling.get("forced_suffix")))
+            ids, params = prepared.prompt_ids, prepared.params
             jobs.append((f"{r.session_id}#{r.round_index}", ids, params, (r.session_id, r.round_index)))
     else:
         from ..datasets import load_prompts
 
         for i, rec in enumerate(load_prompts(args.prompts, args.limit)):
-            ids, _ = backend.build_prompt([{"role": "user", "content": rec.turns[0]}], None)
-            jobs.append((f"{rec.dataset}#{i}", ids, SamplingParams(max_new_tokens=128), None))
+            prepared = backend.prepare([{"role": "user", "content": rec.turns[0]}], None, SamplingParams(max_new_tokens=128))
+            jobs.append((f"{rec.dataset}#{i}", prepared.prompt_ids, prepared.params, None))
 
     out = console()
     failures = 0
