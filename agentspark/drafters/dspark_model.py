@@ -19,12 +19,11 @@ reduced draft vocabulary the head is the target head's rows for those tokens.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model.decoder import DecoderModel
-from ..model.layers import RMSNorm, rope_tables
-from .draft_layers import BlockLayer, rope_at
+from ..model.layers import RMSNorm
+from .draft_layers import BlockLayer
+from .target_shared import TargetSharedDrafter
 from .learned_config import LearnedDrafterConfig
 
 
@@ -79,12 +78,11 @@ class ConfidenceHead(nn.Module):
         return self.proj(x).squeeze(-1)
 
 
-class DSparkModel(nn.Module):
+class DSparkModel(TargetSharedDrafter):
     def __init__(self, cfg: LearnedDrafterConfig) -> None:
-        super().__init__()
         if cfg.method not in ("dspark", "dflash"):
             raise ValueError(f"DSparkModel builds dspark/dflash drafters, not {cfg.method}")
-        self.cfg = cfg
+        super().__init__(cfg)
         H = cfg.hidden_size
         self.fc = nn.Linear(cfg.num_features * H, H, bias=False)
         self.hidden_norm = RMSNorm(H, cfg.rms_norm_eps)
@@ -92,30 +90,8 @@ class DSparkModel(nn.Module):
         self.norm = RMSNorm(H, cfg.rms_norm_eps)
         self.markov_head = MarkovHead(cfg) if cfg.markov_rank else None
         self.confidence_head = ConfidenceHead(cfg) if cfg.enable_confidence_head else None
-        cos, sin = rope_tables(cfg.rope_config(), cfg.max_position_embeddings)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [P, D] float32
-        self.register_buffer("rope_sin", sin, persistent=False)
-        vocab = torch.tensor(cfg.draft_vocab if cfg.draft_vocab is not None else [], dtype=torch.long)
-        self.register_buffer("draft_vocab_ids", vocab, persistent=False)  # [Vd] target ids, empty = all
         temps = torch.tensor(cfg.confidence_temperatures or [1.0] * cfg.block_size, dtype=torch.float32)
         self.register_buffer("confidence_temperatures", temps, persistent=False)  # [block_size]
-        # The target's frozen embedding [V, H] and LM head rows [Vd, H]: shared, never saved.
-        self.embed_weight: Tensor | None = None
-        self.head_weight: Tensor | None = None
-
-    # ---- target sharing ---------------------------------------------------------------------
-    def attach_target(self, target: DecoderModel) -> DSparkModel:
-        """Take the target's embedding and LM head (frozen; call after moving the drafter)."""
-        embed = target.embed.weight.detach()  # [V, H]
-        head = target.lm_head.weight_t.detach().t()  # [V, H] view of the stored [H, V]
-        if self.draft_vocab_ids.numel():
-            head = head[self.draft_vocab_ids.to(head.device)]  # [Vd, H]
-        self.embed_weight, self.head_weight = embed, head
-        return self
-
-    @property
-    def reduced_vocab(self) -> bool:
-        return bool(self.draft_vocab_ids.numel())
 
     # ---- pieces shared by training and inference --------------------------------------------
     def fuse_context(self, features: Tensor) -> Tensor:
@@ -124,28 +100,15 @@ class DSparkModel(nn.Module):
 
     def context_kv(self, context: Tensor, positions: Tensor) -> list[tuple[Tensor, Tensor]]:
         """C [B, S, H] at positions [B, S] -> per layer (k, v) [B, Hkv, S, D]."""
-        cos, sin = rope_at(self.rope_cos, self.rope_sin, positions, context.dtype)
+        cos, sin = self.rope(positions, context.dtype)
         return [layer.self_attn.keys_values(context, cos, sin) for layer in self.layers]
 
     def block_hidden(
         self, block_ids: Tensor, positions: Tensor, ctx: list[tuple[Tensor, Tensor]], mask: Tensor | None
     ) -> Tensor:
         """Blocks block_ids [B, N] at positions [B, N] over context K/V -> final-normed h [B, N, H]."""
-        assert self.embed_weight is not None, "attach_target() first"
-        x = F.embedding(block_ids, self.embed_weight).to(self.fc.weight.dtype)  # [B, N, H]
-        cos, sin = rope_at(self.rope_cos, self.rope_sin, positions, x.dtype)
+        x = self.embed_tokens(block_ids, self.fc.weight.dtype)  # [B, N, H]
+        cos, sin = self.rope(positions, x.dtype)
         for layer, (k, v) in zip(self.layers, ctx):
             x = layer(x, cos, sin, k, v, mask)
         return self.norm(x)
-
-    def base_logits(self, h: Tensor) -> Tensor:
-        """h [..., H] -> U [..., Vd]."""
-        assert self.head_weight is not None, "attach_target() first"
-        return F.linear(h, self.head_weight.to(h.dtype))
-
-    def to_target_vocab(self, logits: Tensor) -> Tensor:
-        """[..., Vd] -> [..., V] with -inf outside the draft vocabulary."""
-        if not self.reduced_vocab:
-            return logits
-        full = logits.new_full((*logits.shape[:-1], self.cfg.vocab_size), float("-inf"))
-        return full.scatter_(-1, self.draft_vocab_ids.expand(*logits.shape[:-1], -1), logits)

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from ..model.decoder import DecoderModel
-from ..model.layers import RMSNorm, apply_rope, rope_tables
-from .draft_layers import DraftAttention, DraftMLP, rope_at
+from ..model.layers import RMSNorm, apply_rope
+from .draft_layers import DraftAttention, DraftMLP
+from .target_shared import TargetSharedDrafter
 from .learned_config import LearnedDrafterConfig
 
 
@@ -80,9 +80,8 @@ class Eagle3Layer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h)), k, v
 
 
-class Eagle3Model(nn.Module):
+class Eagle3Model(TargetSharedDrafter):
     def __init__(self, cfg: LearnedDrafterConfig) -> None:
-        super().__init__()
         if cfg.method != "eagle3":
             raise ValueError(f"Eagle3Model builds eagle3 drafters, not {cfg.method}")
         if cfg.num_layers != 1:
@@ -90,33 +89,11 @@ class Eagle3Model(nn.Module):
                 f"EAGLE-3 drafters with {cfg.num_layers} layers are not supported: only "
                 "draft_num_hidden_layers == 1 (as in DeepSpec's evaluator)"
             )
-        self.cfg = cfg
+        super().__init__(cfg)
         H = cfg.hidden_size
         self.fc = nn.Linear(cfg.num_features * H, H, bias=False)
         self.layers = nn.ModuleList([Eagle3Layer(cfg)])
         self.norm = RMSNorm(H, cfg.rms_norm_eps)
-        cos, sin = rope_tables(cfg.rope_config(), cfg.max_position_embeddings)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [P, D] float32
-        self.register_buffer("rope_sin", sin, persistent=False)
-        vocab = torch.tensor(cfg.draft_vocab if cfg.draft_vocab is not None else [], dtype=torch.long)
-        self.register_buffer("draft_vocab_ids", vocab, persistent=False)  # [Vd] target ids, empty = all
-        # The target's frozen embedding [V, H] and LM head rows [Vd, H]: shared, never saved.
-        self.embed_weight: Tensor | None = None
-        self.head_weight: Tensor | None = None
-
-    # ---- target sharing ---------------------------------------------------------------------
-    def attach_target(self, target: DecoderModel) -> Eagle3Model:
-        """Take the target's embedding and LM head (frozen; call after moving the drafter)."""
-        embed = target.embed.weight.detach()  # [V, H]
-        head = target.lm_head.weight_t.detach().t()  # [V, H] view of the stored [H, V]
-        if self.draft_vocab_ids.numel():
-            head = head[self.draft_vocab_ids.to(head.device)]  # [Vd, H]
-        self.embed_weight, self.head_weight = embed, head
-        return self
-
-    @property
-    def reduced_vocab(self) -> bool:
-        return bool(self.draft_vocab_ids.numel())
 
     @property
     def layer(self) -> Eagle3Layer:
@@ -129,12 +106,7 @@ class Eagle3Model(nn.Module):
 
     def embed(self, ids: Tensor) -> Tensor:
         """Token ids [B, T] -> e [B, T, H] (the target's frozen embedding)."""
-        assert self.embed_weight is not None, "attach_target() first"
-        return F.embedding(ids, self.embed_weight).to(self.fc.weight.dtype)
-
-    def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """positions [B, T] -> cos, sin [B, T, 1, D]."""
-        return rope_at(self.rope_cos, self.rope_sin, positions, dtype)
+        return self.embed_tokens(ids, self.fc.weight.dtype)
 
     def step(
         self,
@@ -159,18 +131,6 @@ class Eagle3Model(nn.Module):
         cos, sin = self.rope(positions, g.dtype)
         return self.layer(e, g, cos, sin, past_k, past_v, mask, last_only)
 
-    def base_logits(self, h: Tensor) -> Tensor:
-        """Final-normed h [..., H] -> logits [..., Vd]."""
-        assert self.head_weight is not None, "attach_target() first"
-        return F.linear(h, self.head_weight.to(h.dtype))
-
     def logits(self, g: Tensor) -> Tensor:
         """Pre-norm layer output g [..., H] -> logits [..., Vd] = lm_head(norm(g))."""
         return self.base_logits(self.norm(g))
-
-    def to_target_vocab(self, logits: Tensor) -> Tensor:
-        """[..., Vd] -> [..., V] with -inf outside the draft vocabulary."""
-        if not self.reduced_vocab:
-            return logits
-        full = logits.new_full((*logits.shape[:-1], self.cfg.vocab_size), float("-inf"))
-        return full.scatter_(-1, self.draft_vocab_ids.expand(*logits.shape[:-1], -1), logits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, r
         log(f"samples: {len(samples)} reused from {cached}")
     else:
         log(f"regenerating responses with the target ({recipe.regen})")
-        with progress_factory("regenerate", limit) if progress_factory else _null() as advance:
+        with progress_factory("regenerate", limit) if progress_factory else nullcontext() as advance:
             samples = regenerate_with_hf(target_spec, target, prompts, recipe, limit, advance)
         save_samples(samples, cached)
         log(f"samples: {len(samples)} regenerated -> {cached}")
@@ -126,7 +127,7 @@ def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, r
         f"layers {model.cfg.target_layer_ids} of the target, draft vocab {model.cfg.draft_vocab_size}")
     pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
     t_train = time.perf_counter()
-    with progress_factory("train", recipe.train.steps) if progress_factory else _null() as advance:
+    with progress_factory("train", recipe.train.steps) if progress_factory else nullcontext() as advance:
         history = train(model, target, train_set, recipe.train, out, weights=ObjectiveWeights.for_method(recipe.method),
                         pad_id=pad, resume=resume, on_step=(lambda s, st: advance(1, st)) if advance else None)
     train_s = time.perf_counter() - t_train
@@ -157,10 +158,3 @@ def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, r
     log(f"drafter written to {final} ({size / 2**20:.2f} MiB)")
     return report
 
-
-class _null:
-    def __enter__(self):  # noqa: ANN204
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
