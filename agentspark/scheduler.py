@@ -74,17 +74,23 @@ def choose_length_no_early_stop(confidences: Sequence[float], steps_per_second: 
     return length
 
 
-def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 3) -> list[float]:
-    """SPS table: median steps per second of ``step(T)`` for T = 1..max_tokens (after a warm-up)."""
-    table = []
+def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 5) -> list[float]:
+    """SPS table: median steps per second of ``step(T)`` for T = 1..max_tokens (after a warm-up).
+
+    The sizes are timed round-robin (1..max, 1..max, ...) rather than one after another, so that a
+    slow spell of the machine (another process, a frequency change) spreads over all of them
+    instead of skewing one: the scheduler acts on their ratios, and a table whose T=2 entry came
+    out low by chance would turn speculation off for a whole session.
+    """
     for t in range(1, max_tokens + 1):
         step(t)
-        times = []
-        for _ in range(repeats):
+    times: list[list[float]] = [[] for _ in range(max_tokens)]
+    for _ in range(repeats):
+        for t in range(1, max_tokens + 1):
             t0 = time.perf_counter()
             step(t)
-            times.append(time.perf_counter() - t0)
-        table.append(1.0 / max(statistics.median(times), 1e-9))
+            times[t - 1].append(time.perf_counter() - t0)
+    table = [1.0 / max(statistics.median(ts), 1e-9) for ts in times]
     # Verifying more tokens never makes a forward faster: enforce that against timing noise.
     for i in range(1, len(table)):
         table[i] = min(table[i], table[i - 1])

@@ -21,7 +21,7 @@ import sys
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
-from agentspark import Engine, NgramDrafter, load_model
+from agentspark import Engine, build_drafter, load_model
 from agentspark.backends.local import LocalBackend
 from agentspark.langchain_chat import ChatAgentSpark
 from agentspark.tools.builtin.arithmetic import evaluate  # safe arithmetic (an AST walk, never eval)
@@ -49,7 +49,7 @@ def main() -> int:
     args = parser.parse_args()
 
     target = load_model("default")  # SmolLM2-135M-Instruct, float32 on the CPU
-    backend = LocalBackend(Engine(target, NgramDrafter(), max_draft=4), close_forced_calls=True)
+    backend = LocalBackend(Engine(target, build_drafter("auto", target), max_draft=4), close_forced_calls=True)
     llm = ChatAgentSpark(backend=backend, max_tokens=args.max_tokens)  # temperature 0: greedy
     messages = [SystemMessage("You are a helpful assistant. Use the tools when asked."),
                 HumanMessage("Use the calculator to compute 1234 * 5678.")]

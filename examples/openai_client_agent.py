@@ -1,6 +1,6 @@
 """The official ``openai`` client against agentspark's OpenAI-compatible server: a 2-round tool loop.
 
-Starts the app of ``agentspark serve`` (``create_app``; speculative n-gram, default model, CPU) in
+Starts the app of ``agentspark serve`` (``create_app``; speculative with drafter auto: n-gram lookups + the shipped DSpark drafter, default model, CPU) in
 this process on 127.0.0.1 with a free port, waits for ``/health``, runs a tool loop with
 ``OpenAI(base_url=...)`` (round 1: a tool call, run here and sent back as a ``tool`` message;
 round 2: the answer), prints each response's ``agentspark`` extension field (backend, speculative
@@ -35,11 +35,12 @@ STATS = ("new_tokens", "rounds_count", "mean_accepted_length", "acceptance_rate"
 
 
 def local_server():  # what `agentspark serve` runs, built here so that forced calls are closed for the model
-    from agentspark import Engine, NgramDrafter, load_model
+    from agentspark import Engine, build_drafter, load_model
     from agentspark.backends.local import LocalBackend
     from agentspark.server import create_app, serve_in_thread
 
-    backend = LocalBackend(Engine(load_model("default"), NgramDrafter(), max_draft=4), close_forced_calls=True)
+    target = load_model("default")  # SmolLM2-135M-Instruct, float32 on the CPU
+    backend = LocalBackend(Engine(target, build_drafter("auto", target), max_draft=4), close_forced_calls=True)
     return serve_in_thread(create_app(backend, model_name="agentspark-default"), "127.0.0.1", 0)  # 0: a free port
 
 

@@ -33,15 +33,15 @@ def test_langchain_agent(default_model):  # the fixture makes sure the default m
     assert "forced by tool_choice='calculator': '<tool_call>" in out
     assert "assistant tool_calls: [{'name': 'calculator'" in out and "tool calculator(" in out
     assert out.count('agentspark stats: {"new_tokens": ') == 2
-    assert "OK: 2 rounds" in out and "backend local-ngram" in out
+    assert "OK: 2 rounds" in out and "backend local-ngram+dspark" in out
 
 
 def test_openai_client_agent(default_model):
     out = run_example("openai_client_agent.py")
     assert "health: {'status': 'ok'" in out and "server: http://127.0.0.1:" in out
     assert "round 1: finish_reason=tool_calls" in out and "tool calculator(" in out
-    assert "round 1 agentspark: backend=local-ngram forced_prefix='<tool_call>" in out
-    assert "round 2 agentspark: backend=local-ngram forced_prefix=''" in out
+    assert "round 1 agentspark: backend=local-ngram+dspark forced_prefix='<tool_call>" in out
+    assert "round 2 agentspark: backend=local-ngram+dspark forced_prefix=''" in out
     assert out.count('stats: {"new_tokens": ') == 2
     assert "OK: 2 rounds through the openai client" in out and out.rstrip().endswith("server stopped")
 

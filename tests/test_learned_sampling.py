@@ -2,7 +2,7 @@
 right) and its confidences feed the same verifier, so speculative and plain sampling must draw
 from one distribution. Same test as test_sampling_equivalence.py (chi-square homogeneity on the
 first three tokens' marginals and joint, N = 2000 seeded runs per side, alpha 1e-3 / 4), for
-full blocks and for the confidence-threshold schedule; the accept-always verifier is the
+full blocks, for the confidence-threshold schedule and for the n-gram + DSpark hybrid; the accept-always verifier is the
 negative control the same test must reject with this drafter too."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 
 from agentspark import Engine, SamplingParams
 from agentspark.drafters.dspark import DSparkDrafter
+from agentspark.drafters.hybrid import HybridDrafter
 from agentspark.verify import verify_chain
 from conftest import ours_from_hf, tiny_hf_model
 from test_learned_drafters import random_drafter_model
@@ -43,6 +44,16 @@ def test_dspark_sampling_matches_plain(setup, schedule):
     engine = Engine(target, DSparkDrafter(model), max_draft=3, schedule=schedule, confidence_threshold=0.5,
                     verifier=verify_chain)
     spec = outcomes(engine, lambda s: SamplingParams(temperature=1.0, seed=mixed_seed(2 * s), max_new_tokens=NEW), speculative=True)
+    assert min_p_value(spec, reference) >= ALPHA / 4
+
+
+def test_hybrid_sampling_matches_plain(setup):
+    """n-gram lookups and DSpark drafting turn about (the choice depends only on the past)."""
+    target, model, reference = setup
+    hybrid = HybridDrafter(DSparkDrafter(model), min_gain=0.0)
+    engine = Engine(target, hybrid, max_draft=3, schedule="full", verifier=verify_chain)
+    spec = outcomes(engine, lambda s: SamplingParams(temperature=1.0, seed=mixed_seed(2 * s), max_new_tokens=NEW), speculative=True)
+    assert hybrid.counts["ngram"] and hybrid.counts["learned"]
     assert min_p_value(spec, reference) >= ALPHA / 4
 
 

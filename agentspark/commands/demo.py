@@ -1,5 +1,5 @@
 """``agentspark demo``: the main job. A multi-turn agent session on the embedded default model
-(SmolLM2-135M-Instruct, CPU) with the built-in tools, speculative decoding (n-gram unless --drafter says otherwise), a trace
+(SmolLM2-135M-Instruct, CPU) with the built-in tools, speculative decoding (n-gram lookups + the shipped DSpark drafter unless --drafter says otherwise), a trace
 under ./agentspark-traces/, the same requests replayed with plain decoding for the speedup, and a
 per-round greedy audit (speculative tokens == plain tokens) written into the trace.
 

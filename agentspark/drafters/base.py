@@ -51,6 +51,10 @@ class Drafter(ABC):
     def propose(self, tokens: list[int], max_tokens: int) -> Draft:
         """Up to max_tokens draft tokens continuing ``tokens`` (may return fewer, even none)."""
 
+    def track(self, tokens: list[int]) -> None:
+        """The committed sequence at a round another drafter drafted (HybridDrafter): a drafter
+        that keeps a record of the tokens behind its context updates it here."""
+
     def observe(self, hidden: Tensor, start: int) -> None:
         """Target hidden states [T, m*H] of positions [start, start+T) from the last forward."""
 

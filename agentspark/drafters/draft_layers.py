@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.linear import DenseLinear
 from ..model.layers import RMSNorm, apply_rope
 from .learned_config import LearnedDrafterConfig
 
@@ -25,10 +26,10 @@ class DraftAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         D, Hq, Hkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-        self.q_proj = nn.Linear(in_features, Hq * D, bias=False)
-        self.k_proj = nn.Linear(in_features, Hkv * D, bias=False)
-        self.v_proj = nn.Linear(in_features, Hkv * D, bias=False)
-        self.o_proj = nn.Linear(Hq * D, cfg.hidden_size, bias=False)
+        self.q_proj = DenseLinear(in_features, Hq * D, bias=False)
+        self.k_proj = DenseLinear(in_features, Hkv * D, bias=False)
+        self.v_proj = DenseLinear(in_features, Hkv * D, bias=False)
+        self.o_proj = DenseLinear(Hq * D, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
 
@@ -60,9 +61,9 @@ class DraftAttention(nn.Module):
 class DraftMLP(nn.Module):
     def __init__(self, cfg: LearnedDrafterConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = DenseLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = DenseLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = DenseLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -58,6 +58,10 @@ class DSparkDrafter(Drafter):
             self.recording.append(ConfidenceRound(tuple(self._last_logits[:verified].tolist()), accepted))
         self._last_logits = None
 
+    def track(self, tokens: list[int]) -> None:
+        if self.length == len(tokens) - 1:  # features of every position before the anchor
+            self.seen = tokens[: self.length]
+
     @torch.inference_mode()
     def observe(self, hidden: Tensor, start: int) -> None:
         """Target features [T, m*H] of positions [start, start+T) -> context K/V at those positions."""
@@ -89,23 +93,37 @@ class DSparkDrafter(Drafter):
         ctx = [(self.keys[i, :, :, :anchor_pos], self.values[i, :, :, :anchor_pos]) for i in range(cfg.num_layers)]
         h = model.block_hidden(block, positions, ctx, None)[0, :room]  # [g, H]
         base = model.base_logits(h).float()  # [g, Vd]
+        # Work in the draft vocabulary and map to target ids at the end: softmax, top-k and top-p
+        # over Vd logits give the same q as over V logits with -inf outside Vd, at a fraction of
+        # the cost. Greedy drafts are deterministic (q = None, one-hot at the token).
         if model.markov_head is None:  # DFlash: every slot independent
-            q = probs_from_logits(model.to_target_vocab(base), self.params)  # [g, V]
-            drafted = q.argmax(-1) if self.params.greedy else sample(q, self.generator)  # [g]
-            return Draft(tokens=drafted, probs=q, confidences=self._confidences(h, None))
+            q = None if self.params.greedy else probs_from_logits(base, self.params)  # [g, Vd]
+            picked = base.argmax(-1) if q is None else sample(q, self.generator)  # [g] draft-vocab indices
+            return self._draft(picked, q, self._confidences(h, None))
         # DSpark: left to right from the anchor, each slot biased by the token before it.
         prev, state = anchor[0], None
-        out_tokens, out_probs, prev_feats = [], [], []
+        picks, probs, prev_feats = [], [], []
         for k in range(room):
             e_prev = model.markov_head.prev_features(prev)  # [r]
             bias, state = model.markov_head.step(e_prev, h[k], state)
-            q_k = probs_from_logits(model.to_target_vocab(base[k] + bias.float())[None], self.params)  # [1, V]
-            prev = q_k[0].argmax() if self.params.greedy else sample(q_k, self.generator)[0]
-            out_tokens.append(prev)
-            out_probs.append(q_k)
+            z_k = (base[k] + bias.float())[None]  # [1, Vd]
+            if self.params.greedy:
+                pick = z_k[0].argmax()
+            else:
+                q_k = probs_from_logits(z_k, self.params)  # [1, Vd]
+                pick = sample(q_k, self.generator)[0]
+                probs.append(q_k)
+            prev = model.draft_to_target(pick)
+            picks.append(pick)
             prev_feats.append(e_prev)
-        drafted = torch.stack(out_tokens)  # [g]
-        return Draft(tokens=drafted, probs=torch.cat(out_probs), confidences=self._confidences(h, prev_feats))
+        q = torch.cat(probs) if probs else None  # [g, Vd]
+        return self._draft(torch.stack(picks), q, self._confidences(h, prev_feats))
+
+    def _draft(self, picks: Tensor, q: Tensor | None, confidences: Tensor | None) -> Draft:
+        """Draft-vocabulary picks [g] and q [g, Vd] (None when greedy) -> a Draft over target ids."""
+        model = self.model
+        return Draft(tokens=model.draft_to_target(picks), probs=None if q is None else model.to_target_vocab(q, fill=0.0),
+                     confidences=confidences)
 
     def _confidences(self, h: Tensor, prev_feats: list[Tensor] | None) -> Tensor | None:
         """c_k [g] = sigmoid(logit_k / T_k) from the confidence head (None without one)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..model.linear import DenseLinear
 from ..model.layers import RMSNorm
 from .draft_layers import BlockLayer
 from .target_shared import TargetSharedDrafter
@@ -35,9 +36,9 @@ class MarkovHead(nn.Module):
         r = cfg.markov_rank
         self.kind = cfg.markov_head_type
         self.markov_w1 = nn.Embedding(cfg.vocab_size, r)  # indexed by any target token
-        self.markov_w2 = nn.Linear(r, cfg.draft_vocab_size, bias=False)
+        self.markov_w2 = DenseLinear(r, cfg.draft_vocab_size, bias=False)
         if self.kind == "rnn":
-            self.joint_proj = nn.Linear(2 * r + cfg.hidden_size, 3 * r, bias=True)
+            self.joint_proj = DenseLinear(2 * r + cfg.hidden_size, 3 * r, bias=True)
 
     def prev_features(self, prev: Tensor) -> Tensor:
         """prev [...] token ids -> W1[prev] [..., r]."""
@@ -70,7 +71,7 @@ class ConfidenceHead(nn.Module):
         super().__init__()
         width = cfg.hidden_size + (cfg.markov_rank if cfg.confidence_head_with_markov and cfg.markov_rank else 0)
         self.with_markov = width > cfg.hidden_size
-        self.proj = nn.Linear(width, 1, bias=True)
+        self.proj = DenseLinear(width, 1, bias=True)
 
     def forward(self, h: Tensor, e_prev: Tensor | None) -> Tensor:
         """h [..., H], e_prev [..., r] -> logits [...]."""
@@ -84,7 +85,7 @@ class DSparkModel(TargetSharedDrafter):
             raise ValueError(f"DSparkModel builds dspark/dflash drafters, not {cfg.method}")
         super().__init__(cfg)
         H = cfg.hidden_size
-        self.fc = nn.Linear(cfg.num_features * H, H, bias=False)
+        self.fc = DenseLinear(cfg.num_features * H, H, bias=False)
         self.hidden_norm = RMSNorm(H, cfg.rms_norm_eps)
         self.layers = nn.ModuleList(BlockLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(H, cfg.rms_norm_eps)

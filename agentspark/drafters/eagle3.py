@@ -110,11 +110,16 @@ class Eagle3Drafter(Drafter):
         g, pos = self.last_hidden, anchor_pos
         out_tokens, out_probs = [], []
         for step in range(room):
-            logits = model.logits(g[0, -1]).float()  # [Vd]
-            q = probs_from_logits(model.to_target_vocab(logits)[None], self.params)  # [1, V]
-            token = q[0].argmax() if self.params.greedy else sample(q, self.generator)[0]
+            # In the draft vocabulary (same q as over V with -inf outside it); greedy: q = None.
+            logits = model.logits(g[0, -1]).float()[None]  # [1, Vd]
+            if self.params.greedy:
+                pick = logits[0].argmax()
+            else:
+                q = probs_from_logits(logits, self.params)  # [1, Vd]
+                pick = sample(q, self.generator)[0]
+                out_probs.append(q)
+            token = model.draft_to_target(pick)
             out_tokens.append(token)
-            out_probs.append(q)
             if step + 1 == room:
                 break
             e = model.embed(token.view(1, 1))  # [1, 1, H]
@@ -125,4 +130,5 @@ class Eagle3Drafter(Drafter):
             pos += 1
         drafted = torch.stack(out_tokens)  # [g]
         self._drafted = drafted
-        return Draft(tokens=drafted, probs=torch.cat(out_probs), confidences=None)
+        q = model.to_target_vocab(torch.cat(out_probs), fill=0.0) if out_probs else None  # [g, V]
+        return Draft(tokens=drafted, probs=q, confidences=None)

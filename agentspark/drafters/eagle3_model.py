@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from ..model.linear import DenseLinear
 from ..model.layers import RMSNorm, apply_rope
 from .draft_layers import DraftAttention, DraftMLP
 from .target_shared import TargetSharedDrafter
@@ -91,7 +92,7 @@ class Eagle3Model(TargetSharedDrafter):
             )
         super().__init__(cfg)
         H = cfg.hidden_size
-        self.fc = nn.Linear(cfg.num_features * H, H, bias=False)
+        self.fc = DenseLinear(cfg.num_features * H, H, bias=False)
         self.layers = nn.ModuleList([Eagle3Layer(cfg)])
         self.norm = RMSNorm(H, cfg.rms_norm_eps)
 

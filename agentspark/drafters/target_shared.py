@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..model.decoder import DecoderModel
 from ..model.layers import rope_tables
+from ..model.linear import linear_t
 from .draft_layers import rope_at
 from .learned_config import LearnedDrafterConfig
 
@@ -27,17 +28,17 @@ class TargetSharedDrafter(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         vocab = torch.tensor(cfg.draft_vocab if cfg.draft_vocab is not None else [], dtype=torch.long)
         self.register_buffer("draft_vocab_ids", vocab, persistent=False)  # [Vd] target ids, empty = all
-        # The target's frozen embedding [V, H] and LM head rows [Vd, H]: shared, never saved.
+        # The target's frozen embedding [V, H] and LM head columns [H, Vd]: shared, never saved.
         self.embed_weight: Tensor | None = None
-        self.head_weight: Tensor | None = None
+        self.head_weight_t: Tensor | None = None
 
     def attach_target(self, target: DecoderModel) -> TargetSharedDrafter:
         """Take the target's embedding and LM head (frozen; call after moving the drafter)."""
         embed = target.embed.weight.detach()  # [V, H]
-        head = target.lm_head.weight_t.detach().t()  # [V, H] view of the stored [H, V]
+        head_t = target.lm_head.weight_t.detach()  # [H, V], the target's own storage (no copy)
         if self.draft_vocab_ids.numel():
-            head = head[self.draft_vocab_ids.to(head.device)]  # [Vd, H]
-        self.embed_weight, self.head_weight = embed, head
+            head_t = head_t[:, self.draft_vocab_ids.to(head_t.device)].contiguous()  # [H, Vd]
+        self.embed_weight, self.head_weight_t = embed, head_t
         return self
 
     @property
@@ -55,12 +56,17 @@ class TargetSharedDrafter(nn.Module):
 
     def base_logits(self, h: Tensor) -> Tensor:
         """Final-normed h [..., H] -> logits [..., Vd] through the target's head."""
-        assert self.head_weight is not None, "attach_target() first"
-        return F.linear(h, self.head_weight.to(h.dtype))
+        assert self.head_weight_t is not None, "attach_target() first"
+        # numpy on CPU float32 inference; per-row products for a draft block (see DenseLinear)
+        return linear_t(h, self.head_weight_t.to(h.dtype), row_invariant=h.numel() <= 16 * h.shape[-1])
 
-    def to_target_vocab(self, logits: Tensor) -> Tensor:
-        """[..., Vd] -> [..., V] with -inf outside the draft vocabulary."""
+    def to_target_vocab(self, values: Tensor, fill: float = float("-inf")) -> Tensor:
+        """[..., Vd] -> [..., V] with ``fill`` outside the draft vocabulary (-inf for logits, 0 for probabilities)."""
         if not self.reduced_vocab:
-            return logits
-        full = logits.new_full((*logits.shape[:-1], self.cfg.vocab_size), float("-inf"))
-        return full.scatter_(-1, self.draft_vocab_ids.expand(*logits.shape[:-1], -1), logits)
+            return values
+        full = values.new_full((*values.shape[:-1], self.cfg.vocab_size), fill)
+        return full.scatter_(-1, self.draft_vocab_ids.expand(*values.shape[:-1], -1), values)
+
+    def draft_to_target(self, index: Tensor) -> Tensor:
+        """Draft-vocabulary indices [...] -> target token ids [...]."""
+        return self.draft_vocab_ids[index] if self.reduced_vocab else index
