@@ -12,6 +12,7 @@ from typing import Any
 from .drafters import Draft, Drafter, DraftModelDrafter, NgramDrafter
 from .drafters.dspark import DSparkDrafter
 from .drafters.factory import build_drafter
+from .drafters.hybrid import HybridDrafter
 from .engine import Engine, GenerationResult, StreamChunk
 from .errors import AgentSparkError
 from .model.loading import LoadedModel, load_model
@@ -56,6 +57,7 @@ __all__ = [
     "Drafter",
     "Engine",
     "GenerationResult",
+    "HybridDrafter",
     "LoadedModel",
     "LocalBackend",
     "NgramDrafter",
