@@ -64,7 +64,7 @@ def test_serve_command_wires_the_engine(monkeypatch, capsys):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="env-key", max_retries=0, timeout=60)
         assert [m.id for m in client.models.list().data] == ["agentspark-default"]
         r = client.chat.completions.create(model="agentspark-default", messages=PROMPT, max_tokens=4, temperature=0)
-    assert r.model_extra["agentspark"]["backend"] == "local-ngram"
+    assert r.model_extra["agentspark"]["backend"] == "local-ngram+dspark"  # --drafter auto on the default model
     assert r.model_extra["agentspark"]["stats"]["new_tokens"] <= 4
 
 
