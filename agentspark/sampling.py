@@ -77,6 +77,15 @@ def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     return (probs / race).argmax(dim=-1)
 
 
+def draw(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    """A drafter's pick from logits [N, V']: (indices [N], q [N, V']), q None when greedy (the
+    argmax is deterministic, so the verifier needs no q)."""
+    if params.greedy:
+        return logits.argmax(dim=-1), None
+    q = probs_from_logits(logits, params)
+    return sample(q, generator), q
+
+
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item()))

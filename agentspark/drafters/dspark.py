@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..calibration import ConfidenceRound
-from ..sampling import SamplingParams, probs_from_logits, sample
+from ..sampling import SamplingParams, draw
 from .base import Draft, Drafter
 from .dspark_model import DSparkModel
 
@@ -97,8 +97,7 @@ class DSparkDrafter(Drafter):
         # over Vd logits give the same q as over V logits with -inf outside Vd, at a fraction of
         # the cost. Greedy drafts are deterministic (q = None, one-hot at the token).
         if model.markov_head is None:  # DFlash: every slot independent
-            q = None if self.params.greedy else probs_from_logits(base, self.params)  # [g, Vd]
-            picked = base.argmax(-1) if q is None else sample(q, self.generator)  # [g] draft-vocab indices
+            picked, q = draw(base, self.params, self.generator)  # [g] draft-vocab indices, [g, Vd] | None
             return self._draft(picked, q, self._confidences(h, None))
         # DSpark: left to right from the anchor, each slot biased by the token before it.
         prev, state = anchor[0], None
@@ -106,15 +105,11 @@ class DSparkDrafter(Drafter):
         for k in range(room):
             e_prev = model.markov_head.prev_features(prev)  # [r]
             bias, state = model.markov_head.step(e_prev, h[k], state)
-            z_k = (base[k] + bias.float())[None]  # [1, Vd]
-            if self.params.greedy:
-                pick = z_k[0].argmax()
-            else:
-                q_k = probs_from_logits(z_k, self.params)  # [1, Vd]
-                pick = sample(q_k, self.generator)[0]
+            pick, q_k = draw((base[k] + bias.float())[None], self.params, self.generator)  # [1], [1, Vd] | None
+            if q_k is not None:
                 probs.append(q_k)
-            prev = model.draft_to_target(pick)
-            picks.append(pick)
+            prev = model.draft_to_target(pick[0])
+            picks.append(pick[0])
             prev_feats.append(e_prev)
         q = torch.cat(probs) if probs else None  # [g, Vd]
         return self._draft(torch.stack(picks), q, self._confidences(h, prev_feats))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sampling import SamplingParams, probs_from_logits, sample
+from ..sampling import SamplingParams, draw
 from .base import Draft, Drafter
 from .eagle3_model import Eagle3Model
 
@@ -111,14 +111,10 @@ class Eagle3Drafter(Drafter):
         out_tokens, out_probs = [], []
         for step in range(room):
             # In the draft vocabulary (same q as over V with -inf outside it); greedy: q = None.
-            logits = model.logits(g[0, -1]).float()[None]  # [1, Vd]
-            if self.params.greedy:
-                pick = logits[0].argmax()
-            else:
-                q = probs_from_logits(logits, self.params)  # [1, Vd]
-                pick = sample(q, self.generator)[0]
+            pick, q = draw(model.logits(g[0, -1]).float()[None], self.params, self.generator)  # [1], [1, Vd] | None
+            if q is not None:
                 out_probs.append(q)
-            token = model.draft_to_target(pick)
+            token = model.draft_to_target(pick[0])
             out_tokens.append(token)
             if step + 1 == room:
                 break

@@ -67,7 +67,7 @@ def build_drafter(spec: str, target: LoadedModel, *, max_seq_len: int = 4096) ->
         from .hybrid import HybridDrafter
 
         inner = build_drafter(spec.removeprefix("ngram+"), target, max_seq_len=max_seq_len)
-        if inner is None or isinstance(inner, NgramDrafter) or isinstance(inner, HybridDrafter):
+        if inner is None or isinstance(inner, (NgramDrafter, HybridDrafter)):
             raise UnknownDrafterError(f"{spec!r}: after 'ngram+' name a learned or draft-model drafter ({DRAFTER_NAMES})")
         return HybridDrafter(inner, min_gain=HYBRID_MIN_GAIN.get(target.model.device.type, 0.5))
     if spec == "default":

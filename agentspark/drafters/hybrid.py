@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from .base import Draft, Drafter
 from .ngram import NgramDrafter
@@ -33,7 +34,9 @@ class HybridDrafter(Drafter):
     def __init__(self, learned: Drafter, lookup: NgramDrafter | None = None, *, min_gain: float = 0.5,
                  probe_every: int = 16, decay: float = 0.8) -> None:
         if min_gain < 0 or probe_every < 1 or not 0 <= decay < 1:
-            raise ValueError("need min_gain >= 0, probe_every >= 1 and 0 <= decay < 1")
+            raise InvalidRequestError(
+                f"need min_gain >= 0, probe_every >= 1 and 0 <= decay < 1, got {min_gain}, {probe_every}, {decay}"
+            )
         self.learned = learned
         self.lookup = lookup or NgramDrafter()
         self.name = f"ngram+{learned.name}"

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..model.decoder import DecoderModel
 from ..model.layers import rope_tables
-from ..model.linear import linear_t
+from ..model.linear import linear_t_few_rows
 from .draft_layers import rope_at
 from .learned_config import LearnedDrafterConfig
 
@@ -57,8 +57,7 @@ class TargetSharedDrafter(nn.Module):
     def base_logits(self, h: Tensor) -> Tensor:
         """Final-normed h [..., H] -> logits [..., Vd] through the target's head."""
         assert self.head_weight_t is not None, "attach_target() first"
-        # numpy on CPU float32 inference; per-row products for a draft block (see DenseLinear)
-        return linear_t(h, self.head_weight_t.to(h.dtype), row_invariant=h.numel() <= 16 * h.shape[-1])
+        return linear_t_few_rows(h, self.head_weight_t.to(h.dtype))  # numpy on CPU float32 inference
 
     def to_target_vocab(self, values: Tensor, fill: float = float("-inf")) -> Tensor:
         """[..., Vd] -> [..., V] with ``fill`` outside the draft vocabulary (-inf for logits, 0 for probabilities)."""
