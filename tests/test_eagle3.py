@@ -14,7 +14,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_learned_drafters import VOCAB, family, make_drafter, random_drafter_model  # noqa: F401 (fixture)
+from test_learned_drafters import (  # noqa: F401 (fixture)
+    VOCAB,
+    assert_sampled_draft_stays_in_even_vocab,
+    family,
+    make_drafter,
+    random_drafter_model,
+)
 
 from agentspark import Engine, SamplingParams
 from agentspark.drafters.checkpoint import build_model, save_drafter
@@ -91,12 +97,7 @@ def test_reduced_vocab_is_lossless_and_proposes_inside_it(family):  # noqa: F811
     draft = drafter.propose((prompts[0] + result.token_ids)[: drafter.length + 1], 7)
     assert len(draft) == 7 and all(int(t) % 2 == 0 for t in draft.tokens)
     assert draft.confidences is None
-    assert draft.probs is None  # greedy drafts are deterministic
-    drafter.params, drafter.generator = SamplingParams(temperature=1.0), torch.Generator().manual_seed(7)
-    sampled = drafter.propose((prompts[0] + result.token_ids)[: drafter.length + 1], 7)
-    assert all(int(t) % 2 == 0 for t in sampled.tokens)
-    assert torch.allclose(sampled.probs.sum(-1), torch.ones(len(sampled)))
-    assert bool((sampled.probs[:, 1::2] == 0).all())  # q is zero outside the draft vocabulary
+    assert_sampled_draft_stays_in_even_vocab(drafter, draft, (prompts[0] + result.token_ids)[: drafter.length + 1])
     assert drafter.propose((prompts[0] + result.token_ids)[: drafter.length], 7).tokens.numel() == 0  # features missing
 
 

@@ -95,9 +95,15 @@ def test_rnn_markov_head_and_reduced_vocab_are_lossless(family):
     result = Engine(target, drafter, max_draft=7, schedule="full").generate(prompts[0], params)
     draft = drafter.propose((prompts[0] + result.token_ids)[: drafter.length + 1], 7)
     assert len(draft) and all(int(t) % 2 == 0 for t in draft.tokens)
-    assert draft.probs is None  # greedy drafts are deterministic
+    assert_sampled_draft_stays_in_even_vocab(drafter, draft, (prompts[0] + result.token_ids)[: drafter.length + 1])
+
+
+def assert_sampled_draft_stays_in_even_vocab(drafter, greedy_draft, seq: list[int]) -> None:
+    """A drafter over the even tokens: its greedy draft carries no q (deterministic); a sampled one
+    stays in its vocabulary with q summing to one there and zero elsewhere."""
+    assert greedy_draft.probs is None
     drafter.params, drafter.generator = SamplingParams(temperature=1.0), torch.Generator().manual_seed(7)
-    sampled = drafter.propose((prompts[0] + result.token_ids)[: drafter.length + 1], 7)
+    sampled = drafter.propose(seq, 7)
     assert all(int(t) % 2 == 0 for t in sampled.tokens)
     assert torch.allclose(sampled.probs.sum(-1), torch.ones(len(sampled)))
     assert bool((sampled.probs[:, 1::2] == 0).all())  # q is zero outside the draft vocabulary
