@@ -12,13 +12,21 @@ Three length rules live here, each a pure function of the drafter's per-slot con
   threshold (the "threshold" schedule). Causal as well: the cut at k looks only at c_<=k.
 - ``choose_length_no_early_stop``: the paper's Appendix-A variant, WRONG ON PURPOSE, a negative
   control for the equivalence tests and the audit only.
+
+The SPS table they read is an ``SpsTable``: measured once, robust to a loaded machine, and
+refreshed from the rounds' own verify timings (its docstring has the rule).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+
+from .errors import InvalidRequestError
 
 
 def choose_length(confidences: Sequence[float], steps_per_second: Sequence[float]) -> int:
@@ -74,24 +82,150 @@ def choose_length_no_early_stop(confidences: Sequence[float], steps_per_second: 
     return length
 
 
-def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 5) -> list[float]:
-    """SPS table: median steps per second of ``step(T)`` for T = 1..max_tokens (after a warm-up).
 
-    The sizes are timed round-robin (1..max, 1..max, ...) rather than one after another, so that a
-    slow spell of the machine (another process, a frequency change) spreads over all of them
-    instead of skewing one: the scheduler acts on their ratios, and a table whose T=2 entry came
-    out low by chance would turn speculation off for a whole session.
+
+# ---- the SPS table -------------------------------------------------------------------------------
+
+_LOW_QUANTILE = 0.2  # per size, this quantile of its timings (the minimum of 5): load only adds time
+_SPIKE = 1.10  # an entry more than 10% above the robust line through the others is a spike
+_WINDOW = 32  # rounds kept per size
+_RECENT = 512  # ...and only while they are among the last 512 observed (costs drift as contexts grow)
+_MIN_ROUNDS = 4  # a size's own rounds replace its measured entry once it has this many recent ones
+_REFIT_EVERY = 16  # observe() refits once per this many calls: a fit costs tens of microseconds
+_TINY, _HUGE = 1e-9, 1e9  # seconds: bounds against a coarse clock reading 0, and overflow
+
+
+def _low(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    return s[int(_LOW_QUANTILE * (len(s) - 1))]
+
+
+def _line(costs: Sequence[float], first: int) -> tuple[float, float]:
+    """Theil-Sen line cost(t) = alpha + beta * t through (t, costs[t - first]): beta is the median
+    pairwise slope (clamped >= 0), alpha the median intercept. Up to about 29% of the points can be
+    anything without moving it far, where least squares follows every spike."""
+    pts = list(enumerate(costs, start=first))
+    slopes = [(cj - ci) / (j - i) for k, (i, ci) in enumerate(pts) for j, cj in pts[k + 1 :]]
+    beta = max(0.0, statistics.median(slopes))
+    alpha = statistics.median(c - beta * t for t, c in pts)
+    return alpha, beta
+
+
+def _monotone_costs(raw: Sequence[float]) -> list[float]:
+    """Seconds per forward at 1..n tokens from per-size estimates ``raw`` (the rule in SpsTable)."""
+    costs = [min(max(float(c), _TINY), _HUGE) for c in raw]
+    if len(costs) >= 4:  # a line needs 3 sizes >= 2 to out-vote one spike
+        alpha, beta = _line(costs[1:], first=2)
+        for t in range(2, len(costs) + 1):
+            fit = alpha + beta * t
+            if fit > 0 and costs[t - 1] > _SPIKE * fit:
+                costs[t - 1] = fit
+    # A forward of more tokens never costs less: a size that looks slower than a larger one was
+    # slowed down by something else. Take the largest non-decreasing curve below the estimates
+    # (cost_t = min over s >= t), so such an entry drops to the larger size's, instead of the old
+    # running minimum over SPS, which passed one slow T=2 entry on to every larger size.
+    for i in range(len(costs) - 2, -1, -1):
+        costs[i] = min(costs[i], costs[i + 1])
+    return costs
+
+
+class SpsTable:
+    """Target steps per second at 1..n tokens per forward: measured once, refreshed by the rounds.
+
+    The scheduler acts on the ratios SPS(1+l) / SPS(1): one entry for T=2 that comes out slow by
+    chance (a loaded machine) switches speculation off for a whole session. So:
+
+    - ``measure`` times every size ``repeats`` times after a warm-up, interleaved (each pass over
+      the sizes starts one size later, so a periodic load does not always hit the same size), and
+      keeps per size the 20% quantile of its timings (the minimum of 5): load only ever adds time.
+    - Those per-size costs go through one monotone rule: a Theil-Sen line cost = alpha + beta*T
+      (beta >= 0) through the sizes T >= 2 replaces any of them that lies more than 10% above it
+      (a spike); then cost_T = min over S >= T of cost_S (more tokens never cost less). T = 1 is
+      kept out of the line: a one-token forward often runs another kernel (a matrix-vector
+      product) and a real step between T=1 and T=2 must not be smoothed away. Only spikes upwards
+      are corrected; nothing makes a forward faster than it is.
+    - ``observe(tokens, seconds)`` takes each round's own verify timing. Per size the last 32
+      timings among the last 512 observations count; a size with at least 4 uses their 20%
+      quantile, a size with fewer its measured cost times the load factor (the median ratio of
+      observed to measured cost over the sizes that have enough: a table measured in a slow spell
+      speeds up as a whole, even at sizes the rounds never verify); then the same monotone rule.
+      The table is refitted once per 16 observations (a fit costs tens of microseconds, an
+      observation well under one).
+
+    ``fixed=True`` keeps the given values (made non-increasing) whatever is observed: tests and
+    reproducible runs. Values given to the constructor are used as they are (made non-increasing)
+    until rounds are observed; from the first refit the whole rule applies to the mix.
     """
-    for t in range(1, max_tokens + 1):
-        step(t)
-    times: list[list[float]] = [[] for _ in range(max_tokens)]
-    for _ in range(repeats):
-        for t in range(1, max_tokens + 1):
-            t0 = time.perf_counter()
+
+    def __init__(self, values: Sequence[float], *, fixed: bool = False) -> None:
+        vals = list(values)
+        if not vals or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0 for v in vals
+        ):
+            raise InvalidRequestError(
+                f"an SPS table needs one finite positive steps/s value per tokens-per-forward 1..n, got {vals!r}"
+            )
+        self.fixed = fixed
+        self._measured = [1.0 / float(v) for v in vals]  # seconds per forward at 1..n tokens
+        costs = list(self._measured)
+        for i in range(len(costs) - 2, -1, -1):  # non-increasing SPS, as the scheduler assumes
+            costs[i] = min(costs[i], costs[i + 1])
+        self._values = [1.0 / c for c in costs]
+        self._rounds: list[deque[tuple[int, float]]] = [deque(maxlen=_WINDOW) for _ in vals]  # (index, seconds)
+        self._count = 0  # observations so far
+
+    @classmethod
+    def measure(
+        cls,
+        step: Callable[[int], None],
+        max_tokens: int,
+        *,
+        repeats: int = 5,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> SpsTable:
+        """Time ``step(T)`` (one forward of T tokens, synced) for T = 1..max_tokens; ``clock``
+        is injectable so that tests run on a synthetic clock."""
+        if max_tokens < 1 or repeats < 1:
+            raise InvalidRequestError(f"need max_tokens >= 1 and repeats >= 1, got {max_tokens}, {repeats}")
+        sizes = list(range(1, max_tokens + 1))
+        for t in sizes:  # warm-up: first calls allocate and pick kernels
             step(t)
-            times[t - 1].append(time.perf_counter() - t0)
-    table = [1.0 / max(statistics.median(ts), 1e-9) for ts in times]
-    # Verifying more tokens never makes a forward faster: enforce that against timing noise.
-    for i in range(1, len(table)):
-        table[i] = min(table[i], table[i - 1])
-    return table
+        times: list[list[float]] = [[] for _ in sizes]
+        for r in range(repeats):
+            for t in sizes[r % max_tokens :] + sizes[: r % max_tokens]:
+                t0 = clock()
+                step(t)
+                times[t - 1].append(clock() - t0)
+        costs = _monotone_costs([_low(ts) for ts in times])
+        return cls([1.0 / c for c in costs])
+
+    def values(self) -> list[float]:
+        """Steps per second at 1..n tokens per forward: positive, finite, non-increasing."""
+        return list(self._values)
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """One real forward of ``tokens`` tokens (a round's verify: the anchor and the verified
+        drafts) took ``seconds``. Sizes beyond the table and timings that are not finite and
+        positive are ignored (a coarse clock, a round that drafted past the table)."""
+        if self.fixed or not 1 <= tokens <= len(self._rounds) or not 0 < seconds < math.inf:
+            return
+        self._count += 1
+        self._rounds[tokens - 1].append((self._count, seconds))
+        if self._count % _REFIT_EVERY == 0:
+            self._refit()
+
+    def _refit(self) -> None:
+        oldest = self._count - _RECENT
+        own = [[s for i, s in w if i > oldest] for w in self._rounds]  # recent timings per size
+        observed = [_low(ts) if len(ts) >= _MIN_ROUNDS else None for ts in own]
+        ratios = [o / m for o, m in zip(observed, self._measured) if o is not None]
+        if not ratios:
+            return
+        load = statistics.median(ratios)
+        raw = [m * load if o is None else o for o, m in zip(observed, self._measured)]
+        self._values = [1.0 / c for c in _monotone_costs(raw)]
+
+
+def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 5) -> list[float]:
+    """SPS table of ``step(T)`` for T = 1..max_tokens: ``SpsTable.measure(...).values()``."""
+    return SpsTable.measure(step, max_tokens, repeats=repeats).values()

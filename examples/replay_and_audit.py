@@ -27,7 +27,7 @@ from agentspark.audit import audit_greedy
 from agentspark.backends.local import LocalBackend
 from agentspark.commands.common import console as make_console
 from agentspark.tools import calculator
-from agentspark.traces import AuditVerdict, compare_summary, compare_table, read_trace, render_table, set_audit
+from agentspark.traces import AuditVerdict, compare_table, read_trace, render_table, set_audit, speedup_line
 from agentspark.traces.replay import replay, sampling_of
 
 
@@ -58,10 +58,8 @@ def main() -> int:
     # Replay: the same recorded requests (tool results included) against plain target decoding.
     recorded = read_trace(trace)
     plain_rounds = replay(recorded, LocalBackend(Engine(target), speculative=False, close_forced_calls=True))
-    out.print(compare_table(plain_rounds, recorded, "plain", "speculative"))
-    summary = compare_summary(plain_rounds, recorded)
-    print(f"speedup over plain decoding: {summary['total_ratio']:.2f}x total model time, "
-              f"{summary['median_speedup']:.2f}x median per round")
+    out.print(compare_table(plain_rounds, recorded, "plain", "speculative", plain_side="a"))
+    print(speedup_line(plain_rounds, recorded))  # with tau and the drafted tokens verified
     same = [a.response.get("token_ids") == b.response.get("token_ids") for a, b in zip(recorded, plain_rounds)]
     print(f"replayed tokens identical to the recorded ones: {sum(same)}/{len(same)} rounds")
 

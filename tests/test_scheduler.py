@@ -1,21 +1,28 @@
-"""The three length rules of scheduler.py, and the engine's schedule options around them.
+"""The three length rules of scheduler.py, the SPS table they read, and the engine's schedule options.
 
 choose_length and threshold_length are causal: the decision to verify d_j reads only c_1..c_j,
 so changing confidences after slot j never changes whether d_j is verified. The Appendix-A
 variant (choose_length_no_early_stop) is not, and a concrete case shows it.
+
+The SPS table (SpsTable) is measured on a synthetic machine with its own clock: a forward of T
+tokens costs ALPHA + BETA*T seconds, and load spikes add time. The robust table stays close to
+the truth where the old statistic (median per size, running minimum) switches speculation off.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import random
+import statistics
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agentspark import Engine
 from agentspark.errors import AgentSparkError, InvalidRequestError
-from agentspark.scheduler import choose_length, choose_length_no_early_stop, threshold_length
+from agentspark.scheduler import SpsTable, choose_length, choose_length_no_early_stop, measure_sps, threshold_length
 from conftest import ours_from_hf, tiny_hf_model
 
 # ---- hand-computed cases -----------------------------------------------------------------------
@@ -116,6 +123,166 @@ def test_no_early_stop_is_not_causal():
     # The causal rules decide d_1 the same way in both cases.
     assert choose_length([0.3, 0.99], sps) == choose_length([0.3, 0.01], sps) == 0
     assert threshold_length([0.3, 0.99], 0.5) == threshold_length([0.3, 0.01], 0.5) == 0
+
+
+# ---- the SPS table -------------------------------------------------------------------------------
+
+ALPHA, BETA = 0.025, 0.005  # seconds: the default model's shape on this CPU (T=2 costs 35 ms)
+MAX_T = 9  # max_draft 8 + the anchor
+CONFIDENT = [0.9] * (MAX_T - 1)
+
+
+def true_cost(t: int) -> float:
+    return ALPHA + BETA * t
+
+
+TRUTH = [1.0 / true_cost(t) for t in range(1, MAX_T + 1)]
+
+
+class LoadedMachine:
+    """A target on a loaded machine, with its own clock: step(t) advances it by t's true cost
+    plus jitter (1% on average), plus a spike of 1-4 x ALPHA with probability ``p`` and always
+    at the sizes in ``always``. Load only ever adds time."""
+
+    def __init__(self, seed: int, p: float = 0.2, always: tuple[int, ...] = (2,)) -> None:
+        self.now, self.rng, self.p, self.always = 0.0, random.Random(seed), p, always
+
+    def clock(self) -> float:
+        return self.now
+
+    def step(self, t: int) -> None:
+        self.now += true_cost(t) * (1.0 + self.rng.expovariate(100.0)) + self.spike(t)
+
+    def spike(self, t: int) -> float:
+        hit = t in self.always or self.rng.random() < self.p
+        return self.rng.uniform(1.0, 4.0) * ALPHA if hit else 0.0
+
+
+def old_measure_sps(step, max_tokens, clock, repeats=5):
+    """The statistic measure_sps used before SpsTable (kept here as the negative control):
+    median per size, then a running minimum over SPS, which hands a slow T=2 on to every T > 2."""
+    for t in range(1, max_tokens + 1):
+        step(t)
+    times = [[] for _ in range(max_tokens)]
+    for _ in range(repeats):
+        for t in range(1, max_tokens + 1):
+            t0 = clock()
+            step(t)
+            times[t - 1].append(clock() - t0)
+    table = [1.0 / statistics.median(ts) for ts in times]
+    for i in range(1, len(table)):
+        table[i] = min(table[i], table[i - 1])
+    return table
+
+
+def close_to_truth(values, rel=0.04):
+    return all(abs(v - w) <= rel * w for v, w in zip(values, TRUTH, strict=True))
+
+
+SEEDS = range(40)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_measured_table_survives_load_spikes(seed):
+    """Random spikes (20% of the timings) and every timing of T=2 spiked: within 4% of the truth,
+    and a confident draft is verified about as far as with the true table (7 tokens, where
+    Theta is nearly flat: one more or less is within the jitter)."""
+    machine = LoadedMachine(seed)
+    table = SpsTable.measure(machine.step, MAX_T, clock=machine.clock)
+    assert close_to_truth(table.values())
+    assert abs(choose_length(CONFIDENT, table.values()) - choose_length(CONFIDENT, TRUTH)) <= 1
+
+
+def test_old_statistic_switches_speculation_off_on_the_same_input():
+    """Negative control: the median per size and running minimum, on the same spiky machines,
+    makes T=2 (and with it every T > 2) look far slower, and verifies nothing on almost all of
+    them (on the others a slow T=1 median flattens the table instead: wrong the other way)."""
+    off = 0
+    for seed in SEEDS:
+        machine = LoadedMachine(seed)
+        old = old_measure_sps(machine.step, MAX_T, machine.clock)
+        assert not close_to_truth(old, rel=0.3)
+        assert old[1] < 0.6 * TRUTH[1]
+        off += choose_length(CONFIDENT, old) == 0
+    assert off >= 0.9 * len(SEEDS)
+
+
+def test_measure_sps_is_the_robust_table():
+    a, b = LoadedMachine(7), LoadedMachine(7)
+    assert measure_sps(a.step, MAX_T) != []  # the real clock: runs, any values
+    table = SpsTable.measure(b.step, MAX_T, clock=b.clock)
+    assert len(table.values()) == MAX_T and close_to_truth(table.values())
+
+
+def test_one_token_step_is_kept_out_of_the_line():
+    """A real step between T=1 and T=2 (another kernel at one token) survives the fit."""
+    costs = [0.020] + [0.030 + 0.004 * t for t in range(2, MAX_T + 1)]
+    now = [0.0]
+
+    def step(t):
+        now[0] += costs[t - 1]
+
+    table = SpsTable.measure(step, MAX_T, clock=lambda: now[0])
+    assert table.values() == pytest.approx([1.0 / c for c in costs], rel=1e-9)
+
+
+def feed(table, machine, sizes, rounds):
+    for i in range(rounds):
+        t = sizes[i % len(sizes)]
+        table.observe(t, true_cost(t) + machine.spike(t))
+
+
+def test_observe_recovers_a_table_measured_in_a_slow_spell():
+    """Measured under a uniform 3x slowdown; the rounds verify a mix of sizes, or only T=1
+    (speculation off): either way the whole table speeds up to the truth."""
+    for sizes in ([1, 3, 5, 9, 2, 9, 9], [1]):
+        table = SpsTable([v / 3 for v in TRUTH])
+        feed(table, LoadedMachine(1, always=()), sizes, 64)
+        assert close_to_truth(table.values()), sizes
+
+
+def test_observe_recovers_inflated_entries_from_the_rounds_that_ran_them():
+    """T=2..9 measured 2x too slow: speculation is off. Rounds at one token leave those entries
+    alone (they say nothing about them: the engine must verify longer now and then for them to
+    heal); rounds at every size, spiky themselves, bring the table back to the truth."""
+    table = SpsTable([TRUTH[0]] + [v / 2 for v in TRUTH[1:]])
+    assert choose_length(CONFIDENT, table.values()) == 0
+    feed(table, LoadedMachine(2, always=()), [1], 64)
+    assert choose_length(CONFIDENT, table.values()) == 0
+    feed(table, LoadedMachine(3, always=()), list(range(1, MAX_T + 1)), 16 * MAX_T)
+    assert close_to_truth(table.values())
+    assert choose_length(CONFIDENT, table.values()) >= choose_length(CONFIDENT, TRUTH) - 1
+
+
+def test_fixed_table_ignores_observations():
+    given = [3.0, 2.0, 1.0]
+    table = SpsTable(given, fixed=True)
+    for i in range(200):
+        table.observe(1 + i % 3, 10.0)
+    assert table.values() == given
+
+
+def test_given_values_are_made_non_increasing_only():
+    assert SpsTable([1.0, 0.5, 0.7]).values() == [1.0, 0.7, 0.7]
+    assert SpsTable([1.0, 0.7, 0.65]).values() == [1.0, 0.7, 0.65]  # the equivalence tests' table
+    for bad in ([], [1.0, 0.0], [float("nan")], [1.0, -1.0], [True]):
+        with pytest.raises(InvalidRequestError, match="SPS table"):
+            SpsTable(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(1e-4, 10.0), min_size=1, max_size=12), st.lists(
+    st.tuples(st.integers(-1, 14), st.floats(allow_nan=True, allow_infinity=True)), max_size=200))
+@example([1e-4, 10.0, 10.0], [(1, 1e308)] * 16)  # overflow: a huge load factor
+@example([10.0, 1e-4, 1e-4, 1e-4], [(2, 5e-324)] * 16)  # a clock reading (almost) 0
+def test_table_stays_usable_whatever_is_observed(costs, observations):
+    table = SpsTable([1.0 / c for c in costs])
+    for tokens, seconds in observations:
+        table.observe(tokens, seconds)
+        values = table.values()
+        assert len(values) == len(costs)
+        assert all(0 < v < math.inf for v in values)
+        assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 # ---- the engine's options --------------------------------------------------------------------

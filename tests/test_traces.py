@@ -24,6 +24,8 @@ from agentspark.traces import (
     read_trace,
     render_table,
     set_audit,
+    spec_totals,
+    speedup_line,
 )
 from pydantic import ValidationError
 from rich.console import Console
@@ -287,6 +289,82 @@ def test_compare_table_speedups():
     assert s2["speedups"][:2] == pytest.approx([2.0, 4.0]) and s2["speedups"][2] is None
     assert s2["median_speedup"] == pytest.approx(3.0)
     assert "–" in render(compare_table(a, b2, "a", "b"))
+
+
+# --- speedups the rounds support ---------------------------------------------------------------
+
+
+def sr(drafted: int, verified: int, accepted: int, committed: int) -> SpecRound:
+    return SpecRound(drafted=drafted, verified=verified, accepted=accepted, committed=committed,
+                     draft_s=0.0, verify_s=0.01, other_s=0.0)
+
+
+PLAIN = sr(0, 0, 0, 1)
+NOTHING_VERIFIED = sr(9, 0, 0, 1)
+ALL_ACCEPTED = sr(9, 9, 8, 9)
+
+
+def run_of(seconds: list[float], spec_rounds: list[SpecRound], backend: str = "spec",
+           first: int = 0) -> list[TraceRound]:
+    """Trace rounds ``first``, ... of these model seconds, each with the decoding rounds ``spec_rounds``."""
+    return [make_round(i, prefill_s=0.0, decode_s=s, backend=backend).model_copy(update={"spec_rounds": spec_rounds})
+            for i, s in enumerate(seconds, start=first)]
+
+
+def plain_run(seconds: list[float]) -> list[TraceRound]:
+    return run_of(seconds, [PLAIN] * 20, backend="plain")
+
+
+def test_speedup_line_reports_tau_and_verified_share():
+    plain = plain_run([1.0, 1.0, 1.0])
+    spec = run_of([0.5, 0.5, 0.5], [sr(9, 4, 2, 3)] * 41)
+    t = spec_totals(spec)
+    assert (t.rounds, t.drafted, t.verified, t.accepted, t.tau) == (123, 1107, 492, 246, 3.0)
+    assert speedup_line(plain, spec) == ("speedup over plain decoding: 2.00x total model time, 2.00x median "
+                                         "per round (tau 3.00; 492 of 1,107 drafted tokens verified, 44%)")
+    assert "*" not in render(compare_table(plain, spec, "plain", "spec", plain_side="a"))
+
+
+def test_speedup_without_a_verified_token_is_timing_noise():
+    """The issue's run: tau 1.00 in every round, nothing verified, and a measured 1.78x."""
+    plain = plain_run([1.78, 1.78, 1.78])
+    spec = run_of([1.0, 1.0, 1.0], [NOTHING_VERIFIED] * 41)
+    assert speedup_line(plain, spec) == (
+        "speedup over plain decoding: not supported by the rounds (tau 1.00; 0 of 1,107 drafted "
+        "tokens verified, 0%): measured 1.78x total, 1.78x median per round is timing noise")
+    text = render(compare_table(plain, spec, "plain", "spec", plain_side="a"))
+    assert "1.78×*" in text and "median 1.78×*" in text and "total 1.78×*" in text
+    assert "timing noise" in text
+    # without plain_side (runs on different targets or machines: no bound holds) nothing is marked
+    assert "*" not in render(compare_table(plain, spec, "plain", "spec"))
+
+
+def test_speedup_beyond_tau_is_timing_noise_but_a_slowdown_is_reported():
+    spec = run_of([1.0, 1.0], [sr(4, 2, 1, 2), sr(4, 2, 0, 1)])  # tau 1.5
+    assert speedup_line(plain_run([2.0, 2.0]), spec).startswith(
+        "speedup over plain decoding: not supported by the rounds (tau 1.50; 8 of 16 drafted tokens verified, 50%)")
+    assert speedup_line(plain_run([1.4, 1.4]), spec).startswith("speedup over plain decoding: 1.40x total")
+    # slower than plain is always possible (drafting costs): reported as measured
+    nothing = run_of([1.0], [NOTHING_VERIFIED])
+    assert speedup_line(plain_run([0.9]), nothing).startswith("speedup over plain decoding: 0.90x total")
+
+
+def test_median_is_held_to_the_rounds_own_bounds():
+    """Total within tau, the median per round beyond the median of the rounds' own taus."""
+    plain = plain_run([1.9, 1.9, 4.0])
+    spec = [*run_of([1.0, 1.0], [NOTHING_VERIFIED]), *run_of([1.0], [ALL_ACCEPTED], first=2)]
+    s = compare_summary(plain, spec)
+    assert s["total_ratio"] == pytest.approx(7.8 / 3) and s["total_ratio"] < spec_totals(spec).tau
+    assert s["median_speedup"] == pytest.approx(1.9)
+    assert "not supported by the rounds" in speedup_line(plain, spec)
+    text = render(compare_table(plain, spec, "plain", "spec", plain_side="a"))
+    assert "median 1.90×*" in text and "total 2.60× " in text
+
+
+def test_plain_side_b_flips_the_ratio():
+    plain = plain_run([1.78])
+    assert "0.56×*" in render(compare_table(run_of([1.0], [NOTHING_VERIFIED]), plain, "spec", "plain", plain_side="b"))
+    assert "*" not in render(compare_table(run_of([1.0], [ALL_ACCEPTED]), plain, "spec", "plain", plain_side="b"))
 
 
 # --- plot and package surface -----------------------------------------------------------------

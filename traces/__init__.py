@@ -8,10 +8,13 @@ from .plot import plot_trace
 from .recorder import TraceRecorder, TraceWarning, read_trace, set_audit
 from .report import (
     CompareSummary,
+    SpecTotals,
     compare_summary,
     compare_table,
     print_trace,
     render_table,
+    spec_totals,
+    speedup_line,
 )
 from .schema import (
     TRACE_VERSION,
@@ -30,6 +33,7 @@ __all__ = [
     "CompareSummary",
     "RequestRecord",
     "SpecRound",
+    "SpecTotals",
     "ToolCallRecord",
     "TraceError",
     "TraceRecorder",
@@ -43,4 +47,6 @@ __all__ = [
     "read_trace",
     "render_table",
     "set_audit",
+    "spec_totals",
+    "speedup_line",
 ]

@@ -2,14 +2,22 @@
 
 Cells are built as ``rich.text.Text`` so session ids and tool names containing ``[`` are shown
 literally instead of being parsed as rich markup.
+
+A speedup of speculative over plain decoding of the same target on the same machine is printed
+only where the rounds support it: a speculative round costs at least a plain step (its forward
+covers the pending token and the verified drafts) and commits tau tokens on average, so it cannot
+be more than tau times faster. A larger measured ratio is timing noise and is labelled as such,
+next to tau and the fraction of drafted tokens that were verified.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from statistics import median
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 from rich.console import Console
 from rich.table import Table
@@ -126,27 +134,129 @@ def compare_summary(a_rounds: Sequence[TraceRound], b_rounds: Sequence[TraceRoun
     )
 
 
+@dataclass(frozen=True)
+class SpecTotals:
+    """Draft/verify totals over the decoding rounds of some trace rounds."""
+
+    rounds: int  # decoding rounds (the first token of a request comes from prefill: in none)
+    drafted: int
+    verified: int
+    accepted: int
+    committed: int
+
+    @property
+    def tau(self) -> float:
+        """Tokens committed per decoding round; 1.0 without rounds (nothing to speed up)."""
+        return self.committed / self.rounds if self.rounds else 1.0
+
+    @property
+    def bound(self) -> float:
+        """The largest speedup over plain decoding these rounds can support: a round costs at
+        least a plain step, and a slowdown (drafting costs) is always possible."""
+        return max(1.0, self.tau)
+
+
+def spec_totals(rounds: Sequence[TraceRound]) -> SpecTotals:
+    spec = [s for r in rounds for s in r.spec_rounds]
+    return SpecTotals(
+        rounds=len(spec),
+        drafted=sum(s.drafted for s in spec),
+        verified=sum(s.verified for s in spec),
+        accepted=sum(s.accepted for s in spec),
+        committed=sum(s.committed for s in spec),
+    )
+
+
+class _Bounds(TypedDict):
+    per_pair: list[float]  # aligned with CompareSummary.speedups (inf where nothing was compared)
+    total: float  # for total_ratio: the bound of all compared speculative rounds together
+    median: float  # for median_speedup: per-pair speedups at most their bounds keep the median at
+    # most the median of the bounds (order statistics are monotone)
+
+
+def _bounds(s: CompareSummary, spec_side: int) -> _Bounds:
+    """The largest speedups of the speculative side (0: a, 1: b) over plain its rounds support."""
+    per_pair: list[float] = []
+    compared: list[TraceRound] = []
+    for pair, sp in zip(s["pairs"], s["speedups"]):
+        spec = pair[spec_side]
+        if sp is None or spec is None:
+            per_pair.append(math.inf)
+            continue
+        compared.append(spec)
+        per_pair.append(spec_totals([spec]).bound)
+    finite = [b for b in per_pair if b != math.inf]
+    return _Bounds(per_pair=per_pair, total=spec_totals(compared).bound, median=median(finite) if finite else 1.0)
+
+
+def _over_plain(speedup: float, spec_side: int) -> float:
+    """A speedup a/b as the speculative side's speedup over the plain one."""
+    return speedup if spec_side == 1 else 1.0 / speedup
+
+
+def speedup_line(plain_rounds: Sequence[TraceRound], spec_rounds: Sequence[TraceRound]) -> str:
+    """One line: speculative over plain decoding of the same work on the same target and machine,
+    with tau and the drafted tokens verified; a ratio the rounds do not support is called noise."""
+    s = compare_summary(plain_rounds, spec_rounds)
+    t = spec_totals(spec_rounds)
+    share = f", {t.verified / t.drafted:.0%}" if t.drafted else ""
+    rounds = f"tau {t.tau:.2f}; {t.verified:,} of {t.drafted:,} drafted tokens verified{share}"
+    total, med = s["total_ratio"], s["median_speedup"]
+    if total is None or med is None:
+        return f"speedup over plain decoding: no comparable rounds ({rounds})"
+    bounds = _bounds(s, spec_side=1)
+    if total <= bounds["total"] and med <= bounds["median"]:
+        return f"speedup over plain decoding: {total:.2f}x total model time, {med:.2f}x median per round ({rounds})"
+    return (f"speedup over plain decoding: not supported by the rounds ({rounds}): "
+            f"measured {total:.2f}x total, {med:.2f}x median per round is timing noise")
+
+
 def compare_table(
-    a_rounds: Sequence[TraceRound], b_rounds: Sequence[TraceRound], label_a: str, label_b: str
+    a_rounds: Sequence[TraceRound],
+    b_rounds: Sequence[TraceRound],
+    label_a: str,
+    label_b: str,
+    *,
+    plain_side: Literal["a", "b"] | None = None,
 ) -> Table:
-    """Per-round model latency of two runs of the same work, with speedup = a / b (>1: b faster)."""
+    """Per-round model latency of two runs of the same work, with speedup = a / b (>1: b faster).
+
+    plain_side: which run is plain decoding of the same target on the same machine as the other,
+    speculative, one. A speedup of the speculative run beyond what its rounds support (its tau)
+    is then marked ``*``, timing noise. Leave it None for runs on different targets or machines,
+    where no such bound holds.
+    """
     s = compare_summary(a_rounds, b_rounds)
-    med = f"median {s['median_speedup']:.2f}×" if s["median_speedup"] is not None else DASH
-    ratio = f"total {s['total_ratio']:.2f}×" if s["total_ratio"] is not None else DASH
+    spec_side = None if plain_side is None else 1 if plain_side == "a" else 0
+    no_bound = _Bounds(per_pair=[math.inf] * len(s["pairs"]), total=math.inf, median=math.inf)
+    bounds = no_bound if spec_side is None else _bounds(s, spec_side)
+
+    def mark(speedup: float, bound: float) -> str:
+        return "*" if spec_side is not None and _over_plain(speedup, spec_side) > bound else ""
+
+    med = ratio = DASH
+    if s["median_speedup"] is not None:
+        med = f"median {s['median_speedup']:.2f}×{mark(s['median_speedup'], bounds['median'])}"
+    if s["total_ratio"] is not None:
+        ratio = f"total {s['total_ratio']:.2f}×{mark(s['total_ratio'], bounds['total'])}"
     table = Table(title=Text(f"{label_a} vs {label_b}"), show_footer=True)
     table.add_column("session", footer="")
     table.add_column("round", justify="right", footer="")
     table.add_column(Text(f"{label_a} ms"), justify="right", footer="")
     table.add_column(Text(f"{label_b} ms"), justify="right", footer="")
     table.add_column(Text(f"speedup {label_a}/{label_b}"), justify="right", footer=Text(f"{med}\n{ratio}"))
-    for (ra, rb), sp in zip(s["pairs"], s["speedups"]):
+    marks = []
+    for i, ((ra, rb), sp) in enumerate(zip(s["pairs"], s["speedups"])):
         ref = ra if ra is not None else rb
         assert ref is not None  # _pair never yields (None, None)
+        marks.append(mark(sp, bounds["per_pair"][i]) if sp is not None else "")
         table.add_row(
             Text(ref.session_id),
             str(ref.round_index),
             _ms(ra.model_s) if ra is not None else DASH,
             _ms(rb.model_s) if rb is not None else DASH,
-            f"{sp:.2f}×" if sp is not None else DASH,
+            f"{sp:.2f}×{marks[-1]}" if sp is not None else DASH,
         )
+    if any(marks) or "*" in med + ratio:
+        table.caption = "* more than the speculative rounds' tau allows: timing noise"
     return table
