@@ -67,14 +67,46 @@ def probs_from_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     return logits.softmax(dim=-1)
 
 
+def probs_rows(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, *, filtered: bool) -> Tensor:
+    """``probs_from_logits`` for rows with their own parameters, as device tensors (no host sync,
+    no shape from the data: the model runner captures it in its round graphs).
+
+    logits [R, T, V]; temperature [R] (0 = greedy: one-hot at the argmax); top_k [R] long (0 = off);
+    top_p [R] (values >= 1 = off) -> p [R, T, V] float32. ``filtered`` False skips the sort when no
+    row uses top-k or top-p. Same rule as ``probs_from_logits`` (temperature, then top-k keeping
+    ties with the k-th value, then top-p over what top-k left); equal up to float rounding.
+    """
+    R, T, V = logits.shape
+    x = logits.float()
+    greedy = (temperature <= 0)[:, None, None]  # [R, 1, 1]
+    x = x / torch.where(temperature > 0, temperature, 1.0)[:, None, None]
+    if filtered:
+        ordered, order = x.sort(dim=-1, descending=True)  # [R, T, V]
+        k = torch.where((top_k > 0) & (top_k < V), top_k, V)  # [R]
+        kth = ordered.gather(-1, (k - 1)[:, None, None].expand(R, T, 1))  # [R, T, 1]
+        x = x.masked_fill(x < kth, float("-inf"))
+        ordered = ordered.masked_fill(ordered < kth, float("-inf"))
+        sorted_probs = ordered.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly better tokens
+        drop_sorted = mass_before >= torch.where(top_p < 1.0, top_p, 2.0)[:, None, None]
+        x = x.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+    one_hot = torch.nn.functional.one_hot(logits.argmax(dim=-1), V).float()
+    return torch.where(greedy, one_hot, x.softmax(dim=-1))
+
+
 def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token per row of probs [N, V] -> [N] (long), exactly distributed as probs.
 
     Exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) picks i with probability p_i. One pass
     over V and no host sync, where torch.multinomial took ~3 ms per row at V = 49152 on a CPU.
     """
-    race = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(1e-30)  # [N, V]
+    race = exponential_race(*probs.shape, generator, probs.device)  # [N, V]
     return (probs / race).argmax(dim=-1)
+
+
+def exponential_race(n: int, V: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """[n, V] Exp(1) draws (float32, clamped away from 0): argmax(p / race) samples from p."""
+    return torch.empty(n, V, device=device).exponential_(generator=generator).clamp_min_(1e-30)
 
 
 def draw(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:

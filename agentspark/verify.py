@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .sampling import sample
+from .sampling import exponential_race
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,41 @@ class Verifier(Protocol):
     def __call__(
         self, draft: Tensor, q: Tensor | None, p: Tensor, generator: torch.Generator | None
     ) -> Verdict: ...
+
+
+def verify_noise(l: int, V: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The random numbers one verification consumes, drawn in this order: u [l], one uniform per
+    draft slot, then race [V], the exponential race that samples the emitted token (sampling.sample)."""
+    u = torch.rand(l, generator=generator, device=device)
+    return u, exponential_race(1, V, generator, device)[0]
+
+
+def verify_chain_given(
+    draft: Tensor, q: Tensor | None, p: Tensor, u: Tensor, race: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``verify_chain``'s rule on given random numbers: u [l] uniforms, race [V] the exponential
+    race. Returns (a, token) as device scalars, no host sync. The fused kernel
+    (agentspark.kernels.verify) must return exactly these for the same inputs.
+
+    The emitted token is argmax(r / race) for r = max(p_a - q_a, 0), or p_a where r has no mass:
+    the race samples r's normalised distribution without dividing by its mass first.
+    """
+    l, V = draft.shape[0], p.shape[-1]
+    rows = torch.arange(l, device=p.device)
+    p_draft = p[rows, draft]  # [l] p_k(d_k)
+    q_draft = torch.ones_like(p_draft) if q is None else q[rows, draft]  # [l] q_k(d_k)
+    accept = u * q_draft < p_draft  # [l] u < p/q without dividing by a zero q
+    a = torch.cumprod(accept.to(torch.int64), dim=0).sum()  # leading run of accepts (device scalar)
+    # q padded with a zero row: the residual at a == l is then p_{l+1} itself (the bonus token).
+    if q is None:
+        q_ext = torch.zeros(l + 1, V, device=p.device, dtype=p.dtype)
+        q_ext[rows, draft] = 1.0
+    else:
+        q_ext = torch.cat([q, torch.zeros(1, V, device=p.device, dtype=p.dtype)])  # [l+1, V]
+    residual = (p[a] - q_ext[a]).clamp_min(0.0)  # [V]
+    mass = residual.sum()
+    token = (torch.where(mass > 1e-8, residual, p[a]) / race).argmax()
+    return a, token
 
 
 def verify_chain(draft: Tensor, q: Tensor | None, p: Tensor, generator: torch.Generator | None) -> Verdict:
@@ -43,21 +78,6 @@ def verify_chain(draft: Tensor, q: Tensor | None, p: Tensor, generator: torch.Ge
 
     One host sync: reading ``a`` and the emitted token.
     """
-    l, V = draft.shape[0], p.shape[-1]
-    rows = torch.arange(l, device=p.device)
-    p_draft = p[rows, draft]  # [l] p_k(d_k)
-    q_draft = torch.ones_like(p_draft) if q is None else q[rows, draft]  # [l] q_k(d_k)
-    u = torch.rand(l, generator=generator, device=p.device)  # [l] one uniform per draft slot
-    accept = u * q_draft < p_draft  # [l] u < p/q without dividing by a zero q
-    a = torch.cumprod(accept.to(torch.int64), dim=0).sum()  # leading run of accepts (device scalar)
-    # q padded with a zero row: the residual at a == l is then p_{l+1} itself (the bonus token).
-    if q is None:
-        q_ext = torch.zeros(l + 1, V, device=p.device, dtype=p.dtype)
-        q_ext[rows, draft] = 1.0
-    else:
-        q_ext = torch.cat([q, torch.zeros(1, V, device=p.device, dtype=p.dtype)])  # [l+1, V]
-    residual = (p[a] - q_ext[a]).clamp_min(0.0)  # [V]
-    mass = residual.sum()
-    residual = torch.where(mass > 1e-8, residual / mass.clamp_min(1e-30), p[a])  # [V]
-    token = sample(residual[None], generator)  # [1]
+    u, race = verify_noise(draft.shape[0], p.shape[-1], generator, p.device)
+    a, token = verify_chain_given(draft, q, p, u, race)
     return Verdict(accepted=int(a.item()), token=int(token.item()))  # host sync

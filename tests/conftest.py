@@ -11,12 +11,19 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest
 import torch
 
-from agentspark.model.config import DecoderConfig
-from agentspark.model.loading import LoadedModel, load_model
-from agentspark.model.weights import build_model
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels are tested under Triton's interpreter, which must be chosen
+    # before triton is first imported (agentspark imports it). Nothing else changes: kernels run
+    # on CPU tensors only inside kernels.support.cpu_interpreter() (the kernel tests).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from agentspark.model.config import DecoderConfig  # noqa: E402
+from agentspark.model.loading import LoadedModel, load_model  # noqa: E402
+from agentspark.model.weights import build_model  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 
