@@ -20,11 +20,13 @@ import torch
 from .detokenize import TextTracker
 from .drafters.base import Draft, Drafter
 from .errors import InvalidDraftLengthError, InvalidRequestError, PromptTooLongError
+from .model.kv_cache import StaticKVCache
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
+from .model.runner import RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
-from .sampling import SamplingParams, make_generator, probs_from_logits, sample
-from .scheduler import choose_length, choose_length_no_early_stop, measure_sps, threshold_length
+from .sampling import SamplingParams, make_generator
+from .scheduler import SpsTable, choose_length, choose_length_no_early_stop, threshold_length
 from .stats import RequestStats, RoundStats
 from .verify import Verifier, verify_chain
 
@@ -33,6 +35,7 @@ MAX_DRAFT_LIMIT = 64  # beyond this a verify forward costs more than it can ever
 # known-wrong negative control for the equivalence tests, never offered to users.
 SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")
 _NEEDS_SPS = ("adaptive", "no-early-stop")
+PROBE_AFTER = 32  # rounds cut to no verification before one draft token is verified anyway
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Engine:
         verifier: Verifier = verify_chain,
         confidence_threshold: float = 0.5,
         sps_table: list[float] | None = None,
+        graphs: bool | None = None,
     ) -> None:
         """schedule, how much of each draft is verified (trimmed before the verify forward):
         "adaptive": the causal prefix scheduler over the drafter's confidences and the SPS table
@@ -106,6 +110,8 @@ class Engine:
 
         sps_table: target steps per second at 1, 2, ... tokens per forward, used instead of
         measuring it (tests, reproducible runs); lengths beyond the table are never verified.
+
+        graphs: run decode and verify steps as CUDA graphs (model/graph_runner.py); None = on CUDA.
         """
         if not isinstance(max_draft, int) or not 1 <= max_draft <= MAX_DRAFT_LIMIT:
             raise InvalidDraftLengthError(f"max_draft must be an integer in 1..{MAX_DRAFT_LIMIT}, got {max_draft}")
@@ -136,29 +142,32 @@ class Engine:
         self.verifier = verifier
         self.schedule = schedule
         self.confidence_threshold = float(confidence_threshold)
-        self.cache = self.model.new_cache(max_seq_len)
+        self.runner = make_runner(self.model, capacity=max_seq_len, max_tokens=max_draft + 1,
+                                  capture_layers=drafter.capture_layers if drafter else (), graphs=graphs)
         self.device = self.model.device
-        # target steps/s at 1..max_draft+1 tokens: given, or measured once on first use
-        self._sps: list[float] | None = None if sps_table is None else [float(s) for s in sps_table]
+        self._slot = 0  # one request at a time: its KV lives in slot 0
+        self._cached_len = 0  # positions [0, _cached_len) of the slot hold K/V of _cached_ids
+        # target steps/s at 1..max_draft+1 tokens: given (fixed), or measured on first use and
+        # refreshed from every round's own verify timing
+        self._sps: SpsTable | None = None if sps_table is None else SpsTable(sps_table, fixed=True)
+        self._unverified_rounds = 0  # consecutive rounds whose draft the schedule cut to nothing
         self._cached_ids: list[int] = []  # the tokens whose K/V fill cache positions [0, cache.length)
 
+    @property
+    def cache(self) -> StaticKVCache:
+        return self.runner.cache
+
+    def reset(self) -> None:
+        """Forget what the cache holds (the next request prefills its whole prompt)."""
+        self._cached_ids, self._cached_len = [], 0
+
     def steps_per_second(self) -> list[float]:
-        """The SPS table (``sps_table`` if given, else measured on first use, in the mode decode steps run in)."""
+        """The SPS table (``sps_table`` if given, else measured on first use, as rounds run: the
+        runner's probe times a round of T tokens on its scratch slot, so no session is disturbed)."""
         if self._sps is None:
-            start = min(64, self.cache.capacity - self.max_draft - 1)
-            vocab = self.model.cfg.vocab_size
-            probe = torch.randint(0, vocab, (1, start + self.max_draft + 1), device=self.device)
-            with torch.inference_mode():
-                self.model(probe[:, :start], self.cache, 0)
-
-                def step(t: int) -> None:
-                    self.model(probe[:, start : start + t], self.cache, start, row_invariant=True)
-                    self._sync()
-
-                self._sps = measure_sps(step, self.max_draft + 1)
-            self.cache.reset()
-            self._cached_ids = []
-        return self._sps
+            with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
+                self._sps = SpsTable.measure(self.runner.probe, self.max_draft + 1)
+        return self._sps.values()
 
     # ---- public API -------------------------------------------------------------------------
     def generate(
@@ -205,14 +214,14 @@ class Engine:
         vocab = self.model.cfg.vocab_size
         if any(not 0 <= t < vocab for t in prompt_ids):
             raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})")
-        if len(prompt_ids) >= self.cache.capacity:
+        if len(prompt_ids) >= self.runner.capacity:
             raise PromptTooLongError(
-                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.cache.capacity} "
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.runner.capacity} "
                 "(prompt + new tokens): shorten the prompt or raise max_seq_len"
             )
         if params.stop and self.tokenizer is None:
             raise InvalidRequestError("stop strings need a tokenizer; this model has none")
-        budget = min(params.max_new_tokens, self.cache.capacity - len(prompt_ids))
+        budget = min(params.max_new_tokens, self.runner.capacity - len(prompt_ids))
         return _Request(
             prompt_ids=prompt_ids,
             params=params,
@@ -221,11 +230,6 @@ class Engine:
             tracker=TextTracker(self.tokenizer, params.stop),
             tokens=list(prompt_ids),
         )
-
-    def _sync(self) -> None:
-        """Host sync for honest timings of asynchronous device work (CUDA only)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def _run(self, req: _Request, drafter: Drafter | None, reuse_cache: bool) -> Iterator[StreamChunk]:
         params = req.params
@@ -243,13 +247,11 @@ class Engine:
             keep = self._reusable_prefix(req.prompt_ids) if reuse_cache else 0
             if capture:  # the drafter must hold the features of what is not prefilled again
                 keep = min(keep, drafter.reusable_context())
-            self._cached_ids = []  # until this request ends cleanly, the cache content is unknown
-            self.cache.rollback(keep)
-            prompt = torch.tensor([req.prompt_ids[keep:]], dtype=torch.long, device=self.device)  # [1, P-keep]
-            out = self.model(prompt, self.cache, keep, num_logits=1, capture_layers=capture)
-            first = self._pick(out.logits[0], params, generator)  # host sync
+            self.reset()  # until this request ends cleanly, the cache content is unknown
+            out = self.runner.prefill(self._slot, req.prompt_ids[keep:], keep, capture=bool(capture))
+            first = pick_token(out.logits, params, generator)  # host sync: the first token
             if drafter and capture:
-                drafter.observe(out.hidden[0], keep)
+                drafter.observe(out.hidden, keep)
             stats.prefill_tokens, stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - t_start
             committed, delta = self._commit(req, [first])
         yield StreamChunk(delta=delta, token_ids=committed)
@@ -267,9 +269,9 @@ class Engine:
             stats.rounds.append(round_stats)
             yield StreamChunk(delta=delta, token_ids=committed)
 
-        # Leave the cache holding exactly the committed sequence minus its last token (multi-turn).
-        self.cache.rollback(len(req.tokens) - 1)
-        self._cached_ids = req.tokens[: self.cache.length]
+        # The slot holds exactly the committed sequence minus its last token (multi-turn reuse).
+        self._cached_len = len(req.tokens) - 1
+        self._cached_ids = req.tokens[: self._cached_len]
         stats.new_tokens = req.generated
         stats.finish_reason = req.finish_reason
         stats.total_s = time.perf_counter() - t_start
@@ -280,7 +282,7 @@ class Engine:
 
     def _reusable_prefix(self, prompt_ids: list[int]) -> int:
         """Length of the longest prefix of prompt_ids whose K/V the cache holds (< len(prompt))."""
-        cached = self._cached_ids[: self.cache.length]
+        cached = self._cached_ids[: self._cached_len]
         limit = min(len(cached), len(prompt_ids) - 1)
         n = 0
         while n < limit and cached[n] == prompt_ids[n]:
@@ -304,17 +306,12 @@ class Engine:
         """The reference: one target step on the pending token, one token from its logits."""
         t0 = time.perf_counter()
         start = len(req.tokens) - 1  # the pending token's position; the cache holds [0, start)
-        anchor = torch.tensor([[req.tokens[-1]]], dtype=torch.long, device=self.device)  # [1, 1]
-        logits = self.model(anchor, self.cache, start, row_invariant=True).logits[0]  # [1, V]
-        token = self._pick(logits, req.params, generator)  # host sync
-        return [token], RoundStats(0, 0, 0, 0, 0.0, time.perf_counter() - t0, 0.0)
-
-    def _pick(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-        """The plain decoding rule: one token from the last row of logits [K, V]."""
-        last = logits[-1:]
-        if params.greedy:
-            return int(last.argmax(-1).item())
-        return int(sample(probs_from_logits(last, params), generator).item())
+        row = RowWork(self._slot, start, [req.tokens[-1]], req.params, generator)
+        token = self.runner.round([row])[0].token  # the round's one host sync
+        seconds = time.perf_counter() - t0
+        if self._sps is not None:
+            self._sps.observe(1, seconds)
+        return [token], RoundStats(0, 0, 0, 0, 0.0, seconds, 0.0)
 
     def _schedule_length(self, draft: Draft) -> int:
         """How many leading draft tokens to verify under this engine's schedule."""
@@ -333,26 +330,33 @@ class Engine:
         t0 = time.perf_counter()
         start = len(req.tokens) - 1  # anchor x0's position; the cache holds [0, start)
         # Draft no further than the token budget (the round emits up to l+1) and the cache.
-        room = min(self.max_draft, req.budget - req.generated - 1, self.cache.capacity - 1 - start)
+        room = min(self.max_draft, req.budget - req.generated - 1, self.runner.capacity - 1 - start)
         draft = drafter.propose(req.tokens, room) if room > 0 else Draft.empty(self.device)
         draft = draft.truncate(max(0, min(len(draft), room)))
-        self._sync()
-        t1 = time.perf_counter()
         # Schedule: trim *before* the verify forward, never after it.
         length = self._schedule_length(draft)
+        if len(draft) and not length:
+            self._unverified_rounds += 1
+            if self._unverified_rounds >= PROBE_AFTER and self.schedule in _NEEDS_SPS:
+                # A table that turned speculation off learns nothing more from the rounds, so after
+                # PROBE_AFTER such rounds one draft token is verified anyway. The choice depends on
+                # past rounds only, never on this draft: the output distribution is unchanged.
+                length = 1
+        if length:
+            self._unverified_rounds = 0
         verified = draft if length == len(draft) else draft.truncate(length)
-        d_tokens = verified.tokens.to(self.device)  # [l]
-        inputs = torch.cat([torch.tensor([req.tokens[-1]], device=self.device), d_tokens])[None]  # [1, l+1]
-        out = self.model(inputs, self.cache, start, capture_layers=capture, row_invariant=True)
-        p = probs_from_logits(out.logits[0], req.params)  # [l+1, V]
+        d_tokens = verified.tokens.tolist()  # host sync for a device drafter's tokens (none for n-gram)
+        t1 = time.perf_counter()
         q = None if verified.probs is None else verified.probs.to(self.device)
-        verdict = self.verifier(d_tokens, q, p, generator)  # host sync
+        row = RowWork(self._slot, start, [req.tokens[-1], *d_tokens], req.params, generator, q, capture=bool(capture))
+        result = self.runner.round([row], self.verifier)[0]  # the round's one host sync
         t2 = time.perf_counter()
-        a = verdict.accepted
+        if self._sps is not None:
+            self._sps.observe(1 + len(verified), t2 - t1)  # refresh the table with this round's cost
+        a = result.accepted
         drafter.feedback(len(verified), a)
-        self.cache.rollback(start + 1 + a)  # keep x0, d_1..d_a; the new token is the next anchor
         if capture:
-            drafter.observe(out.hidden[0, : a + 1], start)
-        new = d_tokens[:a].tolist() + [verdict.token]
+            drafter.observe(result.hidden[: a + 1], start)  # x0, d_1..d_a: what was committed
+        new = d_tokens[:a] + [result.token]
         stats = RoundStats(len(draft), len(verified), a, 0, t1 - t0, t2 - t1, time.perf_counter() - t2)
         return new, stats

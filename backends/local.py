@@ -73,7 +73,7 @@ class LocalBackend(Backend):
         self.name = f"local-{engine.drafter.name if self.speculative else 'plain'}"
 
     def reset(self) -> None:
-        self.engine.cache.reset()
+        self.engine.reset()
 
     def prepare(
         self,

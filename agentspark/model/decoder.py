@@ -4,8 +4,14 @@ One forward step takes token ids at absolute positions [start, start+T), writes 
 cache by index, attends to [0, start+T) and returns logits (optionally only the last rows) and, on
 request, the raw residual-stream outputs of chosen layers (for learned drafters: no second pass).
 
-What it does not know: tokenizers, sampling, files. Shapes are fixed by the cache; ``start`` is a
-host integer, so a step has no host sync and no branch on device data.
+Two placements of a forward's tokens share every layer (no second copy of the decoder):
+``forward`` puts one request's tokens at a host position (prefill, and the CPU's row-invariant
+steps); ``forward_rows`` puts R rows at device positions (the GPU runner's captured steps), with
+the K/V write and attention done by the kernels in ``agentspark.kernels``. On CUDA the residual
+adds, norms and the MLP activation are fused kernels in both; elsewhere their references.
+
+What it does not know: tokenizers, sampling, files. Shapes are fixed by the cache; a step has no
+host sync and no branch on device data.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels.decode_attention import decode_attention
+from ..kernels.rms_norm import add_rms_norm
+from ..kernels.rope_cache import rope_cache
+from ..kernels.silu_mul import silu_mul
 from .config import DecoderConfig
 from .kv_cache import StaticKVCache
 from .layers import RMSNorm, apply_rope, rope_tables
@@ -28,42 +38,40 @@ class ForwardOutput:
     hidden: Tensor | None = None  # [B, T, m*H] captured layer outputs, concatenated in request order
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: DecoderConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        # q, k, v fused into one matmul: one weight read per step instead of three launches.
-        self.qkv = LinearT(cfg.hidden_size, cfg.qkv_size, bias=cfg.qkv_bias)
-        self.o = LinearT(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+class HostPlacement:
+    """One request's tokens at host positions [start, start+T) of cache slot ``slot``: prefill, and
+    every step on the CPU. Attention reads the cache prefix [0, start+T) through views."""
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        cache: StaticKVCache,
-        layer: int,
-        start: int,
-        mask: Tensor | None,
-        row_invariant: bool,
-    ) -> Tensor:
-        cfg = self.cfg
-        B, T, _ = x.shape
+    def __init__(self, model: DecoderModel, cache: StaticKVCache, slot: int, start: int, T: int,
+                 dtype: torch.dtype, row_invariant: bool) -> None:
+        end = start + T
+        self.cache, self.slot, self.start, self.T, self.row_invariant = cache, slot, start, T, row_invariant
+        self.cos = model.rope_cos[start:end, None].to(dtype)  # [T, 1, D]
+        self.sin = model.rope_sin[start:end, None].to(dtype)  # [T, 1, D] signed (layers.rope_tables)
+        self.mask = None
+        if T > 1:
+            # query i (absolute start+i) sees keys j <= start+i; built on device, no host sync,
+            # once per forward as an additive mask (a bool mask is converted again in every layer).
+            device = model.rope_cos.device
+            q_pos = torch.arange(start, end, device=device)[:, None]  # [T, 1]
+            k_pos = torch.arange(end, device=device)[None, :]  # [1, end]
+            self.mask = torch.zeros(T, end, dtype=dtype, device=device).masked_fill_(k_pos > q_pos, float("-inf"))
+
+    def attend(self, attn: Attention, layer: int, qkv: Tensor) -> Tensor:
+        """qkv [B, T, (Hq+2Hkv)*D] -> attention output [B, T, Hq*D]; K/V written to the cache."""
+        cfg = attn.cfg
+        B, T, _ = qkv.shape
         D, Hq, Hkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-        qkv = self.qkv(x, row_invariant).view(B, T, Hq + 2 * Hkv, D)  # [B, T, Hq+2Hkv, D]
-        qk, v = qkv.split([Hq + Hkv, Hkv], dim=2)  # [B, T, Hq+Hkv, D], [B, T, Hkv, D]
+        qk, v = qkv.view(B, T, Hq + 2 * Hkv, D).split([Hq + Hkv, Hkv], dim=2)  # [B, T, Hq+Hkv, D], [B, T, Hkv, D]
         if cfg.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
-            qk = torch.cat([self.q_norm(qk[:, :, :Hq]), self.k_norm(qk[:, :, Hq:])], dim=2)
-        qk = apply_rope(qk, cos, sin)  # q and k rotated in one pass
+            qk = torch.cat([attn.q_norm(qk[:, :, :Hq]), attn.k_norm(qk[:, :, Hq:])], dim=2)
+        qk = apply_rope(qk, self.cos, self.sin)  # q and k rotated in one pass
         q = qk[:, :, :Hq].transpose(1, 2)  # [B, Hq, T, D]
         k = qk[:, :, Hq:].transpose(1, 2)  # [B, Hkv, T, D]
-        v = v.transpose(1, 2)  # [B, Hkv, T, D]
-        keys, values = cache.write(layer, start, k, v)  # [B, Hkv, start+T, D]
+        keys, values = self.cache.write(layer, self.start, k, v.transpose(1, 2), self.slot)  # [B, Hkv, start+T, D]
         gqa = Hq != Hkv
-        if row_invariant and T > 1:
+        start = self.start
+        if self.row_invariant and T > 1:
             # Row i attends to exactly the keys plain decoding would give it, in a call of the
             # same shape: its result cannot depend on the other rows (see linear.py).
             out = torch.cat(
@@ -78,21 +86,66 @@ class Attention(nn.Module):
             )  # [B, Hq, T, D]
         else:
             out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=D**-0.5, enable_gqa=gqa
+                q, keys, values, attn_mask=self.mask, scale=D**-0.5, enable_gqa=gqa
             )  # [B, Hq, T, D]
-        return self.o(out.transpose(1, 2).reshape(B, T, Hq * D), row_invariant)
+        return out.transpose(1, 2).reshape(B, T, Hq * D)
+
+
+class DevicePlacement:
+    """R rows of T tokens; row r's tokens sit at positions starts[r] + [0, T) of cache slot
+    slots[r], both *device* tensors: the decode and verify steps of the model runner. Nothing
+    depends on a host value that changes between steps, so one captured CUDA graph serves every
+    position. K/V are written by device index (kernels/rope_cache.py) and attention reads each row
+    up to its own length (kernels/decode_attention.py); without Triton, their references."""
+
+    row_invariant = False
+
+    def __init__(self, model: DecoderModel, cache: StaticKVCache, slots: Tensor, starts: Tensor, T: int,
+                 causal: bool = True) -> None:
+        R = slots.shape[0]
+        self.model, self.cache, self.slots, self.starts, self.T, self.causal = model, cache, slots, starts, T, causal
+        self.positions = (starts[:, None] + torch.arange(T, device=starts.device)).reshape(R * T)  # [R*T]
+        self.token_slots = slots.repeat_interleave(T)  # [R*T] (a real copy: the kernel reads it by index)
+
+    def attend(self, attn: Attention, layer: int, qkv: Tensor) -> Tensor:
+        cfg = attn.cfg
+        R, T, _ = qkv.shape
+        norms = (attn.q_norm.weight, attn.k_norm.weight) if cfg.qk_norm else (None, None)
+        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]  # [slots, Hkv, S, D]
+        q = rope_cache(qkv.reshape(R * T, -1), self.positions, self.token_slots, self.model.rope_cos,
+                       self.model.rope_sin, k_cache, v_cache, cfg.num_heads, *norms, cfg.rms_norm_eps)  # [R*T, Hq, D]
+        out = decode_attention(q.view(R, T, cfg.num_heads, cfg.head_dim), k_cache, v_cache, self.slots, self.starts,
+                               self.causal)  # [R, T, Hq, D]
+        return out.view(R, T, cfg.num_heads * cfg.head_dim)
+
+
+Placement = HostPlacement | DevicePlacement
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # q, k, v fused into one matmul: one weight read per step instead of three launches.
+        self.qkv = LinearT(cfg.hidden_size, cfg.qkv_size, bias=cfg.qkv_bias)
+        self.o = LinearT(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x: Tensor, placement: Placement, layer: int) -> Tensor:
+        row_invariant = placement.row_invariant
+        return self.o(placement.attend(self, layer, self.qkv(x, row_invariant)), row_invariant)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
-        self.intermediate = cfg.intermediate_size
         self.gate_up = LinearT(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down = LinearT(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: Tensor, row_invariant: bool) -> Tensor:
-        gate, up = self.gate_up(x, row_invariant).split(self.intermediate, dim=-1)  # [B, T, I] x2
-        return self.down(F.silu(gate) * up, row_invariant)
+        return self.down(silu_mul(self.gate_up(x, row_invariant)), row_invariant)  # [B, T, I] in between
 
 
 class DecoderLayer(nn.Module):
@@ -103,9 +156,13 @@ class DecoderLayer(nn.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache, layer, start, mask, row_invariant):  # type: ignore[no-untyped-def]
-        x = x + self.attn(self.input_norm(x), cos, sin, cache, layer, start, mask, row_invariant)
-        return x + self.mlp(self.post_norm(x), row_invariant)
+    def forward(self, delta: Tensor | None, residual: Tensor, placement: Placement, layer: int) -> tuple[Tensor, Tensor]:
+        """(delta, residual) -> (this layer's MLP output, the residual before it): the layer's output is
+        their sum, which the next norm adds in the same launch (kernels/rms_norm.py)."""
+        h, residual = add_rms_norm(delta, residual, self.input_norm.weight, self.input_norm.eps)
+        a = self.attn(h, placement, layer)
+        h, residual = add_rms_norm(a, residual, self.post_norm.weight, self.post_norm.eps)
+        return self.mlp(h, placement.row_invariant), residual
 
 
 class DecoderModel(nn.Module):
@@ -143,8 +200,10 @@ class DecoderModel(nn.Module):
         num_logits: int | None = None,
         capture_layers: tuple[int, ...] = (),
         row_invariant: bool = False,
+        slot: int = 0,
     ) -> ForwardOutput:
-        """input_ids [B, T] at positions [start, start+T); cache must hold [0, start).
+        """input_ids [B, T] at positions [start, start+T) of cache slots [slot, slot+B); the cache
+        must hold [0, start) there.
 
         capture_layers: layer indices whose raw output (residual stream after the layer) is
         returned; -1 means the embedding output. Sets ``cache.length = start + T``.
@@ -157,40 +216,43 @@ class DecoderModel(nn.Module):
         if end > cache.capacity:
             raise ValueError(f"positions [{start}, {end}) exceed the cache capacity {cache.capacity}")
         with blas_owns_the_cores(self.embed.weight):
-            return self._forward(input_ids, cache, start, num_logits, capture_layers, row_invariant)
+            row_invariant = row_invariant and cpu_float32_inference(self.embed.weight)
+            placement = HostPlacement(self, cache, slot, start, T, self.dtype, row_invariant)
+            out = self._run(input_ids, placement, num_logits, capture_layers)
+        cache.length = end
+        return out
 
-    def _forward(
+    def forward_rows(
         self,
         input_ids: Tensor,
         cache: StaticKVCache,
-        start: int,
-        num_logits: int | None,
-        capture_layers: tuple[int, ...],
-        row_invariant: bool,
+        slots: Tensor,
+        starts: Tensor,
+        *,
+        capture_layers: tuple[int, ...] = (),
     ) -> ForwardOutput:
-        T = input_ids.shape[1]
-        end = start + T
-        x = self.embed(input_ids)  # [B, T, H]
-        row_invariant = row_invariant and cpu_float32_inference(x)
-        cos = self.rope_cos[start:end, None].to(x.dtype)  # [T, 1, D]
-        sin = self.rope_sin[start:end, None].to(x.dtype)  # [T, 1, D] signed (layers.rope_tables)
-        mask = None
-        if T > 1:
-            # query i (absolute start+i) sees keys j <= start+i; built on device, no host sync,
-            # once per forward as an additive mask (a bool mask is converted again in every layer).
-            q_pos = torch.arange(start, end, device=x.device)[:, None]  # [T, 1]
-            k_pos = torch.arange(end, device=x.device)[None, :]  # [1, end]
-            mask = torch.zeros(T, end, dtype=x.dtype, device=x.device).masked_fill_(k_pos > q_pos, float("-inf"))
+        """R rows of T tokens, row r at positions starts[r] + [0, T) of cache slot slots[r] (device
+        tensors [R] long; the caller keeps every position inside the cache). No host sync and no
+        shape from the data: this is the forward the model runner captures in CUDA graphs."""
+        placement = DevicePlacement(self, cache, slots, starts, input_ids.shape[1])
+        return self._run(input_ids, placement, None, capture_layers)
+
+    def _run(
+        self, input_ids: Tensor, placement: Placement, num_logits: int | None, capture_layers: tuple[int, ...]
+    ) -> ForwardOutput:
+        residual = self.embed(input_ids)  # [B, T, H]
         captured: dict[int, Tensor] = {}
         if -1 in capture_layers:
-            captured[-1] = x
+            captured[-1] = residual
+        delta: Tensor | None = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i, start, mask, row_invariant)
+            delta, residual = layer(delta, residual, placement, i)
             if i in capture_layers:
-                captured[i] = x
-        cache.length = end
+                captured[i] = residual + delta  # the layer's output (the next norm adds the same)
         if num_logits is not None:
-            x = x[:, -num_logits:]
-        logits = self.lm_head(self.norm(x), row_invariant)  # [B, K, V]
+            residual = residual[:, -num_logits:].contiguous()
+            delta = delta[:, -num_logits:].contiguous() if delta is not None else None
+        h, _ = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps)
+        logits = self.lm_head(h, placement.row_invariant)  # [B, K, V]
         hidden = torch.cat([captured[i] for i in capture_layers], dim=-1) if capture_layers else None
         return ForwardOutput(logits=logits, hidden=hidden)

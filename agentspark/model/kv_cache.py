@@ -24,19 +24,19 @@ class StaticKVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
+        shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)  # batch_size = slots
         self.k: Tensor = torch.zeros(shape, dtype=dtype, device=device)  # [L, B, Hkv, S, D]
         self.v: Tensor = torch.zeros(shape, dtype=dtype, device=device)  # [L, B, Hkv, S, D]
         self.capacity = capacity
         self.length = 0  # tokens whose K/V are valid, [0, length)
 
-    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v [B, Hkv, T, D] at positions [start, start+T); return the valid prefix views
-        [B, Hkv, start+T, D] that attention reads."""
-        end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor, slot: int = 0) -> tuple[Tensor, Tensor]:
+        """Store k, v [B, Hkv, T, D] at positions [start, start+T) of slots [slot, slot+B); return
+        the valid prefix views [B, Hkv, start+T, D] that attention reads."""
+        end, rows = start + k.shape[2], slice(slot, slot + k.shape[0])
+        self.k[layer, rows, :, start:end] = k
+        self.v[layer, rows, :, start:end] = v
+        return self.k[layer, rows, :, :end], self.v[layer, rows, :, :end]
 
     def rollback(self, length: int) -> None:
         """Forget every position >= length (rejected draft tokens)."""

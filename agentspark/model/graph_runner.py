@@ -1,0 +1,203 @@
+"""DeviceRunner: the target's decode and verify steps over device positions, as CUDA graphs, one
+per bucket (``graphs=False`` runs the same body eagerly: on the CPU, that is how its logic is tested).
+
+A bucket is (R rows, T tokens per row, how tokens are picked). Its graph holds the whole round:
+the decoder over device positions (``DecoderModel.forward_rows``), the probabilities, and the fused
+verifier (kernels/verify.py), ending in one [R, 2] tensor of (accepted, token). Replaying it costs
+one launch instead of ~25 per layer, and nothing in it depends on a host value, so one graph
+serves every position and every length. A round is:
+
+  host: write slots, starts, draft counts and token ids into one pinned buffer   (no sync)
+  H2D : one copy into the bucket's device inputs                                  (async)
+  RNG : per sampled row, its uniforms and exponential race, drawn from its own generator (async)
+  graph replay                                                                    (async)
+  D2H : (accepted, token) per row into pinned memory, then THE host sync of the round
+
+Rows are padded up to the bucket (rows 1, 2, 4, ..., 64); padding rows write into the scratch
+slot and are ignored. Graphs are captured lazily, on a bucket's first use, into one shared memory
+pool (rounds never run concurrently). Prefill stays eager: its length varies.
+
+Host syncs, all of them: ``round`` (one, reading the results), ``prefill`` callers reading the
+first token, and ``probe`` (timing, on purpose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..kernels.verify import verify_rows
+from ..sampling import probs_rows
+from ..verify import Verifier, verify_chain
+from .decoder import DecoderModel
+from .runner import ModelRunner, RowResult, RowWork, eager_round
+
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def row_bucket(rows: int) -> int:
+    """The smallest row bucket that holds ``rows``."""
+    for b in ROW_BUCKETS:
+        if b >= rows:
+            return b
+    raise ValueError(f"{rows} rows exceed the largest bucket {ROW_BUCKETS[-1]}")
+
+
+@dataclass(frozen=True)
+class BucketKey:
+    rows: int  # R, padded
+    tokens: int  # T = 1 + verified draft tokens per row
+    greedy: bool  # every row greedy: argmax on the logits, no probabilities, no random numbers
+    has_q: bool  # sampled rows verify against the drafter's q (else q is one-hot at the draft)
+    filtered: bool  # some row uses top-k or top-p (a sort over the vocabulary)
+    capture: bool  # the graph also returns the target features for a learned drafter
+
+
+class _Bucket:
+    """The static buffers of one bucket and its graph."""
+
+    def __init__(self, key: BucketKey, vocab: int, device: torch.device) -> None:
+        R, T = key.rows, key.tokens
+        self.key = key
+        # ints, one buffer so one H2D copy fills them: [slots R | starts R | n R | ids R*T]
+        self.ints = torch.zeros(3 * R + R * T, dtype=torch.long, device=device)
+        pin = device.type == "cuda"  # page-locked host buffers: the copies are truly asynchronous
+        self.ints_host = torch.zeros(3 * R + R * T, dtype=torch.long, pin_memory=pin)
+        self.slots, self.starts, self.n = self.ints[:R], self.ints[R : 2 * R], self.ints[2 * R : 3 * R]
+        self.ids = self.ints[3 * R :].view(R, T)  # [R, T] anchor + drafts
+        if not key.greedy:
+            self.floats = torch.zeros(2 * R, device=device)  # [temperature R | top_p R]
+            self.floats_host = torch.zeros(2 * R, pin_memory=pin)
+            self.temperature, self.top_p = self.floats[:R], self.floats[R:]
+            self.top_k = torch.zeros(R, dtype=torch.long, device=device)
+            self.u = torch.zeros(R, max(T - 1, 1), device=device)  # [R, T-1] uniforms
+            self.race = torch.ones(R, vocab, device=device)  # [R, V] exponential race
+            self.q = torch.zeros(R, max(T - 1, 1), vocab, device=device) if key.has_q else None
+        self.out_host = torch.zeros(R, 2, dtype=torch.long, pin_memory=pin)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.packed: Tensor | None = None  # [R, 2] (accepted, token), written by the graph
+        self.hidden: Tensor | None = None  # [R, T, m*H] when key.capture
+
+
+class DeviceRunner(ModelRunner):
+    def __init__(self, model: DecoderModel, *, graphs: bool = True, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        if graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a model on a CUDA device; pass graphs=False")
+        self.graphs = graphs
+        self.kind = "cuda-graphs" if graphs else "device-eager"
+        self.buckets: dict[BucketKey, _Bucket] = {}
+        self.pool = torch.cuda.graph_pool_handle() if graphs else None
+        self.done = torch.cuda.Event() if self.device.type == "cuda" else None
+
+    # ---- capture --------------------------------------------------------------------------
+    def _bucket(self, key: BucketKey) -> _Bucket:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = _Bucket(key, self.model.cfg.vocab_size, self.device)
+            if self.graphs:
+                self._capture(bucket)
+        return bucket
+
+    def _replay(self, b: _Bucket) -> None:
+        if self.graphs:
+            b.graph.replay()
+        else:
+            with torch.inference_mode():
+                b.packed, b.hidden = self._round_body(b)
+
+    def _round_body(self, b: _Bucket) -> tuple[Tensor, Tensor | None]:
+        """What the graph holds: forward over the bucket's rows, probabilities, the fused verifier."""
+        key = b.key
+        out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts,
+                                      capture_layers=self.capture_layers if key.capture else ())
+        draft = b.ids[:, 1:]  # [R, T-1]
+        if key.greedy:
+            accepted, token = verify_rows(out.logits, draft, b.n, greedy=True)
+        else:
+            p = probs_rows(out.logits, b.temperature, b.top_k, b.top_p, filtered=key.filtered)  # [R, T, V]
+            accepted, token = verify_rows(p, draft, b.n, b.q, b.u, b.race, greedy=False)
+        return torch.stack([accepted, token], dim=1), out.hidden  # [R, 2], [R, T, m*H] | None
+
+    def _capture(self, b: _Bucket) -> None:
+        b.slots.fill_(self.scratch)  # warm-up runs write into the scratch slot only
+        b.starts.zero_()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(2):  # compile the Triton kernels, pick cuBLAS algorithms, outside capture
+                self._round_body(b)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        b.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(b.graph, pool=self.pool), torch.inference_mode():
+            b.packed, b.hidden = self._round_body(b)
+
+    # ---- rounds ---------------------------------------------------------------------------
+    def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
+        if verifier is not verify_chain:
+            return eager_round(self, rows, verifier)  # tests' negative controls: the reference path
+        T = max(len(r.tokens) for r in rows)
+        greedy = all(r.params.greedy for r in rows)
+        key = BucketKey(
+            rows=row_bucket(len(rows)), tokens=T, greedy=greedy,
+            has_q=not greedy and any(r.q is not None for r in rows),
+            filtered=not greedy and any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows),
+            capture=any(r.capture for r in rows),
+        )
+        b = self._bucket(key)
+        self._fill(b, rows)
+        self._replay(b)
+        b.out_host.copy_(b.packed, non_blocking=True)
+        if self.done is not None:
+            self.done.record()
+            self.done.synchronize()  # THE host sync of the round: (accepted, token) per row
+        out = b.out_host.tolist()
+        return [
+            RowResult(out[i][0], out[i][1], None if b.hidden is None else b.hidden[i, : len(r.tokens)])
+            for i, r in enumerate(rows)
+        ]
+
+    def _fill(self, b: _Bucket, rows: list[RowWork]) -> None:
+        R, T = b.key.rows, b.key.tokens
+        ints = b.ints_host  # safe to overwrite: the last round's copy finished at its sync
+        ints.zero_()
+        ints[:R] = self.scratch  # padding rows: the scratch slot, position 0, nothing verified
+        view = ints.numpy()
+        for i, r in enumerate(rows):
+            view[i], view[R + i], view[2 * R + i] = r.slot, r.start, len(r.tokens) - 1
+            view[3 * R + i * T : 3 * R + i * T + len(r.tokens)] = r.tokens
+        b.ints.copy_(ints, non_blocking=True)
+        if b.key.greedy:
+            return
+        fl = b.floats_host.numpy()
+        fl[:] = 1.0
+        top_k = [0] * R
+        for i, r in enumerate(rows):
+            fl[i], fl[R + i], top_k[i] = r.params.temperature, r.params.top_p, r.params.top_k
+        b.floats.copy_(b.floats_host, non_blocking=True)
+        b.top_k.copy_(torch.tensor(top_k), non_blocking=True)
+        for i, r in enumerate(rows):
+            l = len(r.tokens) - 1
+            # verify_noise's order: the uniforms, then the race, from the row's own generator
+            if l:
+                b.u[i, :l].uniform_(generator=r.generator)
+            b.race[i].exponential_(generator=r.generator).clamp_min_(1e-30)
+            if b.q is not None:
+                if r.q is not None:
+                    b.q[i, :l].copy_(r.q, non_blocking=True)
+                else:  # a deterministic draft beside sampled ones: q one-hot at the draft
+                    b.q[i].zero_()
+                    if l:
+                        b.q[i, torch.arange(l, device=self.device), b.ids[i, 1 : l + 1]] = 1.0
+
+    def probe(self, tokens: int) -> None:
+        """A greedy round of ``tokens`` tokens on the scratch slot, as real rounds replay it."""
+        b = self._bucket(BucketKey(1, tokens, True, False, False, bool(self.capture_layers)))
+        view = b.ints_host.numpy()
+        view[:] = 0
+        view[0], view[1], view[2] = self.scratch, min(64, self.capacity - tokens), tokens - 1
+        b.ints.copy_(b.ints_host, non_blocking=True)
+        self._replay(b)
+        self.sync()

@@ -1,0 +1,151 @@
+"""ModelRunner: the one object that launches target work, over a KV cache of request slots.
+
+The engine above it keeps requests, rounds and bookkeeping on the host; the runner owns the cache
+[L, slots + 1, Hkv, S, D] (the last slot is scratch: padding rows and timing probes write there)
+and runs two things:
+
+- ``prefill(slot, ids, start)``: one request's new prompt tokens at positions [start, start+P);
+  returns the last position's logits (and the features a learned drafter reads).
+- ``round(rows)``: one forward over every row's [x0, d_1..d_l] (plain decoding is l = 0), the
+  verifier per row, and one host sync that reads each row's accepted count and emitted token.
+
+``HostRunner`` (here) is the CPU path: row by row, the decoder's row-invariant numpy matmuls, the
+reference verifier; exact by construction (README, "Why greedy equality is exact on the CPU").
+``DeviceRunner`` (graph_runner.py) runs rounds over device positions and replays CUDA graphs
+captured per bucket of (rows, tokens per row) with the fused verifier inside. ``make_runner`` picks
+one; the engine does not know which.
+
+What the runner does not know: tokenizers, stop strings, drafters, schedules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..sampling import SamplingParams, probs_from_logits, sample
+from ..verify import Verifier, verify_chain
+from .decoder import DecoderModel
+from .kv_cache import StaticKVCache
+
+
+@dataclass
+class RowWork:
+    """One row of a round: verify ``tokens[1:]`` after the anchor ``tokens[0]``."""
+
+    slot: int
+    start: int  # the anchor's position: the slot's cache holds [0, start)
+    tokens: list[int]  # [x0, d_1..d_l] (host ints); l = 0 is a plain decoding step
+    params: SamplingParams
+    generator: torch.Generator | None
+    q: Tensor | None = None  # [l, V] the drafter's distributions; None = deterministic (or greedy)
+    capture: bool = False  # return the target features of the row's tokens (learned drafters)
+
+
+@dataclass
+class RowResult:
+    accepted: int  # a: leading draft tokens that survived, 0..l
+    token: int  # the one token emitted after them
+    hidden: Tensor | None = None  # [l+1, m*H] features of [x0, d_1..d_l]; rows 0..a are committed
+
+
+@dataclass
+class PrefillOutput:
+    logits: Tensor  # [1, V] the last prompt position's logits
+    hidden: Tensor | None  # [P, m*H] features of the prefilled tokens, when asked for
+
+
+class ModelRunner:
+    """What the engine drives. Subclasses: HostRunner (CPU, any device eagerly), DeviceRunner."""
+
+    kind = "base"
+
+    def __init__(self, model: DecoderModel, *, capacity: int, slots: int = 1, max_tokens: int = 9,
+                 capture_layers: tuple[int, ...] = ()) -> None:
+        self.model = model
+        self.device = model.device
+        self.slots = slots
+        self.scratch = slots  # the extra slot: padding rows and probes write here, never a request's
+        self.max_tokens = max_tokens  # tokens per row in a round: 1 + the longest draft
+        self.capture_layers = tuple(capture_layers)
+        self.cache: StaticKVCache = model.new_cache(capacity, batch_size=slots + 1)
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity
+
+    def prefill(self, slot: int, ids: list[int], start: int, *, capture: bool = False) -> PrefillOutput:
+        """ids at positions [start, start+len(ids)) of ``slot``; eager (the length varies)."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, P]
+        out = self.model(x, self.cache, start, num_logits=1, slot=slot,
+                         capture_layers=self.capture_layers if capture else ())
+        return PrefillOutput(logits=out.logits[0], hidden=None if out.hidden is None else out.hidden[0])
+
+    def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
+        raise NotImplementedError
+
+    def probe(self, tokens: int) -> None:
+        """One forward of ``tokens`` tokens per row as a real round would run it (on the scratch
+        slot, at a fixed position), waited for: what the SPS table times."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def pick_token(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """The plain decoding rule: one token from the last row of logits [K, V] (a host sync)."""
+    last = logits[-1:]
+    if params.greedy:
+        return int(last.argmax(-1).item())
+    return int(sample(probs_from_logits(last, params), generator).item())
+
+
+def eager_round(runner: ModelRunner, rows: list[RowWork], verifier: Verifier) -> list[RowResult]:
+    """A round row by row with the reference rules: one forward per row (row-invariant on the
+    CPU), ``probs_from_logits`` and ``verifier``; one host sync per row."""
+    results = []
+    for row in rows:
+        x = torch.tensor([row.tokens], dtype=torch.long, device=runner.device)  # [1, l+1]
+        out = runner.model(x, runner.cache, row.start, slot=row.slot, row_invariant=True,
+                           capture_layers=runner.capture_layers if row.capture else ())
+        hidden = None if out.hidden is None else out.hidden[0]
+        if len(row.tokens) == 1 and row.q is None and verifier is verify_chain:
+            # plain decoding: the reference rule (the same draws as verify_chain with l = 0)
+            results.append(RowResult(0, pick_token(out.logits[0], row.params, row.generator), hidden))
+            continue
+        p = probs_from_logits(out.logits[0], row.params)  # [l+1, V]
+        verdict = verifier(x[0, 1:], row.q, p, row.generator)  # host sync
+        results.append(RowResult(verdict.accepted, verdict.token, hidden))
+    return results
+
+
+class HostRunner(ModelRunner):
+    """Row by row, eagerly: the CPU path (row-invariant, exact), and CUDA without graphs."""
+
+    kind = "host"
+
+    def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
+        return eager_round(self, rows, verifier)
+
+    def probe(self, tokens: int) -> None:
+        start = min(64, self.capacity - tokens)
+        x = torch.randint(0, self.model.cfg.vocab_size, (1, tokens), device=self.device)
+        self.model(x, self.cache, start, slot=self.scratch, row_invariant=True)
+        self.sync()
+
+
+def make_runner(model: DecoderModel, *, capacity: int, slots: int = 1, max_tokens: int = 9,
+                capture_layers: tuple[int, ...] = (), graphs: bool | None = None) -> ModelRunner:
+    """The device runner with CUDA graphs on CUDA (unless ``graphs=False``), else the host runner."""
+    if graphs is None:
+        graphs = model.device.type == "cuda"
+    if graphs:
+        from .graph_runner import DeviceRunner
+
+        return DeviceRunner(model, capacity=capacity, slots=slots, max_tokens=max_tokens,
+                            capture_layers=capture_layers)
+    return HostRunner(model, capacity=capacity, slots=slots, max_tokens=max_tokens, capture_layers=capture_layers)

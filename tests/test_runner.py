@@ -1,0 +1,117 @@
+"""The model runner's logic on the CPU: buckets, positions as device tensors, and the device path
+without graphs (the body the CUDA graphs capture) against the host path that is the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentspark import Engine, NgramDrafter, SamplingParams
+from agentspark.kernels.support import cpu_interpreter, interpreting, triton_available
+from agentspark.model.graph_runner import ROW_BUCKETS, DeviceRunner, row_bucket
+from agentspark.model.runner import HostRunner, RowWork, make_runner
+
+from conftest import FAMILIES, ours_from_hf, tiny_hf_model
+
+PROMPT = [1, 5, 7, 9, 5, 7, 9, 5, 7, 11, 13]  # repeats: the n-gram drafter finds matches
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request):
+    return ours_from_hf(tiny_hf_model(request.param))
+
+
+def test_row_buckets():
+    assert [row_bucket(n) for n in (1, 2, 3, 5, 9, 33, 64)] == [1, 2, 4, 8, 16, 64, 64]
+    assert ROW_BUCKETS == (1, 2, 4, 8, 16, 32, 64)
+    with pytest.raises(ValueError, match="exceed"):
+        row_bucket(65)
+
+
+def test_cpu_gets_the_host_runner_and_graphs_need_cuda(tiny):
+    assert isinstance(make_runner(tiny.model, capacity=32), HostRunner)
+    assert Engine(tiny).runner.kind == "host"
+    with pytest.raises(ValueError, match="CUDA"):
+        DeviceRunner(tiny.model, capacity=32)
+
+
+def test_rows_at_device_positions_equal_one_row_at_a_time(tiny):
+    """forward_rows over R rows at different device positions and slots gives each row what a
+    host-position forward of that row alone gives, and writes only its own slot."""
+    model = tiny.model
+    g = torch.Generator().manual_seed(0)
+    cache = model.new_cache(64, batch_size=3)
+    ref_cache = model.new_cache(64, batch_size=3)
+    prompts = {0: torch.randint(0, 96, (1, 20), generator=g), 2: torch.randint(0, 96, (1, 7), generator=g)}
+    for slot, ids in prompts.items():
+        model(ids, cache, 0, slot=slot)
+        model(ids, ref_cache, 0, slot=slot)
+    before_slot1 = cache.k[:, 1].clone()
+    step = torch.randint(0, 96, (2, 3), generator=g)  # [R, T]
+    slots, starts = torch.tensor([2, 0]), torch.tensor([7, 20])
+    out = model.forward_rows(step, cache, slots, starts, capture_layers=(0,))
+    for r, (slot, start) in enumerate(zip(slots.tolist(), starts.tolist())):
+        ref = model(step[r : r + 1], ref_cache, start, slot=slot, capture_layers=(0,))
+        assert torch.allclose(out.logits[r], ref.logits[0], atol=1e-5, rtol=1e-5)
+        assert torch.allclose(out.hidden[r], ref.hidden[0], atol=1e-5, rtol=1e-5)
+        end = start + step.shape[1]
+        assert torch.allclose(cache.k[:, slot, :, :end], ref_cache.k[:, slot, :, :end], atol=1e-5)
+    assert torch.equal(cache.k[:, 1], before_slot1)  # a slot no row names is untouched
+
+
+def test_padding_rows_write_only_the_scratch_slot(tiny):
+    runner = DeviceRunner(tiny.model, graphs=False, capacity=48, slots=3, max_tokens=3)
+    runner.prefill(1, PROMPT, 0)
+    k_before = runner.cache.k.clone()
+    rows = [RowWork(1, len(PROMPT), [13, 5, 7], SamplingParams(), None) for _ in range(3)]  # 3 rows -> bucket 4
+    runner.round(rows)
+    changed = (runner.cache.k != k_before).flatten(2).any(-1).any(0)  # [slots + 1]
+    assert changed.tolist() == [False, True, False, True]  # slot 1, and the scratch slot (padding)
+
+
+PARAMS = [
+    SamplingParams(max_new_tokens=40),
+    SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=3, max_new_tokens=40),
+    SamplingParams(temperature=1.0, seed=5, max_new_tokens=40),
+]
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=["greedy", "filtered", "sampled"])
+def test_device_path_reproduces_the_host_path(tiny, params):
+    """Token for token, plain and speculative, greedy and sampled: the device body draws each row's
+    random numbers in verify_chain's order from the request's own generator."""
+    outputs = {}
+    for kind in ("host", "device"):
+        for drafter in (None, NgramDrafter()):
+            engine = Engine(tiny, drafter, max_draft=4, schedule="full", max_seq_len=128)
+            if kind == "device":
+                engine.runner = DeviceRunner(tiny.model, graphs=False, capacity=128, max_tokens=5)
+            outputs[kind, drafter is None] = engine.generate(PROMPT, params)
+    for plain in (True, False):
+        assert outputs["device", plain].token_ids == outputs["host", plain].token_ids
+    assert sum(r.verified for r in outputs["device", False].stats.rounds) > 0  # drafts went through the verifier
+
+
+@pytest.mark.skipif(not (triton_available() and interpreting()), reason="needs triton under TRITON_INTERPRET=1")
+def test_device_path_with_the_kernels_reproduces_the_host_path():
+    """The same, with every kernel (rope_cache, decode_attention, norms, silu_mul, the fused
+    verifier) running under Triton's interpreter: the CPU check of the GPU round's logic."""
+    tiny = ours_from_hf(tiny_hf_model("qwen3"))
+    for params in PARAMS[:2]:
+        params = SamplingParams(**{**params.__dict__, "max_new_tokens": 16})
+        host = Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=64).generate(PROMPT, params)
+        engine = Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=64)
+        engine.runner = DeviceRunner(tiny.model, graphs=False, capacity=64, max_tokens=5)
+        with cpu_interpreter():
+            device = engine.generate(PROMPT, params)
+        assert device.token_ids == host.token_ids
+
+
+def test_probe_leaves_the_session_cache_alone(tiny):
+    engine = Engine(tiny, NgramDrafter(), max_draft=3, max_seq_len=64)
+    first = engine.generate(PROMPT, SamplingParams(max_new_tokens=8))
+    k = engine.cache.k[:, 0].clone()
+    engine.runner.probe(4)  # timing writes go to the scratch slot
+    assert torch.equal(engine.cache.k[:, 0], k)
+    again = engine.generate(PROMPT + first.token_ids, SamplingParams(max_new_tokens=4), reuse_cache=True)
+    assert again.stats.prefill_tokens == 1  # the session's prefix was reused
