@@ -417,7 +417,8 @@ JSON_VALUES = st.recursive(
     max_leaves=6,
 )
 ARGS = st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4)
-NAMES = st.text(min_size=1, max_size=20).filter(lambda s: s.strip())
+# A name holding the Hermes markup itself would turn the text into the tag format (ambiguous by design).
+NAMES = st.text(min_size=1, max_size=20).filter(lambda s: s.strip() and "<tool_call>" not in s and "</tool_call>" not in s)
 PROSE = st.text(max_size=30).filter(lambda s: "<tool_call>" not in s and "</tool_call>" not in s)
 
 
