@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .detokenize import TextTracker
-from .drafters.base import Draft, Drafter
+from .drafters.base import DeviceDraft, DeviceSchedule, Draft, Drafter
 from .errors import InvalidDraftLengthError, InvalidRequestError, PromptTooLongError
 from .model.kv_cache import StaticKVCache
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
-from .model.runner import RowWork, make_runner, pick_token
+from .model.runner import ModelRunner, RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_length, choose_length_no_early_stop, threshold_length
@@ -142,8 +142,6 @@ class Engine:
         self.verifier = verifier
         self.schedule = schedule
         self.confidence_threshold = float(confidence_threshold)
-        self.runner = make_runner(self.model, capacity=max_seq_len, max_tokens=max_draft + 1,
-                                  capture_layers=drafter.capture_layers if drafter else (), graphs=graphs)
         self.device = self.model.device
         self._slot = 0  # one request at a time: its KV lives in slot 0
         self._cached_len = 0  # positions [0, _cached_len) of the slot hold K/V of _cached_ids
@@ -151,7 +149,25 @@ class Engine:
         # refreshed from every round's own verify timing
         self._sps: SpsTable | None = None if sps_table is None else SpsTable(sps_table, fixed=True)
         self._unverified_rounds = 0  # consecutive rounds whose draft the schedule cut to nothing
-        self._cached_ids: list[int] = []  # the tokens whose K/V fill cache positions [0, cache.length)
+        self._cached_ids: list[int] = []  # the tokens whose K/V fill cache positions [0, _cached_len)
+        self._attach_runner(make_runner(self.model, capacity=max_seq_len, max_tokens=max_draft + 1,
+                                        capture_layers=drafter.capture_layers if drafter else (), graphs=graphs))
+
+    def _attach_runner(self, runner: ModelRunner) -> None:
+        """Drive ``runner``; where it offers a features buffer (the device runner) and the drafter
+        can draft on the device, bind them: the draft, its q and the verified length then never
+        visit the host before the round's one sync."""
+        self.runner = runner
+        self._device_sps: torch.Tensor | None = None
+        self._device_sps_values: list[float] | None = None
+        self._device_drafting = False
+        features = getattr(runner, "features", None)
+        if self.drafter is not None and features is not None and self.verifier is verify_chain:
+            self._device_sps = torch.ones(self.max_draft + 1, device=self.device)
+            self._device_sps_host = torch.ones(self.max_draft + 1, pin_memory=self.device.type == "cuda")
+            schedule = DeviceSchedule(self.schedule, self.confidence_threshold, self._device_sps)
+            self._device_drafting = self.drafter.bind_device(features[0], schedule, graphs=getattr(runner, "graphs", True))
+        self.reset()
 
     @property
     def cache(self) -> StaticKVCache:
@@ -256,10 +272,11 @@ class Engine:
             committed, delta = self._commit(req, [first])
         yield StreamChunk(delta=delta, token_ids=committed)
 
+        plain_rounds = self._plain_rounds(req, generator) if drafter is None else None
         while not req.done:
             with blas_owns_the_cores(self.model.embed.weight):
-                if drafter is None:
-                    new, round_stats = self._plain_round(req, generator)
+                if plain_rounds is not None:
+                    new, round_stats = next(plain_rounds)
                 else:
                     new, round_stats = self._speculative_round(req, drafter, generator, capture)
                 t_commit = time.perf_counter()
@@ -269,6 +286,8 @@ class Engine:
             stats.rounds.append(round_stats)
             yield StreamChunk(delta=delta, token_ids=committed)
 
+        if plain_rounds is not None:
+            plain_rounds.close()  # ends the runner's stream (and waits for its step in flight)
         # The slot holds exactly the committed sequence minus its last token (multi-turn reuse).
         self._cached_len = len(req.tokens) - 1
         self._cached_ids = req.tokens[: self._cached_len]
@@ -302,16 +321,24 @@ class Engine:
                 break
         return committed, delta
 
-    def _plain_round(self, req: _Request, generator: torch.Generator) -> tuple[list[int], RoundStats]:
-        """The reference: one target step on the pending token, one token from its logits."""
-        t0 = time.perf_counter()
+    def _plain_rounds(self, req: _Request, generator: torch.Generator) -> Iterator[tuple[list[int], RoundStats]]:
+        """The reference: one target step per token on the pending token, one token from its logits.
+        The runner streams the steps (on CUDA with the next one in flight); a round's time is the
+        time between two tokens."""
         start = len(req.tokens) - 1  # the pending token's position; the cache holds [0, start)
-        row = RowWork(self._slot, start, [req.tokens[-1]], req.params, generator)
-        token = self.runner.round([row])[0].token  # the round's one host sync
-        seconds = time.perf_counter() - t0
-        if self._sps is not None:
-            self._sps.observe(1, seconds)
-        return [token], RoundStats(0, 0, 0, 0, 0.0, seconds, 0.0)
+        steps = self.runner.plain_stream(self._slot, start, req.tokens[-1], req.params, generator,
+                                         req.budget - req.generated)
+        observe = self._sps is not None and self.runner.kind == "host"  # one forward per token there
+        try:
+            t0 = time.perf_counter()
+            for token in steps:
+                seconds = time.perf_counter() - t0
+                if observe:
+                    self._sps.observe(1, seconds)
+                yield [token], RoundStats(0, 0, 0, 0, 0.0, seconds, 0.0)
+                t0 = time.perf_counter()
+        finally:
+            steps.close()
 
     def _schedule_length(self, draft: Draft) -> int:
         """How many leading draft tokens to verify under this engine's schedule."""
@@ -324,6 +351,32 @@ class Engine:
             return choose_length_no_early_stop(confidences, self.steps_per_second())
         return choose_length(confidences, self.steps_per_second())
 
+    def _sync_device_sps(self) -> None:
+        """Keep the device copy of the SPS table current (it changes as rounds refresh it)."""
+        values = self.steps_per_second()
+        if values != self._device_sps_values:
+            # a pinned staging buffer: rewritten only after a round's sync, so its last copy is done
+            self._device_sps_host.copy_(torch.tensor(values, dtype=torch.float32))
+            self._device_sps.copy_(self._device_sps_host, non_blocking=True)
+            self._device_sps_values = values
+
+    def _device_round(
+        self, req: _Request, drafter: Drafter, draft: DeviceDraft, generator: torch.Generator, t0: float
+    ) -> tuple[list[int], RoundStats]:
+        """A round whose draft stayed on the device: the drafter's graph drafted and scheduled, the
+        runner's graph verifies T = 1 + drafted tokens (the unverified tail is ignored); one sync."""
+        start = len(req.tokens) - 1
+        t1 = time.perf_counter()
+        result, d_tokens = self.runner.round_device(self._slot, start, req.tokens[-1], draft, req.params, generator)
+        t2 = time.perf_counter()
+        if self._sps is not None:
+            self._sps.observe(1 + draft.drafted, t2 - t1)  # the forward ran the whole draft
+        a = result.accepted
+        drafter.feedback(len(d_tokens), a)
+        drafter.observe_round(start, a + 1)
+        stats = RoundStats(draft.drafted, len(d_tokens), a, 0, t1 - t0, t2 - t1, time.perf_counter() - t2)
+        return d_tokens[:a] + [result.token], stats
+
     def _speculative_round(
         self, req: _Request, drafter: Drafter, generator: torch.Generator, capture: tuple[int, ...]
     ) -> tuple[list[int], RoundStats]:
@@ -331,13 +384,17 @@ class Engine:
         start = len(req.tokens) - 1  # anchor x0's position; the cache holds [0, start)
         # Draft no further than the token budget (the round emits up to l+1) and the cache.
         room = min(self.max_draft, req.budget - req.generated - 1, self.runner.capacity - 1 - start)
+        if self._device_drafting and self.schedule in _NEEDS_SPS:
+            self._sync_device_sps()
         draft = drafter.propose(req.tokens, room) if room > 0 else Draft.empty(self.device)
+        if isinstance(draft, DeviceDraft):
+            return self._device_round(req, drafter, draft, generator, t0)
         draft = draft.truncate(max(0, min(len(draft), room)))
         # Schedule: trim *before* the verify forward, never after it.
         length = self._schedule_length(draft)
         if len(draft) and not length:
             self._unverified_rounds += 1
-            if self._unverified_rounds >= PROBE_AFTER and self.schedule in _NEEDS_SPS:
+            if self._unverified_rounds >= PROBE_AFTER and self.schedule in _NEEDS_SPS and not self._sps.fixed:
                 # A table that turned speculation off learns nothing more from the rounds, so after
                 # PROBE_AFTER such rounds one draft token is verified anyway. The choice depends on
                 # past rounds only, never on this draft: the output distribution is unchanged.
@@ -355,7 +412,9 @@ class Engine:
             self._sps.observe(1 + len(verified), t2 - t1)  # refresh the table with this round's cost
         a = result.accepted
         drafter.feedback(len(verified), a)
-        if capture:
+        if self._device_drafting:
+            drafter.observe_round(start, a + 1)  # the drafter's graph reads the runner's features
+        elif capture:
             drafter.observe(result.hidden[: a + 1], start)  # x0, d_1..d_a: what was committed
         new = d_tokens[:a] + [result.token]
         stats = RoundStats(len(draft), len(verified), a, 0, t1 - t0, t2 - t1, time.perf_counter() - t2)

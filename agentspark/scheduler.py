@@ -26,6 +26,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+import torch
+from torch import Tensor
+
 from .errors import InvalidRequestError
 
 
@@ -229,3 +232,26 @@ class SpsTable:
 def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 5) -> list[float]:
     """SPS table of ``step(T)`` for T = 1..max_tokens: ``SpsTable.measure(...).values()``."""
     return SpsTable.measure(step, max_tokens, repeats=repeats).values()
+
+
+def device_length(confidences: Tensor, sps: Tensor, room: Tensor, schedule: str, threshold: float) -> Tensor:
+    """The engine's schedules on the device (no host sync; captured in a drafter's graph).
+
+    confidences [g] (float), sps [>= g+1] steps/s at 1.. tokens per forward, room [1] long (the most
+    that may be verified) -> [1] long, how many leading draft tokens to verify. The same rules as
+    ``choose_length`` / ``threshold_length`` / ``choose_length_no_early_stop`` (float32 here, so a
+    decision exactly at a tie may differ from the host's float64; both are causal)."""
+    g = min(confidences.shape[0], sps.shape[0] - 1)  # lengths past the table are never verified
+    c = confidences[:g].float()
+    if schedule == "full":
+        length = torch.full((1,), g, dtype=torch.long, device=c.device)
+    elif schedule == "threshold":
+        length = torch.cumprod((c >= threshold).long(), 0).sum().view(1)
+    else:
+        expected = 1.0 + torch.cumsum(torch.cumprod(c, 0), 0)  # [g] 1 + sum_{i<=j} a_i
+        throughput = torch.cat([sps[:1].float(), expected * sps[1 : g + 1].float()])  # [g+1], l = 0..g
+        if schedule == "no-early-stop":  # the Appendix-A control: the argmax over all prefixes
+            length = throughput.argmax().view(1)
+        else:  # extend while each admission raises the throughput; the first that does not stops it
+            length = torch.cumprod((throughput[1:] > throughput[:-1]).long(), 0).sum().view(1)
+    return torch.minimum(length, room)

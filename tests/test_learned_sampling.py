@@ -62,3 +62,19 @@ def test_the_same_test_catches_a_wrong_verifier_with_this_drafter(setup):
     engine = Engine(target, DSparkDrafter(model), max_draft=3, schedule="full", verifier=accept_always)
     biased = outcomes(engine, lambda s: SamplingParams(temperature=1.0, seed=mixed_seed(2 * s), max_new_tokens=NEW), speculative=True)
     assert min_p_value(biased, reference) < ALPHA / 4
+
+
+def test_dspark_device_drafting_sampling_matches_plain(setup):
+    """The device path (the drafter's graph body, the runner's bucket body with the fused
+    verifier's reference on the CPU): q drawn with noise enqueued before the block, the length
+    chosen on the device."""
+    from agentspark.model.graph_runner import DeviceRunner
+
+    target, model, reference = setup
+    drafter = DSparkDrafter(model)
+    engine = Engine(target, drafter, max_draft=3, schedule="full", verifier=verify_chain)
+    engine._attach_runner(DeviceRunner(target.model, graphs=False, capacity=64, max_tokens=4,
+                                       capture_layers=drafter.capture_layers))
+    assert engine._device_drafting
+    spec = outcomes(engine, lambda s: SamplingParams(temperature=1.0, seed=mixed_seed(2 * s), max_new_tokens=NEW), speculative=True)
+    assert min_p_value(spec, reference) >= ALPHA / 4

@@ -115,3 +115,34 @@ def test_probe_leaves_the_session_cache_alone(tiny):
     assert torch.equal(engine.cache.k[:, 0], k)
     again = engine.generate(PROMPT + first.token_ids, SamplingParams(max_new_tokens=4), reuse_cache=True)
     assert again.stats.prefill_tokens == 1  # the session's prefix was reused
+
+
+@pytest.mark.parametrize("method", ["dspark", "dflash"])
+@pytest.mark.parametrize("schedule", ["full", "adaptive", "threshold"])
+def test_device_drafting_is_greedy_lossless(method, schedule):
+    """A learned drafter bound to the device runner drafts, schedules and observes through its
+    graph bodies (dspark_graph.py; eager here); greedy output equals plain decoding, alone and in
+    the n-gram hybrid."""
+    from agentspark import HybridDrafter
+    from test_greedy_equivalence import tiny_prompts
+    from test_learned_drafters import VOCAB, make_drafter, random_drafter_model
+
+    target = ours_from_hf(tiny_hf_model("qwen3", seed=31, vocab_size=VOCAB, num_hidden_layers=3))
+    prompts = tiny_prompts(VOCAB, 3, seed=32)
+    params = SamplingParams(max_new_tokens=20)
+    plain = Engine(target)
+    refs = [plain.generate(p, params, speculative=False).token_ids for p in prompts]
+    model = random_drafter_model(target, method, seed=33)
+    accepted = 0
+    for hybrid in (False, True):
+        drafter = make_drafter(model, target)
+        drafter = HybridDrafter(drafter) if hybrid else drafter
+        engine = Engine(target, drafter, max_draft=6, schedule=schedule, sps_table=[1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
+        engine._attach_runner(DeviceRunner(target.model, graphs=False, capacity=256, max_tokens=7,
+                                           capture_layers=drafter.capture_layers))
+        assert engine._device_drafting
+        for prompt, ref in zip(prompts, refs):
+            result = engine.generate(prompt, params)
+            assert result.token_ids == ref
+            accepted += sum(r.accepted for r in result.stats.rounds)
+    assert accepted > 0

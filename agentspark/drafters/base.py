@@ -40,6 +40,20 @@ class Draft:
         return Draft(tokens=torch.empty(0, dtype=torch.long, device=device))
 
 
+@dataclass
+class DeviceDraft:
+    """A draft that stays on the device until the round's one host sync: tokens, q and the length to
+    verify were computed there (the drafter's CUDA graph, the schedule included)."""
+
+    tokens: Tensor  # [g] long, target ids, on the target's device
+    length: Tensor  # [1] long: how many leading tokens to verify (the schedule's choice, <= room)
+    probs: Tensor | None  # [g, V] q (sampled drafts), None when greedy
+    drafted: int  # g, known on the host
+
+    def __len__(self) -> int:
+        return self.drafted
+
+
 class Drafter(ABC):
     name: str = "drafter"
     capture_layers: tuple[int, ...] = ()
@@ -65,3 +79,24 @@ class Drafter(ABC):
 
     def feedback(self, verified: int, accepted: int) -> None:
         """How the last round went: ``accepted`` of ``verified`` draft tokens survived."""
+
+    def bind_device(self, features: Tensor, schedule: DeviceSchedule, *, graphs: bool = True) -> bool:
+        """Offer device drafting (a CUDA graph runner): ``features`` [Tmax, m*H] is where each
+        round leaves the target features of its row, ``schedule`` how many tokens to verify. A
+        drafter that can then propose ``DeviceDraft``s and observe rounds from ``features`` says
+        True; the default keeps host drafting."""
+        return False
+
+    def observe_round(self, start: int, count: int) -> None:
+        """After a round (device drafting only): the features of positions [start, start+count)
+        are rows 0..count-1 of the bound ``features`` buffer."""
+
+
+@dataclass
+class DeviceSchedule:
+    """What a device drafter needs to choose the length on the device (scheduler.device_length):
+    the engine's schedule name and threshold, and the SPS table as a device tensor it keeps current."""
+
+    name: str
+    threshold: float
+    sps: Tensor  # [max_draft + 1] steps/s at 1.. tokens per forward (updated in place)

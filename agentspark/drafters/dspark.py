@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..calibration import ConfidenceRound
 from ..sampling import SamplingParams, draw
-from .base import Draft, Drafter
+from .base import DeviceDraft, DeviceSchedule, Draft, Drafter
+from .dspark_graph import DSparkDeviceDrafting
 from .dspark_model import DSparkModel
 
 
@@ -27,8 +28,9 @@ class DSparkDrafter(Drafter):
         self.capture_layers = tuple(cfg.target_layer_ids)
         self.capacity = min(capacity, cfg.max_position_embeddings)
         dev, dt = model.fc.weight.device, model.fc.weight.dtype
-        shape = (cfg.num_layers, 1, cfg.num_kv_heads, self.capacity, cfg.head_dim)
-        self.keys = torch.zeros(shape, device=dev, dtype=dt)  # [L, 1, Hkv, cap, D]
+        # B positions past the capacity: scratch for the device path's parked writes (dspark_graph.py)
+        shape = (cfg.num_layers, 1, cfg.num_kv_heads, self.capacity + cfg.block_size, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=dev, dtype=dt)  # [L, 1, Hkv, cap+B, D]
         self.values = torch.zeros(shape, device=dev, dtype=dt)
         self.length = 0  # positions [0, length) hold context K/V
         self.seen: list[int] = []  # the tokens at those positions (as of the last propose)
@@ -41,6 +43,20 @@ class DSparkDrafter(Drafter):
         mask_id = cfg.mask_token_id
         self._mask_tail = torch.full((cfg.block_size - 1,), mask_id, dtype=torch.long, device=dev)  # [B-1]
         self._offsets = torch.arange(cfg.block_size, device=dev)  # [B]
+        self.device_drafting: DSparkDeviceDrafting | None = None  # set by bind_device (a CUDA graph runner)
+
+    def bind_device(self, features: Tensor, schedule: DeviceSchedule, *, graphs: bool = True) -> bool:
+        if self.keys.device.type != "cuda" and graphs:
+            return False
+        self.device_drafting = DSparkDeviceDrafting(self.model, self.keys, self.values, features, schedule, graphs=graphs)
+        return True
+
+    def observe_round(self, start: int, count: int) -> None:
+        end = min(start + count, self.capacity)
+        if self.device_drafting is None or end <= start:
+            return
+        self.device_drafting.observe(start, end - start)
+        self.length = end
 
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
         self.params, self.generator = params, generator
@@ -54,9 +70,11 @@ class DSparkDrafter(Drafter):
         return self._reusable
 
     def feedback(self, verified: int, accepted: int) -> None:
-        if self.recording is not None and self._last_logits is not None and verified:
-            self.recording.append(ConfidenceRound(tuple(self._last_logits[:verified].tolist()), accepted))
-        self._last_logits = None
+        logits = self._last_logits if self.device_drafting is None else getattr(self, "_device_conf", None)
+        if self.recording is not None and logits is not None and verified:
+            # a host sync on the device path: recording is for evaluation and calibration runs only
+            self.recording.append(ConfidenceRound(tuple(logits[:verified].tolist()), accepted))
+        self._last_logits = self._device_conf = None
 
     def track(self, tokens: list[int]) -> None:
         if self.length == len(tokens) - 1:  # features of every position before the anchor
@@ -77,7 +95,7 @@ class DSparkDrafter(Drafter):
         self.length = end
 
     @torch.inference_mode()
-    def propose(self, tokens: list[int], max_tokens: int) -> Draft:
+    def propose(self, tokens: list[int], max_tokens: int) -> Draft | DeviceDraft:
         cfg, model = self.model.cfg, self.model
         anchor_pos = len(tokens) - 1
         self._last_logits = None
@@ -87,6 +105,10 @@ class DSparkDrafter(Drafter):
         if room <= 0 or not fits or self.length != anchor_pos:  # no room, or features missing: draft nothing
             return Draft.empty(device)
         self.seen = tokens[:anchor_pos]
+        if self.device_drafting is not None:  # the graph: tokens, q and the length stay on the device
+            draft = self.device_drafting.propose(tokens[-1], anchor_pos, room, self.params, self.generator)
+            self._device_conf = self.device_drafting.last_conf_logits
+            return draft
         anchor = torch.tensor([tokens[-1]], dtype=torch.long, device=device)
         block = torch.cat([anchor, self._mask_tail])[None]  # [1, B]
         positions = (anchor_pos + self._offsets)[None]  # [1, B]

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
-from .base import Draft, Drafter
+from .base import DeviceSchedule, Draft, Drafter
 from .ngram import NgramDrafter
 
 
@@ -57,6 +57,12 @@ class HybridDrafter(Drafter):
 
     def observe(self, hidden: Tensor, start: int) -> None:
         self.learned.observe(hidden, start)
+
+    def bind_device(self, features: Tensor, schedule: DeviceSchedule, *, graphs: bool = True) -> bool:
+        return self.learned.bind_device(features, schedule, graphs=graphs)
+
+    def observe_round(self, start: int, count: int) -> None:
+        self.learned.observe_round(start, count)
 
     def propose(self, tokens: list[int], max_tokens: int) -> Draft:
         found = self.lookup.propose(tokens, max_tokens)

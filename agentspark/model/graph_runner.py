@@ -7,7 +7,7 @@ verifier (kernels/verify.py), ending in one [R, 2] tensor of (accepted, token). 
 one launch instead of ~25 per layer, and nothing in it depends on a host value, so one graph
 serves every position and every length. A round is:
 
-  host: write slots, starts, draft counts and token ids into one pinned buffer   (no sync)
+  host: write slots, starts, draft counts, top-k, token ids into one pinned buffer (no sync)
   H2D : one copy into the bucket's device inputs                                  (async)
   RNG : per sampled row, its uniforms and exponential race, drawn from its own generator (async)
   graph replay                                                                    (async)
@@ -23,13 +23,15 @@ first token, and ``probe`` (timing, on purpose).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..drafters.base import DeviceDraft
 from ..kernels.verify import verify_rows
-from ..sampling import probs_rows
+from ..sampling import SamplingParams, probs_rows
 from ..verify import Verifier, verify_chain
 from .decoder import DecoderModel
 from .runner import ModelRunner, RowResult, RowWork, eager_round
@@ -53,6 +55,7 @@ class BucketKey:
     has_q: bool  # sampled rows verify against the drafter's q (else q is one-hot at the draft)
     filtered: bool  # some row uses top-k or top-p (a sort over the vocabulary)
     capture: bool  # the graph also returns the target features for a learned drafter
+    chained: bool = False  # plain steps fed by the previous replay's token, on the device (plain_stream)
 
 
 class _Bucket:
@@ -61,21 +64,26 @@ class _Bucket:
     def __init__(self, key: BucketKey, vocab: int, device: torch.device) -> None:
         R, T = key.rows, key.tokens
         self.key = key
-        # ints, one buffer so one H2D copy fills them: [slots R | starts R | n R | ids R*T]
-        self.ints = torch.zeros(3 * R + R * T, dtype=torch.long, device=device)
+        # ints, one buffer so one H2D copy fills them: [slots R | starts R | n R | top_k R | ids R*T]
+        self.ints = torch.zeros(4 * R + R * T, dtype=torch.long, device=device)
         pin = device.type == "cuda"  # page-locked host buffers: the copies are truly asynchronous
-        self.ints_host = torch.zeros(3 * R + R * T, dtype=torch.long, pin_memory=pin)
+        self.ints_host = torch.zeros(4 * R + R * T, dtype=torch.long, pin_memory=pin)
         self.slots, self.starts, self.n = self.ints[:R], self.ints[R : 2 * R], self.ints[2 * R : 3 * R]
-        self.ids = self.ints[3 * R :].view(R, T)  # [R, T] anchor + drafts
+        self.top_k = self.ints[3 * R : 4 * R]  # sampled rows' top-k (0 = off)
+        self.ids = self.ints[4 * R :].view(R, T)  # [R, T] anchor + drafts
         if not key.greedy:
             self.floats = torch.zeros(2 * R, device=device)  # [temperature R | top_p R]
             self.floats_host = torch.zeros(2 * R, pin_memory=pin)
             self.temperature, self.top_p = self.floats[:R], self.floats[R:]
-            self.top_k = torch.zeros(R, dtype=torch.long, device=device)
             self.u = torch.zeros(R, max(T - 1, 1), device=device)  # [R, T-1] uniforms
             self.race = torch.ones(R, vocab, device=device)  # [R, V] exponential race
             self.q = torch.zeros(R, max(T - 1, 1), vocab, device=device) if key.has_q else None
         self.out_host = torch.zeros(R, 2, dtype=torch.long, pin_memory=pin)
+        self.device_draft_host = torch.zeros(R, T, dtype=torch.long, pin_memory=pin)  # [drafts T-1 | length]
+        # chained plain steps: [token R | start R], written by each replay for the next one
+        self.chain = torch.zeros(2, R, dtype=torch.long, device=device) if key.chained else None
+        self.chain_host = torch.zeros(2, R, dtype=torch.long, pin_memory=pin) if key.chained else None
+        self.out_ring = [torch.zeros(R, 2, dtype=torch.long, pin_memory=pin) for _ in range(2)] if key.chained else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.packed: Tensor | None = None  # [R, 2] (accepted, token), written by the graph
         self.hidden: Tensor | None = None  # [R, T, m*H] when key.capture
@@ -89,6 +97,12 @@ class DeviceRunner(ModelRunner):
         self.graphs = graphs
         self.kind = "cuda-graphs" if graphs else "device-eager"
         self.buckets: dict[BucketKey, _Bucket] = {}
+        # Where every round leaves its rows' target features (one buffer for all buckets, so a
+        # device drafter's observe graph reads one place): [rows, Tmax, m*H].
+        self.features: Tensor | None = None
+        if self.capture_layers:
+            width = len(self.capture_layers) * model.cfg.hidden_size
+            self.features = torch.zeros(ROW_BUCKETS[-1], self.max_tokens, width, dtype=model.dtype, device=self.device)
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
         self.done = torch.cuda.Event() if self.device.type == "cuda" else None
 
@@ -111,6 +125,9 @@ class DeviceRunner(ModelRunner):
     def _round_body(self, b: _Bucket) -> tuple[Tensor, Tensor | None]:
         """What the graph holds: forward over the bucket's rows, probabilities, the fused verifier."""
         key = b.key
+        if key.chained:  # this step's input is the last step's output, without the host
+            b.ids[:, 0].copy_(b.chain[0])
+            b.starts.copy_(b.chain[1])
         out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts,
                                       capture_layers=self.capture_layers if key.capture else ())
         draft = b.ids[:, 1:]  # [R, T-1]
@@ -119,11 +136,20 @@ class DeviceRunner(ModelRunner):
         else:
             p = probs_rows(out.logits, b.temperature, b.top_k, b.top_p, filtered=key.filtered)  # [R, T, V]
             accepted, token = verify_rows(p, draft, b.n, b.q, b.u, b.race, greedy=False)
-        return torch.stack([accepted, token], dim=1), out.hidden  # [R, 2], [R, T, m*H] | None
+        if key.chained:
+            b.chain[0].copy_(token)
+            b.chain[1].copy_(b.starts + 1)
+        hidden = None
+        if out.hidden is not None:
+            hidden = self.features[: key.rows, : key.tokens]
+            hidden.copy_(out.hidden)
+        return torch.stack([accepted, token], dim=1), hidden  # [R, 2], [R, T, m*H] | None
 
     def _capture(self, b: _Bucket) -> None:
         b.slots.fill_(self.scratch)  # warm-up runs write into the scratch slot only
         b.starts.zero_()
+        if b.chain is not None:
+            b.chain.zero_()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.inference_mode():
@@ -135,6 +161,7 @@ class DeviceRunner(ModelRunner):
             b.packed, b.hidden = self._round_body(b)
 
     # ---- rounds ---------------------------------------------------------------------------
+    @torch.inference_mode()
     def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
         if verifier is not verify_chain:
             return eager_round(self, rows, verifier)  # tests' negative controls: the reference path
@@ -159,6 +186,35 @@ class DeviceRunner(ModelRunner):
             for i, r in enumerate(rows)
         ]
 
+    @torch.inference_mode()
+    def round_device(self, slot: int, start: int, anchor: int, draft: DeviceDraft, params: SamplingParams,
+                     generator: torch.Generator | None) -> tuple[RowResult, list[int]]:
+        """A round whose draft never left the device (a drafter's graph): its tokens, q and the
+        length to verify are copied into the bucket on the device. The bucket has T = 1 + drafted
+        tokens per row; rows past the scheduled length are computed and ignored (the causal mask
+        keeps them out of the verified rows). The one host sync reads (accepted, token), the length
+        and the draft. Returns the row's result and the verified draft tokens."""
+        T = 1 + draft.drafted
+        greedy = params.greedy
+        key = BucketKey(1, T, greedy, not greedy and draft.probs is not None,
+                        not greedy and (params.top_k > 0 or params.top_p < 1.0), True)
+        b = self._bucket(key)
+        row = RowWork(slot, start, [anchor] + [0] * draft.drafted, params, generator, draft.probs, capture=True)
+        self._fill(b, [row])  # slot, start, top-k, the anchor; noise for T-1 slots; q
+        b.ids[0, 1:].copy_(draft.tokens)  # device to device
+        b.n[:1].copy_(draft.length)
+        self._replay(b)
+        b.out_host.copy_(b.packed, non_blocking=True)
+        b.device_draft_host[0, : T - 1].copy_(b.ids[0, 1:], non_blocking=True)
+        b.device_draft_host[0, T - 1 : T].copy_(b.n[:1], non_blocking=True)
+        if self.done is not None:
+            self.done.record()
+            self.done.synchronize()  # THE host sync of the round
+        accepted, token = b.out_host[0].tolist()
+        report = b.device_draft_host[0].tolist()
+        verified = report[T - 1]
+        return RowResult(accepted, token, b.hidden[0] if b.hidden is not None else None), report[:verified]
+
     def _fill(self, b: _Bucket, rows: list[RowWork]) -> None:
         R, T = b.key.rows, b.key.tokens
         ints = b.ints_host  # safe to overwrite: the last round's copy finished at its sync
@@ -167,17 +223,23 @@ class DeviceRunner(ModelRunner):
         view = ints.numpy()
         for i, r in enumerate(rows):
             view[i], view[R + i], view[2 * R + i] = r.slot, r.start, len(r.tokens) - 1
-            view[3 * R + i * T : 3 * R + i * T + len(r.tokens)] = r.tokens
+            view[3 * R + i] = r.params.top_k
+            view[4 * R + i * T : 4 * R + i * T + len(r.tokens)] = r.tokens
         b.ints.copy_(ints, non_blocking=True)
         if b.key.greedy:
             return
+        self._fill_params(b, rows)
+        self._fill_noise(b, rows)
+
+    def _fill_params(self, b: _Bucket, rows: list[RowWork]) -> None:
+        R = b.key.rows
         fl = b.floats_host.numpy()
         fl[:] = 1.0
-        top_k = [0] * R
         for i, r in enumerate(rows):
-            fl[i], fl[R + i], top_k[i] = r.params.temperature, r.params.top_p, r.params.top_k
+            fl[i], fl[R + i] = r.params.temperature, r.params.top_p
         b.floats.copy_(b.floats_host, non_blocking=True)
-        b.top_k.copy_(torch.tensor(top_k), non_blocking=True)
+
+    def _fill_noise(self, b: _Bucket, rows: list[RowWork]) -> None:
         for i, r in enumerate(rows):
             l = len(r.tokens) - 1
             # verify_noise's order: the uniforms, then the race, from the row's own generator
@@ -192,6 +254,45 @@ class DeviceRunner(ModelRunner):
                     if l:
                         b.q[i, torch.arange(l, device=self.device), b.ids[i, 1 : l + 1]] = 1.0
 
+    def plain_stream(self, slot: int, start: int, token: int, params: SamplingParams,
+                     generator: torch.Generator | None, max_steps: int) -> Iterator[int]:
+        """Plain decoding with one step in flight: each replay of the chained bucket reads its input
+        token and position from the previous replay's output on the device, so the next step is
+        launched before the host has read this one. The host reads step k (the one sync per token)
+        while step k+1 runs; when the caller stops early (EOS, a stop string), the step in flight
+        wrote K/V past the committed sequence, which nothing reads, and drew its noise after the
+        last token used: the output is the same as one step at a time."""
+        if not self.graphs:
+            yield from super().plain_stream(slot, start, token, params, generator, max_steps)
+            return
+        with torch.inference_mode():
+            key = BucketKey(1, 1, params.greedy, False, not params.greedy and (params.top_k > 0 or params.top_p < 1.0),
+                            False, chained=True)
+            b = self._bucket(key)
+            row = [RowWork(slot, start, [token], params, generator)]
+            self._fill(b, row)  # slot, n = 0, top-k, sampling parameters: fixed for the stream
+            b.chain_host[0, 0], b.chain_host[1, 0] = token, start
+            b.chain.copy_(b.chain_host, non_blocking=True)
+            events = [torch.cuda.Event(), torch.cuda.Event()]
+
+            def launch(k: int) -> None:
+                if not key.greedy:
+                    self._fill_noise(b, row)
+                b.graph.replay()
+                b.out_ring[k % 2].copy_(b.packed, non_blocking=True)
+                events[k % 2].record()
+
+            launch(0)
+            try:
+                for k in range(max_steps):
+                    if k + 1 < max_steps:
+                        launch(k + 1)  # enqueued behind step k: the GPU never waits for the host
+                    events[k % 2].synchronize()  # the one host sync per token: step k's result
+                    yield int(b.out_ring[k % 2][0, 1])
+            finally:
+                torch.cuda.current_stream(self.device).synchronize()  # the step in flight, if any
+
+    @torch.inference_mode()
     def probe(self, tokens: int) -> None:
         """A greedy round of ``tokens`` tokens on the scratch slot, as real rounds replay it."""
         b = self._bucket(BucketKey(1, tokens, True, False, False, bool(self.capture_layers)))

@@ -20,6 +20,7 @@ What the runner does not know: tokenizers, stop strings, drafters, schedules.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,14 @@ class ModelRunner:
 
     def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
         raise NotImplementedError
+
+    def plain_stream(self, slot: int, start: int, token: int, params: SamplingParams,
+                     generator: torch.Generator | None, max_steps: int) -> Iterator[int]:
+        """Plain decoding from ``token`` at position ``start``: up to ``max_steps`` tokens, one round
+        each (the device runner keeps one step in flight instead). Stop iterating to stop."""
+        for k in range(max_steps):
+            token = self.round([RowWork(slot, start + k, [token], params, generator)])[0].token
+            yield token
 
     def probe(self, tokens: int) -> None:
         """One forward of ``tokens`` tokens per row as a real round would run it (on the scratch

@@ -1,0 +1,151 @@
+"""The GPU runtime on a CUDA device (marked gpu: run through the device tool, never in CI; the
+output of the last device run is committed under examples/results/).
+
+- The graph runner reproduces the eager reference path token for token (float32, greedy).
+- A round has no hidden host sync: under torch's sync debug mode "error" (which raises on every
+  implicit synchronisation) graph rounds run; the one explicit wait is the round's result.
+- Sampling through the graphs and the fused verifier keeps the target's distribution, and the
+  same test catches the Appendix-A scheduler (test_scheduler_equivalence's design, on the GPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentspark import DraftModelDrafter, Engine, NgramDrafter, SamplingParams
+from agentspark.model.graph_runner import DeviceRunner
+from agentspark.model.runner import HostRunner, RowWork
+
+from conftest import FAMILIES, ours_from_hf, tiny_hf_model
+
+pytestmark = pytest.mark.gpu
+PROMPT = [1, 5, 7, 9, 5, 7, 9, 5, 7, 11, 13]
+
+
+def on_cuda(loaded):
+    loaded.model.to("cuda")
+    return loaded
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graphs_reproduce_the_eager_path_float32(family):
+    target = on_cuda(ours_from_hf(tiny_hf_model(family)))
+    for drafter in (None, NgramDrafter()):
+        graph = Engine(target, drafter, max_draft=4, schedule="full", max_seq_len=128)
+        eager = Engine(target, drafter, max_draft=4, schedule="full", max_seq_len=128, graphs=False)
+        assert isinstance(graph.runner, DeviceRunner) and isinstance(eager.runner, HostRunner)
+        params = SamplingParams(max_new_tokens=48)
+        a, b = graph.generate(PROMPT, params), eager.generate(PROMPT, params)
+        assert a.token_ids == b.token_ids
+
+
+def test_a_round_has_no_hidden_host_sync():
+    target = on_cuda(ours_from_hf(tiny_hf_model("qwen3")))
+    runner = DeviceRunner(target.model, capacity=64, max_tokens=5)
+    runner.prefill(0, PROMPT, 0)
+    rows = [RowWork(0, len(PROMPT), [13, 5, 7, 9], SamplingParams(), None)]
+    sampled = [RowWork(0, len(PROMPT), [13, 5, 7], SamplingParams(temperature=0.7, top_p=0.9),
+                       torch.Generator("cuda").manual_seed(1))]
+    runner.round(rows), runner.round(sampled)  # capture first: capturing may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            runner.round(rows)
+            runner.round(sampled)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_graph_sampling_keeps_the_distribution_and_catches_no_early_stop():
+    """test_scheduler_equivalence.py's experiment with every model on the GPU: the spec runs go
+    through the graph runner's sampled rounds and the fused verifier."""
+    import test_scheduler_equivalence as design
+
+    vocab = dict(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    target = on_cuda(ours_from_hf(tiny_hf_model("llama", seed=21, init_std=0.1, **vocab)))
+    draft = on_cuda(ours_from_hf(tiny_hf_model("llama", seed=22, init_std=0.1, **vocab)))
+    plain, _ = design.run(Engine(target), range(10_000, 10_000 + design.N), speculative=False)
+
+    def spec(schedule, c1, seed_base):
+        drafter = design.KeyedConfidenceDrafter(DraftModelDrafter(draft, 6), c1)
+        engine = Engine(target, drafter, max_draft=2, schedule=schedule, sps_table=design.SPS)
+        assert isinstance(engine.runner, DeviceRunner)
+        return design.run(engine, range(seed_base, seed_base + design.N), speculative=True)
+
+    outs, first_round = spec("adaptive", 0.9, 0)
+    assert set(first_round) == {1, 2}
+    ps = design.p_values(outs, plain)
+    assert min(ps.values()) >= design.ALPHA / len(ps), ps
+    outs, first_round = spec("no-early-stop", 0.3, 40_000)
+    assert set(first_round) == {0, 2}
+    ps = design.p_values(outs, plain)
+    assert min(ps.values()) < design.ALPHA / len(ps), ps
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=40),
+                                    SamplingParams(temperature=0.9, top_p=0.95, seed=7, max_new_tokens=40)],
+                         ids=["greedy", "sampled"])
+def test_chained_plain_steps_equal_one_step_at_a_time(params):
+    """Plain decoding on CUDA keeps one step in flight (DeviceRunner.plain_stream): the tokens, an
+    early stop at EOS, and the session the next request reuses are those of one step at a time."""
+    import dataclasses
+
+    target = on_cuda(ours_from_hf(tiny_hf_model("llama")))
+    eager_engine = Engine(target, max_seq_len=128, graphs=False)
+    free = eager_engine.generate(PROMPT, params)
+    stop_at = free.token_ids[len(free.token_ids) // 2]
+    target = dataclasses.replace(target, eos_token_ids=frozenset({stop_at}))
+    graph, eager = Engine(target, max_seq_len=128), Engine(target, max_seq_len=128, graphs=False)
+    a, b = graph.generate(PROMPT, params), eager.generate(PROMPT, params)
+    assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason == "stop"
+    follow = PROMPT + a.token_ids + [3, 4]
+    c = graph.generate(follow, params, reuse_cache=True)
+    d = eager.generate(follow, params, reuse_cache=True)
+    assert c.token_ids == d.token_ids and c.stats.prefill_tokens == d.stats.prefill_tokens == 3
+
+
+@pytest.mark.parametrize("method", ["dspark", "dflash"])
+def test_device_drafting_under_graphs_is_greedy_lossless(method):
+    """DSpark/DFlash propose and observe as CUDA graphs feeding the runner's graphs (float32)."""
+    from agentspark import HybridDrafter
+    from test_greedy_equivalence import tiny_prompts
+    from test_learned_drafters import VOCAB, make_drafter, random_drafter_model
+
+    target = on_cuda(ours_from_hf(tiny_hf_model("qwen3", seed=31, vocab_size=VOCAB, num_hidden_layers=3)))
+    prompts = tiny_prompts(VOCAB, 4, seed=32)
+    params = SamplingParams(max_new_tokens=24)
+    refs = [Engine(target, graphs=False).generate(p, params).token_ids for p in prompts]
+    model = random_drafter_model(target, method, seed=33)
+    for hybrid in (False, True):
+        drafter = make_drafter(model, target)
+        drafter = HybridDrafter(drafter) if hybrid else drafter
+        engine = Engine(target, drafter, max_draft=6, schedule="adaptive")
+        assert engine._device_drafting and drafter.learned.device_drafting.graphs if hybrid else drafter.device_drafting.graphs
+        accepted = 0
+        for prompt, ref in zip(prompts, refs):
+            result = engine.generate(prompt, params)
+            assert result.token_ids == ref
+            accepted += sum(r.accepted for r in result.stats.rounds)
+        assert accepted > 0
+
+
+def test_device_drafting_round_has_no_hidden_host_sync():
+    """After prefill (which reads its first token) every round of a device-drafting request runs
+    under sync debug mode "error": the drafter's graph, the copies into the bucket, the round's
+    graph; the one explicit wait is the round's result."""
+    from test_learned_drafters import VOCAB, make_drafter, random_drafter_model
+
+    target = on_cuda(ours_from_hf(tiny_hf_model("llama", seed=31, vocab_size=VOCAB, num_hidden_layers=3)))
+    drafter = make_drafter(random_drafter_model(target, "dspark", seed=33), target)
+    engine = Engine(target, drafter, max_draft=6, schedule="adaptive")
+    for params in (SamplingParams(max_new_tokens=12), SamplingParams(temperature=0.8, seed=3, max_new_tokens=12)):
+        engine.generate([1, 2, 3, 4], params)  # the same request once first: every graph captured
+        chunks = engine.stream([1, 2, 3, 4], params)
+        next(chunks)  # prefill
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            rest = list(chunks)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert rest[-1].result is not None and len(rest[-1].result.stats.rounds) > 1
