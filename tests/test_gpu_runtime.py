@@ -105,7 +105,7 @@ def test_chained_plain_steps_equal_one_step_at_a_time(params):
     assert c.token_ids == d.token_ids and c.stats.prefill_tokens == d.stats.prefill_tokens == 3
 
 
-@pytest.mark.parametrize("method", ["dspark", "dflash"])
+@pytest.mark.parametrize("method", ["dspark", "dflash", "dspark-reduced-vocab"])
 def test_device_drafting_under_graphs_is_greedy_lossless(method):
     """DSpark/DFlash propose and observe as CUDA graphs feeding the runner's graphs (float32)."""
     from agentspark import HybridDrafter
@@ -116,18 +116,19 @@ def test_device_drafting_under_graphs_is_greedy_lossless(method):
     prompts = tiny_prompts(VOCAB, 4, seed=32)
     params = SamplingParams(max_new_tokens=24)
     refs = [Engine(target, graphs=False).generate(p, params).token_ids for p in prompts]
-    model = random_drafter_model(target, method, seed=33)
+    extra = {"draft_vocab": tuple(range(VOCAB - 4))} if method.endswith("reduced-vocab") else {}
+    model = random_drafter_model(target, method.split("-")[0], seed=33, **extra)
+    accepted = 0
     for hybrid in (False, True):
         drafter = make_drafter(model, target)
         drafter = HybridDrafter(drafter) if hybrid else drafter
         engine = Engine(target, drafter, max_draft=6, schedule="adaptive")
-        assert engine._device_drafting and drafter.learned.device_drafting.graphs if hybrid else drafter.device_drafting.graphs
-        accepted = 0
+        assert engine._device_drafting and (drafter.learned if hybrid else drafter).device_drafting.graphs
         for prompt, ref in zip(prompts, refs):
             result = engine.generate(prompt, params)
             assert result.token_ids == ref
             accepted += sum(r.accepted for r in result.stats.rounds)
-        assert accepted > 0
+    assert accepted > 0
 
 
 def test_device_drafting_round_has_no_hidden_host_sync():
@@ -137,7 +138,7 @@ def test_device_drafting_round_has_no_hidden_host_sync():
     from test_learned_drafters import VOCAB, make_drafter, random_drafter_model
 
     target = on_cuda(ours_from_hf(tiny_hf_model("llama", seed=31, vocab_size=VOCAB, num_hidden_layers=3)))
-    drafter = make_drafter(random_drafter_model(target, "dspark", seed=33), target)
+    drafter = make_drafter(random_drafter_model(target, "dspark", seed=33, draft_vocab=tuple(range(VOCAB - 4))), target)
     engine = Engine(target, drafter, max_draft=6, schedule="adaptive")
     for params in (SamplingParams(max_new_tokens=12), SamplingParams(temperature=0.8, seed=3, max_new_tokens=12)):
         engine.generate([1, 2, 3, 4], params)  # the same request once first: every graph captured

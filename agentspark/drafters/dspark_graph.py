@@ -116,7 +116,8 @@ class DSparkDeviceDrafting:
                 bias, state = head.step(e_prev, hidden[k], state)
                 picked = pick(base[k] + bias.float(), k)
                 picks_q.append(picked)
-                prev = model.draft_to_target(picked[0][0])
+                # index_select, not tensor[0-d index]: that would read the index on the host
+                prev = (model.draft_vocab_ids.index_select(0, picked[0]) if model.reduced_vocab else picked[0]).reshape(())
                 prev_feats.append(e_prev)
         picks = torch.cat([p for p, _ in picks_q])  # [B] draft-vocabulary indices
         probs = None if greedy else model.to_target_vocab(torch.stack([q for _, q in picks_q]), fill=0.0)  # [B, V]

@@ -215,7 +215,7 @@ class DeviceRunner(ModelRunner):
         verified = report[T - 1]
         return RowResult(accepted, token, b.hidden[0] if b.hidden is not None else None), report[:verified]
 
-    def _fill(self, b: _Bucket, rows: list[RowWork]) -> None:
+    def _fill(self, b: _Bucket, rows: list[RowWork], noise: bool = True) -> None:
         R, T = b.key.rows, b.key.tokens
         ints = b.ints_host  # safe to overwrite: the last round's copy finished at its sync
         ints.zero_()
@@ -229,7 +229,8 @@ class DeviceRunner(ModelRunner):
         if b.key.greedy:
             return
         self._fill_params(b, rows)
-        self._fill_noise(b, rows)
+        if noise:
+            self._fill_noise(b, rows)
 
     def _fill_params(self, b: _Bucket, rows: list[RowWork]) -> None:
         R = b.key.rows
@@ -270,7 +271,7 @@ class DeviceRunner(ModelRunner):
                             False, chained=True)
             b = self._bucket(key)
             row = [RowWork(slot, start, [token], params, generator)]
-            self._fill(b, row)  # slot, n = 0, top-k, sampling parameters: fixed for the stream
+            self._fill(b, row, noise=False)  # slot, n = 0, top-k, sampling parameters: fixed for the stream
             b.chain_host[0, 0], b.chain_host[1, 0] = token, start
             b.chain.copy_(b.chain_host, non_blocking=True)
             events = [torch.cuda.Event(), torch.cuda.Event()]
