@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..kernels.decode_attention import decode_attention
 from ..kernels.rms_norm import add_rms_norm, add_rms_norm_reference
@@ -30,6 +31,9 @@ from .config import DecoderConfig
 from .kv_cache import StaticKVCache
 from .layers import RMSNorm, apply_rope, rope_tables
 from .linear import LinearT, blas_owns_the_cores, cpu_float32_inference
+
+
+_EAGER_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -91,6 +95,18 @@ class HostPlacement:
                 ],
                 dim=2,
             )  # [B, Hq, T, D]
+        elif q.is_cuda and T > 1:
+            # No cuDNN attention for eager prefills: it builds an execution plan for every new
+            # sequence length (measured on the H200: ~45 ms, sometimes 500 ms, for each new
+            # prompt length), and an agent's every round has a new length. From position 0 the
+            # mask is plain causal, which the flash kernel takes without a mask tensor.
+            with sdpa_kernel(_EAGER_CUDA_BACKENDS):
+                if start == 0:
+                    out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=D**-0.5, enable_gqa=gqa)
+                else:
+                    out = F.scaled_dot_product_attention(
+                        q, keys, values, attn_mask=self.mask, scale=D**-0.5, enable_gqa=gqa
+                    )  # [B, Hq, T, D]
         else:
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=self.mask, scale=D**-0.5, enable_gqa=gqa
