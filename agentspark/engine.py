@@ -36,6 +36,8 @@ MAX_DRAFT_LIMIT = 64  # beyond this a verify forward costs more than it can ever
 SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")
 _NEEDS_SPS = ("adaptive", "no-early-stop")
 PROBE_AFTER = 32  # rounds cut to no verification before one draft token is verified anyway
+RECHECK_AFTER = 12  # such rounds before the SPS table is measured again (once per RECHECK_EVERY rounds)
+RECHECK_EVERY = 512
 
 
 @dataclass
@@ -149,6 +151,7 @@ class Engine:
         # refreshed from every round's own verify timing
         self._sps: SpsTable | None = None if sps_table is None else SpsTable(sps_table, fixed=True)
         self._unverified_rounds = 0  # consecutive rounds whose draft the schedule cut to nothing
+        self._rounds_since_recheck = RECHECK_EVERY
         self._cached_ids: list[int] = []  # the tokens whose K/V fill cache positions [0, _cached_len)
         self._attach_runner(make_runner(self.model, capacity=max_seq_len, max_tokens=max_draft + 1,
                                         capture_layers=drafter.capture_layers if drafter else (), graphs=graphs))
@@ -351,6 +354,12 @@ class Engine:
             return choose_length_no_early_stop(confidences, self.steps_per_second())
         return choose_length(confidences, self.steps_per_second())
 
+    def _recheck_sps(self) -> None:
+        with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
+            again = SpsTable.measure(self.runner.probe, self.max_draft + 1, repeats=3, warmup=False)
+        self._sps = self._sps.merged(again)
+        self._rounds_since_recheck = 0
+
     def _sync_device_sps(self) -> None:
         """Keep the device copy of the SPS table current (it changes as rounds refresh it)."""
         values = self.steps_per_second()
@@ -392,9 +401,17 @@ class Engine:
         draft = draft.truncate(max(0, min(len(draft), room)))
         # Schedule: trim *before* the verify forward, never after it.
         length = self._schedule_length(draft)
+        self._rounds_since_recheck += 1
         if len(draft) and not length:
             self._unverified_rounds += 1
-            if self._unverified_rounds >= PROBE_AFTER and self.schedule in _NEEDS_SPS and not self._sps.fixed:
+            if (self._unverified_rounds == RECHECK_AFTER and self._rounds_since_recheck >= RECHECK_EVERY
+                    and self.schedule in _NEEDS_SPS and not self._sps.fixed):
+                # A table measured during a slow spell (one 2-token timing inflated by a loaded
+                # machine) cuts every draft; measure once more and keep the faster of the two per
+                # size, then schedule this draft again. Both depend on past rounds only.
+                self._recheck_sps()
+                length = self._schedule_length(draft)
+            if not length and self._unverified_rounds >= PROBE_AFTER and self.schedule in _NEEDS_SPS and not self._sps.fixed:
                 # A table that turned speculation off learns nothing more from the rounds, so after
                 # PROBE_AFTER such rounds one draft token is verified anyway. The choice depends on
                 # past rounds only, never on this draft: the output distribution is unchanged.

@@ -185,13 +185,14 @@ class SpsTable:
         *,
         repeats: int = 5,
         clock: Callable[[], float] = time.perf_counter,
+        warmup: bool = True,
     ) -> SpsTable:
         """Time ``step(T)`` (one forward of T tokens, synced) for T = 1..max_tokens; ``clock``
         is injectable so that tests run on a synthetic clock."""
         if max_tokens < 1 or repeats < 1:
             raise InvalidRequestError(f"need max_tokens >= 1 and repeats >= 1, got {max_tokens}, {repeats}")
         sizes = list(range(1, max_tokens + 1))
-        for t in sizes:  # warm-up: first calls allocate and pick kernels
+        for t in sizes if warmup else ():  # warm-up: first calls allocate and pick kernels
             step(t)
         times: list[list[float]] = [[] for _ in sizes]
         for r in range(repeats):
@@ -201,6 +202,11 @@ class SpsTable:
                 times[t - 1].append(clock() - t0)
         costs = _monotone_costs([_low(ts) for ts in times])
         return cls([1.0 / c for c in costs])
+
+    def merged(self, other: SpsTable) -> SpsTable:
+        """Two measurements of the same machine as one: per size the faster (load only ever adds
+        time, so the lower cost is the better estimate). Observations start afresh."""
+        return SpsTable([max(a, b) for a, b in zip(self.values(), other.values())], fixed=self.fixed)
 
     def values(self) -> list[float]:
         """Steps per second at 1..n tokens per forward: positive, finite, non-increasing."""

@@ -337,3 +337,31 @@ def test_cli_offers_three_schedules():
     assert args.schedule == "threshold" and args.confidence_threshold == 0.7
     with pytest.raises(SystemExit):
         p.parse_args(["--schedule", "no-early-stop"])  # a negative control, not a user option
+
+
+def test_a_table_that_cuts_every_draft_is_measured_again():
+    """A table whose 2-token entry came out far too slow (a loaded machine's spell) cuts every
+    n-gram draft; after RECHECK_AFTER such rounds the engine measures again, keeps the faster of
+    the two per size, and verifies drafts from then on. Without the recheck the same bad table
+    verifies only the forced probe tokens (the negative control)."""
+    from agentspark import Engine, NgramDrafter, SamplingParams
+    from agentspark import engine as engine_module
+    from conftest import ours_from_hf, tiny_hf_model
+
+    target = ours_from_hf(tiny_hf_model("llama", seed=5))
+    prompt = [3, 4, 5, 6] * 6  # the lookup matches all the way
+    bad = [100.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5]  # T=2 "100x slower" than T=1
+
+    def verified(recheck_after: int) -> int:
+        before = engine_module.RECHECK_AFTER
+        engine_module.RECHECK_AFTER = recheck_after
+        try:
+            engine = Engine(target, NgramDrafter(), max_draft=6, max_seq_len=256)
+            engine._sps = SpsTable(bad)
+            result = engine.generate(prompt, SamplingParams(max_new_tokens=60))
+        finally:
+            engine_module.RECHECK_AFTER = before
+        return sum(r.verified for r in result.stats.rounds)
+
+    assert verified(engine_module.RECHECK_AFTER) > 10
+    assert verified(10**9) <= 2  # only PROBE_AFTER's forced single tokens
