@@ -61,6 +61,14 @@ def verify_rows_reference(
 if triton is not None:
 
     @triton.jit
+    def _argmax_step(x, offs, V, best, best_i):
+        """Fold one block of scores x at offsets offs into the running (max, first index of it)."""
+        m = tl.max(x, axis=0)
+        i = tl.min(tl.where(x == m, offs, V), axis=0).to(tl.int64)  # first index of the block's max
+        better = m > best  # strict: an equal value in a later block never wins
+        return tl.where(better, m, best), tl.where(better, i, best_i)
+
+    @triton.jit
     def _first_argmax(row_ptr, V, BLOCK: tl.constexpr):
         """(max value, first index of it) over a row of V scores, in float32."""
         best = tl.full([], float("-inf"), tl.float32)
@@ -68,12 +76,20 @@ if triton is not None:
         for v0 in range(0, V, BLOCK):
             offs = v0 + tl.arange(0, BLOCK)
             x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-            m = tl.max(x, axis=0)
-            i = tl.min(tl.where(x == m, offs, V), axis=0).to(tl.int64)  # first index of the block's max
-            better = m > best  # strict: an equal value in a later block never wins
-            best_i = tl.where(better, i, best_i)
-            best = tl.where(better, m, best)
+            best, best_i = _argmax_step(x, offs, V, best, best_i)
         return best, best_i
+
+    @triton.jit
+    def _p_and_q(row, q_row, v0, V, d, drafted_v, HAS_Q: tl.constexpr, BLOCK: tl.constexpr):
+        """One block of p and of q (one-hot at the draft for a deterministic drafter; 0 at the bonus)."""
+        offs = v0 + tl.arange(0, BLOCK)
+        ok = offs < V
+        p = tl.load(row + offs, mask=ok, other=0.0)
+        if HAS_Q:
+            qv = tl.load(q_row + offs, mask=ok & drafted_v, other=0.0)
+        else:
+            qv = tl.where(drafted_v & (offs == d), 1.0, 0.0)
+        return offs, ok, p, qv
 
     @triton.jit
     def _verify_positions_kernel(
@@ -105,33 +121,17 @@ if triton is not None:
                 drafted_v = (tl.zeros([BLOCK], tl.int32) + t) < n  # [BLOCK] (a tensor mask, for the interpreter too)
                 mass = tl.zeros([BLOCK], tl.float32)
                 for v0 in range(0, V, BLOCK):
-                    offs = v0 + tl.arange(0, BLOCK)
-                    ok = offs < V
-                    p = tl.load(row + offs, mask=ok, other=0.0)
-                    if HAS_Q:
-                        qv = tl.load(q_row + offs, mask=ok & drafted_v, other=0.0)
-                    else:
-                        qv = tl.where(drafted_v & (offs == d), 1.0, 0.0)
+                    _, _, p, qv = _p_and_q(row, q_row, v0, V, d, drafted_v, HAS_Q, BLOCK)
                     mass += tl.maximum(p - qv, 0.0)
                 use_residual = tl.sum(mass, axis=0) > 1e-8
                 best = tl.full([], float("-inf"), tl.float32)
                 best_i = tl.full([], 0, tl.int64)
                 for v0 in range(0, V, BLOCK):
-                    offs = v0 + tl.arange(0, BLOCK)
-                    ok = offs < V
-                    p = tl.load(row + offs, mask=ok, other=0.0)
-                    if HAS_Q:
-                        qv = tl.load(q_row + offs, mask=ok & drafted_v, other=0.0)
-                    else:
-                        qv = tl.where(drafted_v & (offs == d), 1.0, 0.0)
+                    offs, ok, p, qv = _p_and_q(row, q_row, v0, V, d, drafted_v, HAS_Q, BLOCK)
                     target = tl.where(use_residual, tl.maximum(p - qv, 0.0), p)
                     race = tl.load(race_ptr + r * V + offs, mask=ok, other=1.0)
                     x = tl.where(ok, tl.math.div_rn(target, race), float("-inf"))  # IEEE division, as torch's
-                    m = tl.max(x, axis=0)
-                    i = tl.min(tl.where(x == m, offs, V), axis=0).to(tl.int64)
-                    better = m > best
-                    best_i = tl.where(better, i, best_i)
-                    best = tl.where(better, m, best)
+                    best, best_i = _argmax_step(x, offs, V, best, best_i)
                 tl.store(emit_ptr + r * T + t, best_i)
 
     @triton.jit
