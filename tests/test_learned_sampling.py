@@ -64,14 +64,19 @@ def test_the_same_test_catches_a_wrong_verifier_with_this_drafter(setup):
     assert min_p_value(biased, reference) < ALPHA / 4
 
 
-def test_dspark_device_drafting_sampling_matches_plain(setup):
+@pytest.mark.parametrize("method", ["dspark", "eagle3"])
+def test_device_drafting_sampling_matches_plain(setup, method):
     """The device path (the drafter's graph body, the runner's bucket body with the fused
     verifier's reference on the CPU): q drawn with noise enqueued before the block, the length
     chosen on the device."""
+    from agentspark.drafters.eagle3 import Eagle3Drafter
     from agentspark.model.graph_runner import DeviceRunner
 
     target, model, reference = setup
-    drafter = DSparkDrafter(model)
+    if method == "eagle3":
+        drafter = Eagle3Drafter(random_drafter_model(target, "eagle3", seed=24, block_size=3))
+    else:
+        drafter = DSparkDrafter(model)
     engine = Engine(target, drafter, max_draft=3, schedule="full", verifier=verify_chain)
     engine._attach_runner(DeviceRunner(target.model, graphs=False, capacity=64, max_tokens=4,
                                        capture_layers=drafter.capture_layers))

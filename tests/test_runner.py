@@ -117,12 +117,12 @@ def test_probe_leaves_the_session_cache_alone(tiny):
     assert again.stats.prefill_tokens == 1  # the session's prefix was reused
 
 
-@pytest.mark.parametrize("method", ["dspark", "dflash"])
+@pytest.mark.parametrize("method", ["dspark", "dflash", "eagle3"])
 @pytest.mark.parametrize("schedule", ["full", "adaptive", "threshold"])
 def test_device_drafting_is_greedy_lossless(method, schedule):
     """A learned drafter bound to the device runner drafts, schedules and observes through its
-    graph bodies (dspark_graph.py; eager here); greedy output equals plain decoding, alone and in
-    the n-gram hybrid."""
+    graph bodies (dspark_graph.py, eagle3_graph.py; eager here); greedy output equals plain
+    decoding, alone and in the n-gram hybrid."""
     from agentspark import HybridDrafter
     from test_greedy_equivalence import tiny_prompts
     from test_learned_drafters import VOCAB, make_drafter, random_drafter_model

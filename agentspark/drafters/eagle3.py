@@ -22,8 +22,11 @@ import torch
 from torch import Tensor
 
 from ..sampling import SamplingParams, draw
-from .base import Draft, Drafter
+from .base import DeviceDraft, DeviceSchedule, Draft, Drafter
+from .eagle3_graph import Eagle3DeviceDrafting
 from .eagle3_model import Eagle3Model
+
+TRASH_ROWS = 64  # device path: the most rows of one round (max_draft + 1) its trash positions hold
 
 
 class Eagle3Drafter(Drafter):
@@ -34,10 +37,11 @@ class Eagle3Drafter(Drafter):
         self.capture_layers = tuple(cfg.target_layer_ids)
         self.capacity = min(capacity, cfg.max_position_embeddings)
         dev, dt = model.fc.weight.device, model.fc.weight.dtype
-        shape = (1, cfg.num_kv_heads, self.capacity, cfg.head_dim)
-        self.keys = torch.zeros(shape, device=dev, dtype=dt)  # [1, Hkv, cap, D], the single layer's
+        pad = TRASH_ROWS + cfg.block_size  # positions past the capacity: the device path's trash
+        shape = (1, cfg.num_kv_heads, self.capacity + pad, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=dev, dtype=dt)  # [1, Hkv, cap+pad, D], the single layer's
         self.values = torch.zeros(shape, device=dev, dtype=dt)
-        self.features = torch.zeros(self.capacity, cfg.hidden_size, device=dev, dtype=dt)  # [cap, H] fc(target)
+        self.features = torch.zeros(self.capacity + pad, cfg.hidden_size, device=dev, dtype=dt)  # [cap+pad, H] fc(target)
         self.length = 0  # positions [0, length) hold fused target features
         self.committed = 0  # positions [0, committed) hold paired K/V (feature i with token i+1)
         self.last_hidden: Tensor | None = None  # [1, 1, H] layer output at committed-1
@@ -46,6 +50,30 @@ class Eagle3Drafter(Drafter):
         self.generator: torch.Generator | None = None
         self._drafted: Tensor | None = None  # [g] the last proposal
         self._reusable = 0
+        self.device_drafting: Eagle3DeviceDrafting | None = None  # set by bind_device (a CUDA graph runner)
+
+    def bind_device(self, features: Tensor, schedule: DeviceSchedule, *, graphs: bool = True) -> bool:
+        if (self.keys.device.type != "cuda" and graphs) or features.shape[0] > TRASH_ROWS:
+            return False
+        self.device_drafting = Eagle3DeviceDrafting(self.model, self.keys, self.values, self.features, features,
+                                                    schedule, self.capacity, graphs=graphs)
+        return True
+
+    def observe_round(self, start: int, count: int) -> None:
+        """Device path: the features of [start, start+count) are rows of the bound buffer."""
+        if self.device_drafting is None:
+            return
+        if start > self.length:  # a gap, as in observe
+            self.length = self.committed = 0
+            self.last_hidden = None
+            return
+        end = min(start + count, self.capacity)
+        if end <= start:
+            return
+        self.device_drafting.observe(start, end - start)
+        self.length = end
+        if self.committed > start:
+            self.committed, self.last_hidden = start, None
 
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
         self.params, self.generator = params, generator
@@ -80,13 +108,15 @@ class Eagle3Drafter(Drafter):
             self.committed, self.last_hidden = start, None
 
     def feedback(self, verified: int, accepted: int) -> None:
-        # The accepted drafts are the tokens of the positions the next observe brings (multi-turn reuse).
-        if accepted and self._drafted is not None and len(self.seen) == self.length + 1:
+        # The accepted drafts are the tokens of the positions the next observe brings (multi-turn
+        # reuse). On the device path they would need a host read: the next propose records them
+        # anyway (``seen = tokens``), so only a session's last round is not kept for reuse.
+        if accepted and self._drafted is not None and self.device_drafting is None and len(self.seen) == self.length + 1:
             self.seen = self.seen + self._drafted[:accepted].tolist()
         self._drafted = None
 
     @torch.inference_mode()
-    def propose(self, tokens: list[int], max_tokens: int) -> Draft:
+    def propose(self, tokens: list[int], max_tokens: int) -> Draft | DeviceDraft:
         cfg, model = self.model.cfg, self.model
         anchor_pos = len(tokens) - 1
         device = self.keys.device
@@ -95,6 +125,15 @@ class Eagle3Drafter(Drafter):
             return Draft.empty(device)
         # Pair what is not paired yet: features [lo, anchor) with tokens [lo+1, anchor].
         lo = self.committed
+        span = anchor_pos - min(lo, anchor_pos - 1)
+        if self.device_drafting is not None and span <= self.device_drafting.rows:
+            # the graphs: a round's new pairs (re-pairing the last one if nothing is new), then the draft
+            lo = min(lo, anchor_pos - 1)
+            self.seen = list(tokens)
+            draft = self.device_drafting.propose(tokens, lo, room, self.params, self.generator)
+            self.committed, self.last_hidden = anchor_pos, None
+            self._drafted = None
+            return draft
         if lo == anchor_pos and (self.last_hidden is None or self.seen[anchor_pos : anchor_pos + 1] != tokens[-1:]):
             lo -= 1  # the last pair is missing its output, or was made with another anchor
         self.seen = list(tokens)
