@@ -81,7 +81,7 @@ class Eagle3DeviceDrafting:
 
     def _propose_body(self, greedy: bool, filtered: bool) -> tuple[Tensor, Tensor | None]:
         model, cfg = self.model, self.model.cfg
-        B, R = cfg.block_size, self.rows
+        B = cfg.block_size
         lo, pairs, anchor = self.p_ints[0:1], self.p_ints[1:2], self.p_ints[2]
         top_k, tokens = self.p_ints[3:4], self.p_ints[4:]  # tokens [R]: those at lo+1 .. lo+pairs
         real = self.rows_idx < pairs  # [R]
