@@ -28,42 +28,26 @@ from ..sampling import SamplingParams, probs_rows
 from ..scheduler import device_length
 from .base import DeviceDraft, DeviceSchedule
 from .dspark_model import DSparkModel
+from .graphed import GraphedDrafting, parked
 
 
-class _ProposeGraph:
-    def __init__(self, graph: torch.cuda.CUDAGraph | None, outputs: tuple[Tensor, Tensor | None, Tensor, Tensor | None]) -> None:
-        self.graph = graph
-        self.tokens, self.probs, self.length, self.conf_logits = outputs
-
-
-class DSparkDeviceDrafting:
-    """Owned by a DSparkDrafter on CUDA; shares its context cache (keys/values [L, 1, Hkv, cap+1, D])."""
+class DSparkDeviceDrafting(GraphedDrafting):
+    """Owned by a DSparkDrafter on CUDA; shares its context cache (keys/values [L, 1, Hkv, cap+B, D])."""
 
     def __init__(self, model: DSparkModel, keys: Tensor, values: Tensor, features: Tensor,
                  schedule: DeviceSchedule, *, graphs: bool = True) -> None:
         cfg = model.cfg
+        B = cfg.block_size
+        # propose inputs [anchor | anchor position | room | top-k]
+        super().__init__(keys.device, 4, B, cfg.draft_vocab_size, graphs=graphs)
         self.model, self.keys, self.values, self.features, self.schedule = model, keys, values, features, schedule
-        self.graphs = graphs
         # The cache holds capacity + B positions: the last B are trash (rows past ``count``, and the
         # warm-up replays of a capture, are written there and never read).
-        self.trash = keys.shape[3] - cfg.block_size
-        dev = keys.device
-        pin = dev.type == "cuda"
-        B = cfg.block_size
-        # propose inputs [anchor | anchor position | room | top-k]; observe inputs [start | count]
-        self.p_ints = torch.zeros(4, dtype=torch.long, device=dev)
-        self.p_ints_host = torch.zeros(4, dtype=torch.long, pin_memory=pin)
-        self.o_ints = torch.zeros(2, dtype=torch.long, device=dev)
-        self.o_ints_host = torch.zeros(2, dtype=torch.long, pin_memory=pin)
-        self.floats = torch.ones(2, device=dev)  # [temperature | top_p]
-        self.floats_host = torch.ones(2, pin_memory=pin)
-        self.race = torch.ones(B, cfg.draft_vocab_size, device=dev)  # [B, Vd] the picks' exponential race
-        self.mask_tail = torch.full((B - 1,), cfg.mask_token_id, dtype=torch.long, device=dev)
-        self.offsets = torch.arange(B, device=dev)
-        self.zero_slot = torch.zeros(1, dtype=torch.long, device=dev)
-        self.pool = torch.cuda.graph_pool_handle() if graphs else None
-        self._observe_graph: torch.cuda.CUDAGraph | None = None
-        self._propose: dict[tuple[bool, bool], _ProposeGraph] = {}
+        self.trash = keys.shape[3] - B
+        self.mask_tail = torch.full((B - 1,), cfg.mask_token_id, dtype=torch.long, device=keys.device)
+        self.offsets = torch.arange(B, device=keys.device)
+        self.zero_slot = torch.zeros(1, dtype=torch.long, device=keys.device)
+        self.last_conf_logits: Tensor | None = None
 
     # ---- the bodies (what the graphs hold) --------------------------------------------------
     def _observe_body(self) -> None:
@@ -130,66 +114,14 @@ class DSparkDeviceDrafting:
             length = room.clone()  # no confidences: verify the whole draft, as the host path does
         return model.draft_to_target(picks), probs, length, conf_logits
 
-    # ---- capture and replay -----------------------------------------------------------------
-    def _capture(self, body):  # type: ignore[no-untyped-def]
-        side = torch.cuda.Stream(self.keys.device)
-        side.wait_stream(torch.cuda.current_stream(self.keys.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):  # kernels compiled, algorithms chosen, outside the capture
-                body()
-        torch.cuda.current_stream(self.keys.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
-            out = body()
-        return graph, out
-
-    def _parked(self) -> None:
-        """Inputs that make a warm-up replay harmless: writes land on the trash position."""
-        self.o_ints.copy_(torch.tensor([self.trash, 0], device=self.o_ints.device))
-        self.p_ints.copy_(torch.tensor([0, self.trash, 0, 0], device=self.p_ints.device))
-
-    @torch.inference_mode()
-    def observe(self, start: int, count: int) -> None:
-        """Rows [0, count) of the features buffer are the target features of [start, start+count)."""
-        host = self.o_ints_host.numpy()  # rewritten after the last round's sync: its copy is done
-        host[0], host[1] = start, count
-        self.o_ints.copy_(self.o_ints_host, non_blocking=True)
-        if not self.graphs:
-            self._observe_body()
-            return
-        if self._observe_graph is None:
-            saved = self.o_ints.clone()
-            self._parked()
-            self._observe_graph, _ = self._capture(self._observe_body)
-            self.o_ints.copy_(saved)
-        self._observe_graph.replay()
+    def _park(self) -> None:
+        parked(self.o_ints, [self.trash, 0])
+        parked(self.p_ints, [0, self.trash, 0, 0])
 
     @torch.inference_mode()
     def propose(self, anchor: int, anchor_pos: int, room: int, params: SamplingParams,
                 generator: torch.Generator | None) -> DeviceDraft:
-        greedy = params.greedy
-        filtered = not greedy and (params.top_k > 0 or params.top_p < 1.0)
-        host = self.p_ints_host.numpy()
-        host[:] = (anchor, anchor_pos, room, params.top_k)
-        self.p_ints.copy_(self.p_ints_host, non_blocking=True)
-        if not greedy:
-            fl = self.floats_host.numpy()
-            fl[0], fl[1] = params.temperature, params.top_p
-            self.floats.copy_(self.floats_host, non_blocking=True)
-            self.race.exponential_(generator=generator).clamp_min_(1e-30)  # async, the request's generator
-        key = (greedy, filtered)
-        if not self.graphs:
-            out = _ProposeGraph(None, self._propose_body(greedy, filtered))
-        else:
-            out = self._propose.get(key)
-            if out is None:
-                saved_p, saved_f = self.p_ints.clone(), self.floats.clone()
-                self._parked()
-                graph, outputs = self._capture(lambda: self._propose_body(greedy, filtered))
-                out = self._propose[key] = _ProposeGraph(graph, outputs)
-                self.p_ints.copy_(saved_p)
-                self.floats.copy_(saved_f)
-            out.graph.replay()
-        self.last_conf_logits = out.conf_logits
-        probs = None if out.probs is None else out.probs[:room]
-        return DeviceDraft(tokens=out.tokens[:room], length=out.length, probs=probs, drafted=room)
+        self.p_ints_host.numpy()[:] = (anchor, anchor_pos, room, params.top_k)
+        tokens, probs, length, conf_logits = self._run_propose(params, generator)
+        self.last_conf_logits = conf_logits
+        return DeviceDraft(tokens=tokens[:room], length=length, probs=None if probs is None else probs[:room], drafted=room)

@@ -26,35 +26,25 @@ from ..model.layers import apply_rope
 from ..sampling import SamplingParams, probs_rows
 from .base import DeviceDraft, DeviceSchedule
 from .eagle3_model import Eagle3Model
+from .graphed import GraphedDrafting, parked
 
 
-class Eagle3DeviceDrafting:
+class Eagle3DeviceDrafting(GraphedDrafting):
     """Owned by an Eagle3Drafter on CUDA; shares its cache (keys/values [1, Hkv, cap+pad, D]) and its
     fused-feature buffer [cap+pad, H]."""
 
     def __init__(self, model: Eagle3Model, keys: Tensor, values: Tensor, fused: Tensor, features: Tensor,
                  schedule: DeviceSchedule, capacity: int, *, graphs: bool = True) -> None:
         cfg = model.cfg
+        R = features.shape[0]  # Tmax: rows of one round's features, and the pairing span
+        # propose inputs [lo | pairs | anchor | top-k | tokens lo+1.. (R)]
+        super().__init__(keys.device, 4 + R, cfg.block_size, cfg.draft_vocab_size, graphs=graphs)
         self.model, self.keys, self.values, self.fused, self.features = model, keys, values, fused, features
-        self.schedule, self.graphs = schedule, graphs
-        self.rows = features.shape[0]  # Tmax: rows of one round's features, and the pairing span
+        self.schedule, self.rows = schedule, R
         self.trash = capacity  # positions [capacity, capacity + pad) are written, never read
-        dev = keys.device
-        pin = dev.type == "cuda"
-        B, R = cfg.block_size, self.rows
-        # propose ints [lo | pairs | anchor | top-k | tokens lo+1.. (R)]; observe ints [start | count]
-        self.p_ints = torch.zeros(4 + R, dtype=torch.long, device=dev)
-        self.p_ints_host = torch.zeros(4 + R, dtype=torch.long, pin_memory=pin)
-        self.o_ints = torch.zeros(2, dtype=torch.long, device=dev)
-        self.o_ints_host = torch.zeros(2, dtype=torch.long, pin_memory=pin)
-        self.floats = torch.ones(2, device=dev)  # [temperature | top_p]
-        self.floats_host = torch.ones(2, pin_memory=pin)
-        self.race = torch.ones(B, cfg.draft_vocab_size, device=dev)  # [B, Vd]
-        self.rows_idx = torch.arange(R, device=dev)
-        self.zero_slot = torch.zeros(1, dtype=torch.long, device=dev)
-        self.pool = torch.cuda.graph_pool_handle() if graphs else None
-        self._observe_graph: torch.cuda.CUDAGraph | None = None
-        self._propose: dict[tuple[bool, bool], tuple[torch.cuda.CUDAGraph | None, tuple]] = {}
+        self.rows_idx = torch.arange(R, device=keys.device)
+        self.zero_slot = torch.zeros(1, dtype=torch.long, device=keys.device)
+        self._lengths = torch.arange(cfg.block_size + 1, device=keys.device)  # room -> [1] without a copy
 
     # ---- one layer pass over rows at device positions ----------------------------------------
     def _layer(self, e: Tensor, g: Tensor, positions: Tensor, write_at: Tensor, start: Tensor) -> Tensor:
@@ -111,40 +101,9 @@ class Eagle3DeviceDrafting:
         probs = None if greedy else model.to_target_vocab(torch.stack(qs), fill=0.0)  # [B, V]
         return model.draft_to_target(picks_t), probs
 
-    # ---- capture and replay ---------------------------------------------------------------
-    def _capture(self, body):  # type: ignore[no-untyped-def]
-        side = torch.cuda.Stream(self.keys.device)
-        side.wait_stream(torch.cuda.current_stream(self.keys.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):
-                body()
-        torch.cuda.current_stream(self.keys.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
-            out = body()
-        return graph, out
-
     def _park(self) -> None:
-        """Inputs that make a warm-up replay harmless: every write lands on trash positions."""
-        self.o_ints.copy_(torch.tensor([self.trash, 0], device=self.o_ints.device))
-        parked = torch.zeros_like(self.p_ints)
-        parked[0], parked[1], parked[2] = self.trash, 0, self.trash
-        self.p_ints.copy_(parked)
-
-    @torch.inference_mode()
-    def observe(self, start: int, count: int) -> None:
-        host = self.o_ints_host.numpy()  # rewritten after the last round's sync: its copy is done
-        host[0], host[1] = start, count
-        self.o_ints.copy_(self.o_ints_host, non_blocking=True)
-        if not self.graphs:
-            self._observe_body()
-            return
-        if self._observe_graph is None:
-            saved = self.o_ints.clone()
-            self._park()
-            self._observe_graph, _ = self._capture(self._observe_body)
-            self.o_ints.copy_(saved)
-        self._observe_graph.replay()
+        parked(self.o_ints, [self.trash, 0])
+        parked(self.p_ints, [self.trash, 0, self.trash])
 
     @torch.inference_mode()
     def propose(self, tokens: list[int], lo: int, room: int, params: SamplingParams,
@@ -152,38 +111,11 @@ class Eagle3DeviceDrafting:
         """Pairs [lo, anchor) with tokens[lo+1 .. anchor] (anchor - lo <= Tmax), then drafts."""
         anchor = len(tokens) - 1
         pairs = anchor - lo
-        greedy = params.greedy
-        filtered = not greedy and (params.top_k > 0 or params.top_p < 1.0)
         host = self.p_ints_host.numpy()
         host[:] = 0
         host[0], host[1], host[2], host[3] = lo, pairs, anchor, params.top_k
         host[4 : 4 + pairs] = tokens[lo + 1 : anchor + 1]
-        self.p_ints.copy_(self.p_ints_host, non_blocking=True)
-        if not greedy:
-            fl = self.floats_host.numpy()
-            fl[0], fl[1] = params.temperature, params.top_p
-            self.floats.copy_(self.floats_host, non_blocking=True)
-            self.race.exponential_(generator=generator).clamp_min_(1e-30)
-        key = (greedy, filtered)
-        if not self.graphs:
-            outputs = self._propose_body(greedy, filtered)
-        else:
-            entry = self._propose.get(key)
-            if entry is None:
-                saved_p, saved_f = self.p_ints.clone(), self.floats.clone()
-                self._park()
-                entry = self._propose[key] = self._capture(lambda: self._propose_body(greedy, filtered))
-                self.p_ints.copy_(saved_p)
-                self.floats.copy_(saved_f)
-            entry[0].replay()
-            outputs = entry[1]
-        draft_tokens, probs = outputs
-        return DeviceDraft(tokens=draft_tokens[:room], length=self._length(room), probs=None if probs is None else probs[:room],
-                           drafted=room)
-
-    def _length(self, room: int) -> Tensor:
-        """A device [1] long holding ``room`` (no confidences: verify the whole draft), from a small
-        table made once: no host-to-device copy per round."""
-        if not hasattr(self, "_lengths"):
-            self._lengths = torch.arange(self.model.cfg.block_size + 1, device=self.keys.device)
-        return self._lengths[room : room + 1]
+        draft_tokens, probs = self._run_propose(params, generator)
+        # no confidence head: verify the whole draft (the length, from a table made once)
+        return DeviceDraft(tokens=draft_tokens[:room], length=self._lengths[room : room + 1],
+                           probs=None if probs is None else probs[:room], drafted=room)
