@@ -400,7 +400,7 @@ class Engine:
             return self._device_round(req, drafter, draft, generator, t0)
         draft = draft.truncate(max(0, min(len(draft), room)))
         # Schedule: trim *before* the verify forward, never after it.
-        length = self._schedule_length(draft)
+        length = self._schedule_length(draft)  # the confidences are host values here (n-gram's)
         self._rounds_since_recheck += 1
         if len(draft) and not length:
             self._unverified_rounds += 1
@@ -419,7 +419,9 @@ class Engine:
         if length:
             self._unverified_rounds = 0
         verified = draft if length == len(draft) else draft.truncate(length)
-        d_tokens = verified.tokens.tolist()  # host sync for a device drafter's tokens (none for n-gram)
+        # Host drafts: n-gram's tokens live on the host (no sync); a learned drafter drafts here only
+        # on the CPU or in EAGLE-3's eager first round after a prefill (a second sync that round).
+        d_tokens = verified.tokens.tolist()
         t1 = time.perf_counter()
         q = None if verified.probs is None else verified.probs.to(self.device)
         row = RowWork(self._slot, start, [req.tokens[-1], *d_tokens], req.params, generator, q, capture=bool(capture))
