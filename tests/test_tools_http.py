@@ -3,6 +3,7 @@ timeouts; against httpx.MockTransport and against a real HTTP server on 127.0.0.
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections import Counter
@@ -176,6 +177,17 @@ def test_body_is_streamed_and_reading_stops_at_the_cap() -> None:
 # --- a real server on 127.0.0.1 -------------------------------------------------------------------------
 
 
+DRIP_SECONDS = 0.5  # the dripping server's pause between bytes
+
+
+class _Drip:
+    """What the dripping server saw of its one client."""
+
+    sent = 0
+    closed = threading.Event()  # set when the client closed the connection
+    closed_at = 0.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     hits: Counter = Counter()
     lock = threading.Lock()
@@ -193,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/slow":
             time.sleep(1.0)
             self._send(200, b"too late")
+        elif self.path == "/drip":
+            self._drip()
         else:
             self._send(404, b"no such page")
 
@@ -205,6 +219,28 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:
             pass  # the client stopped reading (size cap, timeout): expected here
+
+    def _drip(self, total: int = 120) -> None:
+        """Promise ``total`` bytes and send one every DRIP_SECONDS; between bytes, watch for the
+        client closing (the socket turns readable with nothing to read)."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(total))
+        self.end_headers()
+        self.wfile.flush()
+        for _ in range(total):
+            try:
+                self.wfile.write(b"d")
+                self.wfile.flush()
+            except OSError:
+                break
+            _Drip.sent += 1
+            readable, _, _ = select.select([self.connection], [], [], DRIP_SECONDS)
+            if readable and not self.connection.recv(1):
+                break
+        else:
+            return
+        _Drip.closed_at = time.perf_counter()
+        _Drip.closed.set()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
@@ -269,3 +305,74 @@ def test_real_server_through_the_registry(server: str) -> None:
     assert (ok.status, ok.content) == ("ok", "hello from the real server")
     assert refused.status == "error" and refused.content.startswith("URLNotAllowedError: host 'example.com'")
     assert missing.status == "error" and missing.content.startswith("HTTPFetchError: HTTP 404")
+
+
+# --- the call's deadline: a dripping server ---------------------------------------------------------------
+
+GRACE = 1.0  # how long after the timeout the reading thread may take to stop
+
+
+def _http_get_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in ("tool-http_get", "http_get-deadline")]
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_timeout_stops_the_reader_of_a_dripping_server(server: str) -> None:
+    """A server dripping one byte every 0.5 s resets httpx's read timeout for ever; at the tool's
+    timeout the reading thread must stop too and the server must see the connection close. The
+    call gives up just before the registry would (so its own message is what the model sees)."""
+    _Drip.sent, _Drip.closed_at = 0, 0.0
+    _Drip.closed.clear()
+    registry = ToolRegistry([make_http_get_tool(["127.0.0.1"], timeout=5.0, tool_timeout=1.0, **FAST)])
+    start = time.perf_counter()
+    [result] = registry.run_sync([ToolCall("1", "http_get", {"url": f"{server}/drip"})])
+    returned = time.perf_counter()
+    assert _Drip.closed.wait(GRACE), f"the server is still dripping ({_Drip.sent} bytes sent)"
+    assert _wait_for(lambda: not _http_get_threads(), GRACE), _http_get_threads()
+    assert 1 <= _Drip.sent <= 4  # it really dripped, and stopped when the call ended
+    assert result.status == "error", result
+    assert result.content == (f"HTTPFetchError: GET {server}/drip timed out: no complete answer before the "
+                              "tool's time limit of 1 s after 1 attempt(s)")
+    assert 0.9 <= returned - start < 1.0
+
+
+def test_a_direct_call_stops_at_its_deadline_too(server: str) -> None:
+    http_get = make_http_get_tool(["127.0.0.1"], timeout=5.0, retries=3, tool_timeout=1.0, **FAST)
+    start = time.perf_counter()
+    with pytest.raises(HTTPFetchError, match=r"timed out: no complete answer before the tool's time limit of 1 s "
+                                             r"after 1 attempt"):
+        http_get(f"{server}/drip")
+    assert 0.9 <= time.perf_counter() - start < 1.2
+    assert not _http_get_threads()
+
+
+def test_no_retry_starts_after_the_deadline(server: str) -> None:
+    before = _Handler.hits["/slow"]
+    http_get = make_http_get_tool(["127.0.0.1"], timeout=0.6, retries=5, tool_timeout=1.0, **FAST)
+    start = time.perf_counter()
+    with pytest.raises(HTTPFetchError, match=r"timed out: no complete answer before the tool's time limit of 1 s"):
+        http_get(f"{server}/slow")
+    assert time.perf_counter() - start < 1.0  # the second attempt's read timeout was cut to what was left
+    # Attempt 1 ends at 0.6 s, attempt 2 at the 0.9 s deadline; a third may start in the few ms left.
+    assert 2 <= _Handler.hits["/slow"] - before <= 3
+
+
+def test_a_slow_body_without_sockets_stops_at_the_deadline() -> None:
+    """The deadline is also checked between chunks, for transports with no socket to shut down."""
+    def slow_body() -> Iterator[bytes]:
+        for _ in range(50):
+            time.sleep(0.1)
+            yield b"s"
+
+    transport, _ = mock(lambda request: httpx.Response(200, content=slow_body()))
+    http_get = make_http_get_tool(["example.com"], transport=transport, tool_timeout=0.5, **FAST)
+    start = time.perf_counter()
+    with pytest.raises(HTTPFetchError, match="timed out: no complete answer before the tool's time limit of 0.5 s"):
+        http_get("https://example.com/")
+    assert time.perf_counter() - start < 0.7  # the deadline (0.45 s) and one more 0.1 s chunk
