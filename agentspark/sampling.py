@@ -9,6 +9,7 @@ maximal index, as ``torch.argmax`` returns it on every device).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -17,29 +18,54 @@ from torch import Tensor
 from .errors import InvalidSamplingError
 
 
+# Bounds of what a request may ask for. Seeds: torch seeds a generator with a uint64 (2**64 and up
+# crashed make_generator) and 2**63 - 1 is the largest seed every consumer (torch, int64 clients)
+# takes alike. Temperature: float32 logits divided by less than about 1e-36 overflow to inf and
+# softmax returns NaN; MIN_TEMPERATURE keeps clear of that while still admitting the tiny values
+# clients send to APIs that refuse 0 (1e-8 and the like; 0 is exact greedy). Above MAX_TEMPERATURE
+# the distribution is uniform for every practical purpose, so a larger value is a mistake (1e308,
+# inf), not a choice. top_k: the graph runner packs it into an int32 buffer.
+MAX_SEED = 2**63 - 1
+MIN_TEMPERATURE = 1e-30
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 2**31 - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # True is an int to Python, not a count
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
-    seed: int | None = None
+    seed: int | None = None  # None: a fresh random seed per generation
     max_new_tokens: int = 256
     stop: tuple[str, ...] = field(default=())  # stop strings: the text is cut before them
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or math.isnan(self.temperature) or self.temperature < 0:
-            raise InvalidSamplingError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise InvalidSamplingError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise InvalidSamplingError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise InvalidSamplingError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise InvalidSamplingError(f"seed must be a non-negative integer, got {self.seed}")
+        t = self.temperature
+        if not _is_real(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+            raise InvalidSamplingError(
+                f"temperature must be 0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {t!r}")
+        if not _is_real(self.top_p) or not (0.0 < self.top_p <= 1.0):
+            raise InvalidSamplingError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= MAX_TOP_K:
+            raise InvalidSamplingError(
+                f"top_k must be an integer in [0, {MAX_TOP_K}] (0 = off), got {self.top_k!r}")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise InvalidSamplingError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise InvalidSamplingError(
+                f"seed must be an integer in [0, 2**63 - 1] (or None for a random seed), got {self.seed!r}")
         if isinstance(self.stop, str):  # a lone string is one stop string, not its characters
             object.__setattr__(self, "stop", (self.stop,))
-        if any(not isinstance(s, str) or not s for s in self.stop):
+        if not isinstance(self.stop, (tuple, list)) or any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
 
     @property
@@ -119,6 +145,8 @@ def draw(logits: Tensor, params: SamplingParams, generator: torch.Generator | No
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator:
+    """A generator seeded with ``params.seed`` (validated to [0, MAX_SEED]), or with a fresh random
+    seed when it is None, so unseeded generations differ from each other."""
     gen = torch.Generator(device=device)
     gen.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item()))
     return gen

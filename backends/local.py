@@ -27,7 +27,10 @@ from .messages import message_from_text
 
 
 def forced_prefix(tool_choice: ToolChoice, tools: list[dict[str, Any]] | None) -> str:
-    """The text a tool_choice puts at the start of the reply ('' for auto/none)."""
+    """The text a tool_choice puts at the start of the reply ('' for auto/none).
+
+    Raises InvalidRequestError when the named tool's ``parameters`` is not the JSON schema of an
+    object this needs (``properties`` an object of schemas, ``required`` a list of names)."""
     if tool_choice in ("auto", "none"):
         return ""
     names = [t["function"]["name"] for t in tools or []]
@@ -40,13 +43,38 @@ def forced_prefix(tool_choice: ToolChoice, tools: list[dict[str, Any]] | None) -
     # Force the call's opening up to its first required argument's value, so that even a small
     # model writes an arguments object of the right shape.
     schema = next(t["function"] for t in tools or [] if t["function"]["name"] == tool_choice)
-    params = schema.get("parameters") or {}
     prefix = '<tool_call>\n{"name": ' + json.dumps(tool_choice) + ', "arguments": {'
-    required = params.get("required") or []
-    if required:
-        kind = (params.get("properties") or {}).get(required[0], {}).get("type")
-        prefix += json.dumps(required[0]) + ": " + ('"' if kind == "string" else "")
+    first = _first_required_argument(tool_choice, schema.get("parameters"))
+    if first is not None:
+        name, kind = first
+        prefix += json.dumps(name) + ": " + ('"' if kind == "string" else "")
     return prefix
+
+
+def _first_required_argument(tool: str, params: Any) -> tuple[str, Any] | None:
+    """(name, JSON-schema type) of a tool's first required argument, None if it requires none.
+
+    Tool schemas come straight from clients, so each shape this reads is checked: a schema that
+    is not an object, ``properties`` that is not an object of schemas, or ``required`` that is not
+    a list of names would otherwise fail deep in here as a server error."""
+    where = f"tool {tool!r}: function.parameters"
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise InvalidRequestError(f"{where} must be a JSON schema object, got {type(params).__name__}")
+    properties = params.get("properties") or {}
+    required = params.get("required") or []
+    if not isinstance(properties, dict):
+        raise InvalidRequestError(f"{where}.properties must be an object mapping argument names to schemas, "
+                                  f"got {type(properties).__name__}")
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise InvalidRequestError(f"{where}.required must be a list of argument names (strings), got {required!r}")
+    if not required:
+        return None
+    schema = properties.get(required[0], {})
+    if not isinstance(schema, dict):
+        raise InvalidRequestError(f"{where}.properties[{required[0]!r}] must be a JSON schema object, "
+                                  f"got {type(schema).__name__}")
+    return required[0], schema.get("type")
 
 
 CLOSE_FORCED_CALL = '"}}\n</tool_call>'  # closes a forced call after its first string argument

@@ -7,7 +7,7 @@ import torch
 
 from agentspark import SamplingParams
 from agentspark.errors import InvalidSamplingError
-from agentspark.sampling import probs_from_logits, sample
+from agentspark.sampling import MAX_SEED, make_generator, probs_from_logits, sample
 
 
 @pytest.mark.parametrize(
@@ -21,11 +21,38 @@ from agentspark.sampling import probs_from_logits, sample
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"seed": -3}, "seed"),
         ({"stop": ("",)}, "stop"),
+        # values that used to pass: a crash further down (seed, top_k) or a meaningless distribution
+        ({"seed": 2**64}, "seed"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": 1e308}, "temperature"),
+        ({"temperature": 1e-300}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_k": 10**30}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"top_p": True}, "top_p"),
+        ({"max_new_tokens": True}, "max_new_tokens"),
+        ({"stop": 5}, "stop"),
     ],
 )
 def test_bad_sampling_params_say_what_to_change(kwargs, match):
     with pytest.raises(InvalidSamplingError, match=match):
         SamplingParams(**kwargs)
+
+
+def test_seeds_cover_zero_to_2_63_minus_1_and_none_stays_random():
+    first = [torch.rand(4, generator=make_generator(SamplingParams(seed=s), torch.device("cpu"))) for s in (0, MAX_SEED)]
+    again = torch.rand(4, generator=make_generator(SamplingParams(seed=MAX_SEED), torch.device("cpu")))
+    assert MAX_SEED == 2**63 - 1 and torch.equal(first[1], again) and not torch.equal(first[0], first[1])
+    unseeded = [torch.rand(4, generator=make_generator(SamplingParams(), torch.device("cpu"))) for _ in range(2)]
+    assert not torch.equal(*unseeded)  # seed None: a fresh random seed each time
+
+
+def test_edge_temperatures_are_accepted():
+    for t in (0, 1e-8, 1e-30, 2, 100):
+        assert SamplingParams(temperature=t).temperature == t
 
 
 def test_a_lone_stop_string_is_one_stop():

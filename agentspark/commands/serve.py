@@ -1,11 +1,16 @@
 """``agentspark serve``: an OpenAI-compatible HTTP server (``/v1/chat/completions``, ``/v1/models``)
-over the engine, speculative by default. Binds 127.0.0.1 unless told otherwise."""
+over the engine, speculative by default. Binds 127.0.0.1 unless told otherwise.
+
+Everything that can be checked without the model is checked before it loads (minutes for a big
+one): the options, the API key, and that the address can be bound."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +18,9 @@ from ..errors import AgentSparkError
 from .common import add_drafter_args, add_model_args
 
 API_KEY_ENV = "AGENTSPARK_API_KEY"
+# server.guard.DEFAULT_MAX_BODY_BYTES (a test keeps them equal): importing the server here would
+# load FastAPI for every command of the CLI.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plain", action="store_true", help="serve plain target decoding instead of speculative")
     p.add_argument("--default-max-tokens", type=int, default=256,
                    help="max_tokens of requests that set none (default: 256)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"largest request body accepted; bigger ones get 413 unread "
+                        f"(default: {DEFAULT_MAX_BODY_BYTES} = {DEFAULT_MAX_BODY_BYTES // 2**20} MiB)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run_serve)
 
@@ -48,6 +59,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def api_key_from(args: argparse.Namespace) -> str | None:
+    """--api-key, else $AGENTSPARK_API_KEY, else None. An empty or blank key is refused rather
+    than read as 'no key': a key that failed to expand in a script must not open the server."""
+    from ..server.guard import check_api_key
+
+    for key, source in ((args.api_key, "--api-key"), (os.environ.get(API_KEY_ENV), f"${API_KEY_ENV}")):
+        if key is None:
+            continue
+        try:
+            check_api_key(key)
+        except ValueError as exc:
+            raise AgentSparkError(f"{source}: {exc}; leave it unset to serve without a key") from None
+        return key
+    return None
+
+
+def reserve_port(host: str, port: int) -> socket.socket | None:
+    """Bind host:port as uvicorn will, before the model loads, so a busy port fails in a second
+    rather than after the load. The socket holds the port until uvicorn takes over (None for
+    port 0: any free port will do)."""
+    if port == 0:
+        return None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # uvicorn's choice of family
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does (TIME_WAIT is no conflict)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = "stop what uses it or pick another --port" if exc.errno == errno.EADDRINUSE else "check --host and --port"
+        raise AgentSparkError(f"cannot bind {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    return sock
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -61,7 +105,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise AgentSparkError(f"--port must be in 0..65535, got {args.port}")
     if args.default_max_tokens < 1:
         raise AgentSparkError(f"--default-max-tokens must be >= 1, got {args.default_max_tokens}")
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if args.max_body_bytes < 1:
+        raise AgentSparkError(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
+    api_key = api_key_from(args)
     model_name = args.model_name or model_name_for(args.model)
     if not is_loopback(args.host) and not api_key:
         print(
@@ -70,12 +116,18 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    target = load_model(args.model, dtype=args.dtype, device=args.device)
-    drafter = None if args.plain else build_drafter(args.drafter, target)
-    engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
-                    confidence_threshold=args.confidence_threshold)
-    backend = LocalBackend(engine, speculative=not args.plain)
-    app = create_app(backend, model_name=model_name, api_key=api_key, default_max_tokens=args.default_max_tokens)
+    reserved = reserve_port(args.host, args.port)
+    try:
+        target = load_model(args.model, dtype=args.dtype, device=args.device)
+        drafter = None if args.plain else build_drafter(args.drafter, target)
+        engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
+                        confidence_threshold=args.confidence_threshold)
+        backend = LocalBackend(engine, speculative=not args.plain)
+        app = create_app(backend, model_name=model_name, api_key=api_key, default_max_tokens=args.default_max_tokens,
+                         max_body_bytes=args.max_body_bytes)
+    finally:
+        if reserved is not None:
+            reserved.close()  # handed over: uvicorn binds the same address right below
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"agentspark: serving {model_name!r} ({backend.name}) at http://{host}:{args.port}/v1"

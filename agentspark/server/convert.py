@@ -1,18 +1,126 @@
-"""From an OpenAI request to what a Backend takes: internal messages (tool-call arguments as
-dicts, tool messages named after their call), tool dicts, a tool_choice string, SamplingParams."""
+"""From an OpenAI request to what a Backend takes: the request body parsed and validated
+(``parse_request``, run on a worker thread), internal messages (tool-call arguments as dicts,
+tool messages named after their call), tool dicts, a tool_choice string, SamplingParams."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from ..backends.base import ToolChoice
 from ..sampling import SamplingParams
-from .errors import APIError
-from .schemas import ChatCompletionRequest, ChatMessage, Content
+from .errors import APIError, validation_error
+from .schemas import ChatCompletionRequest, ChatMessage, Content, ToolDef
 
 # OpenAI's default; the engine itself defaults to greedy (0), so say temperature=0 for greedy.
 DEFAULT_TEMPERATURE = 1.0
+
+
+# A lone surrogate can only come from a \uD800-\uDFFF escape once the body is strict UTF-8; a
+# match is usually a valid pair (clients with ensure_ascii escape emoji so), so it only gates the walk.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json module takes NaN and Infinity, which are not JSON (and made temperature inf).
+    raise ValueError(f"{name} is not valid JSON; send a finite number")
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_at(value: Any) -> str | None:
+    """The path (``messages[0].content``) of the first string holding a lone surrogate, or None.
+
+    Such strings (from a \\ud800 escape) are no valid Unicode: the tokenizer and the UTF-8
+    response encoder failed on them deep inside. Iterative, since JSON nesting is unbounded."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _has_surrogate(item):
+                return path or "body"
+        elif isinstance(item, dict):
+            for key in item:
+                if _has_surrogate(key):
+                    return f"{path} (a key)" if path else "body (a key)"
+            stack.extend((f"{path}.{key}" if path else key, child) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", item[i]) for i in reversed(range(len(item))))
+    return None
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"The request body is not UTF-8 text ({exc}); send JSON encoded as UTF-8.") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply to parse; flatten it.") from None
+    except ValueError as exc:  # JSONDecodeError and _no_constant's
+        raise APIError(400, f"The request body is not valid JSON: {exc}") from None
+    where = _surrogate_at(data) if _SURROGATE_ESCAPE.search(text) else None
+    if where is not None:
+        raise APIError(400, f"{where}: the text contains a lone UTF-16 surrogate (like \\ud800), which is not "
+                            "valid Unicode; send well-formed text (pair each surrogate or drop it)", param=where)
+    return data
+
+
+# The long lists of a request, validated BATCH items per pydantic call. The parse runs on a worker
+# thread, but each pydantic call holds the GIL throughout: one call over 150,000 messages took
+# 0.8 s, all of it stolen from the event loop (and /health); between batches the loop gets its turn.
+_BATCHED = {"messages": TypeAdapter(list[ChatMessage]), "tools": TypeAdapter(list[ToolDef])}
+BATCH = 2048
+
+
+def parse_request(body: bytes) -> ChatCompletionRequest:
+    """A chat-completions body -> the validated request; APIError (400) for anything malformed.
+
+    CPU-bound on big bodies: the app runs it on a worker thread, off the event loop."""
+    data = _load_json(body)
+    try:
+        return _validate(data)
+    except ValidationError as exc:
+        raise validation_error(list(exc.errors())) from None
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply to validate; flatten it.") from None
+
+
+def _long_lists(data: Any) -> dict[str, list]:
+    if not isinstance(data, dict):
+        return {}
+    return {name: data[name] for name in _BATCHED if isinstance(data.get(name), list) and len(data[name]) > BATCH}
+
+
+def _validate(data: Any) -> ChatCompletionRequest:
+    """ChatCompletionRequest.model_validate(data), its long lists a batch at a time."""
+    long = _long_lists(data)
+    if not long:
+        return ChatCompletionRequest.model_validate(data)
+    req = ChatCompletionRequest.model_validate({**data, **{name: items[:BATCH] for name, items in long.items()}})
+    whole = {name: getattr(req, name) for name in long}
+    for name, items in long.items():
+        for start in range(BATCH, len(items), BATCH):
+            whole[name] += _batch(name, items, start)
+    return req.model_copy(update=whole)
+
+
+def _batch(name: str, items: list, start: int) -> list:
+    try:
+        return _BATCHED[name].validate_python(items[start:start + BATCH])
+    except ValidationError as exc:  # name the item's place in the whole list, as one call would
+        errors = [{**e, "loc": (name, start + e["loc"][0], *e["loc"][1:])} for e in exc.errors()]
+        raise validation_error(errors) from None
 
 
 def _text(content: Content, where: str) -> str:
@@ -76,6 +184,7 @@ def to_internal(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 def tools_and_choice(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, ToolChoice]:
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
     names = [t["function"]["name"] for t in tools or []]
+    _check_unique(names)
     choice = req.tool_choice
     if choice is None:
         return tools, "auto"
@@ -87,6 +196,16 @@ def tools_and_choice(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]] |
         raise APIError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools {names}",
                        param="tool_choice")
     return tools, choice.function.name
+
+
+def _check_unique(names: list[str]) -> None:
+    # A tool call names its tool: with two tools of one name, which one the model called is a guess.
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise APIError(400, f"tools[{i}].function.name: {name!r} is offered twice; give each tool its own name",
+                           param=f"tools[{i}].function.name")
+        seen.add(name)
 
 
 def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingParams:

@@ -1,8 +1,9 @@
 """Every error the server sends, in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
 400 for anything about the request (bad JSON, schema violations, bad sampling values, any other
-AgentSparkError), 401 for a missing or wrong key, 404 for an unknown model or route, 500 with a
-generic message for bugs (the traceback goes to the log).
+AgentSparkError), 401 for a missing or wrong key, 404 for an unknown model or route, 413 for a
+body over the server's cap (guard.py), 500 with a generic message for bugs (the traceback goes to
+the log).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from .schemas import error_body
 
 log = logging.getLogger("agentspark.server")
 
-# The first word of a SamplingParams message names the field; the wire name may differ.
+# The first word of a SamplingParams (or forced_prefix) message names the field; the wire name may differ.
 _SAMPLING_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
-                    "max_new_tokens": "max_tokens", "stop": "stop"}
+                    "max_new_tokens": "max_tokens", "stop": "stop", "tool": "tools", "tool_choice": "tool_choice"}
 
 
 class APIError(Exception):
@@ -61,6 +62,19 @@ def _loc(loc: tuple) -> str | None:
     return out or None
 
 
+def validation_error(errors: list[dict]) -> APIError:
+    """pydantic's errors -> one 400 naming the first offending field (and how many more there are)."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")
+        return APIError(400, f"The request body is not valid JSON: {detail}")
+    param = _loc(tuple(first.get("loc", ())))
+    message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return APIError(400, message, param=param)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -68,16 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        if first.get("type") == "json_invalid":
-            detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")
-            return APIError(400, f"The request body is not valid JSON: {detail}").response()
-        param = _loc(tuple(first.get("loc", ())))
-        message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-        return APIError(400, message, param=param).response()
+        return validation_error(list(exc.errors())).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -85,10 +85,19 @@ class Runner:
     """The one lane every generation of an app goes through."""
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentspark-generate")
+        self._executor: ThreadPoolExecutor | None = None
         self._jobs: set[Job] = set()
+        self.start()
+
+    def start(self) -> None:
+        """Open the lane (again): an app's lifespan may run more than once, as test clients
+        start and stop it per test, and each run must serve, not fail on a closed executor."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentspark-generate")
 
     def submit(self, start: Callable[[], Iterator[BackendChunk]]) -> Job:
+        if self._executor is None:
+            raise RuntimeError("the runner is shut down (the app's lifespan has ended)")
         loop = asyncio.get_running_loop()
         job = Job(start, loop)
         self._jobs.add(job)
@@ -99,4 +108,6 @@ class Runner:
     def shutdown(self) -> None:
         for job in list(self._jobs):
             job.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

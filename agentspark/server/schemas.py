@@ -1,8 +1,11 @@
 """Request and response shapes of the OpenAI chat-completions API, as far as we serve it.
 
-Requests are pydantic models that ignore fields we do not use (OpenAI clients send many);
-responses are built as plain dicts by the small helpers at the bottom, so the wire shape is
-visible in one place.
+Requests are pydantic models that ignore fields we do not use (OpenAI clients send many) but
+take the fields we do use at their JSON type: no 'yes' for a boolean, no true for a count, no
+1.0 for an integer (pydantic's lax mode would coerce them). Responses are built as plain dicts by
+the small helpers at the bottom, so the wire shape is visible in one place; the ``*Body`` models
+below only document those shapes in the OpenAPI schema (the fuzz test checks them against what
+the server sends).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from ..backends.base import BackendResponse, ToolCallRequest
+from ..sampling import MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K
 
 
 class _Lenient(BaseModel):
@@ -69,7 +73,7 @@ class NamedToolChoice(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(_Lenient):
@@ -77,17 +81,142 @@ class ChatCompletionRequest(_Lenient):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[ToolDef] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
-    temperature: float | None = None  # None: DEFAULT_TEMPERATURE (OpenAI's 1.0)
-    top_p: float | None = None
-    top_k: int | None = None  # extension (vLLM and SGLang accept it too)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    seed: int | None = None
+    # Bounds as SamplingParams enforces them (documented here for clients; JSON has no inf or NaN).
+    temperature: StrictFloat | None = Field(None, ge=0, le=MAX_TEMPERATURE)  # None: DEFAULT_TEMPERATURE (1.0)
+    top_p: StrictFloat | None = Field(None, gt=0, le=1)
+    top_k: StrictInt | None = Field(None, ge=0, le=MAX_TOP_K)  # extension (vLLM and SGLang accept it too)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
-    logprobs: bool | None = None
+    n: StrictInt | None = None
+    logprobs: StrictBool | None = None
+
+
+# ---- response shapes, for the OpenAPI schema only ----------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class HealthBody(BaseModel):
+    status: Literal["ok"]
+    model: str
+    backend: str
+
+
+class ModelBody(BaseModel):
+    id: str
+    object: Literal["model"]
+    owned_by: str
+    created: int
+
+
+class ModelListBody(BaseModel):
+    object: Literal["list"]
+    data: list[ModelBody]
+
+
+class WireFunction(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class WireToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: WireFunction
+
+
+class CompletionMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[WireToolCall] | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    message: CompletionMessage
+    logprobs: None
+    finish_reason: str
+
+
+class UsageBody(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class InvalidToolCall(BaseModel):
+    raw: str
+    error: str
+
+
+class ExtensionBody(BaseModel):
+    backend: str
+    stats: dict[str, Any] | None
+    forced_prefix: str
+    invalid_tool_calls: list[InvalidToolCall]
+
+
+class CompletionBody(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice] = Field(min_length=1, max_length=1)
+    usage: UsageBody
+    agentspark: ExtensionBody
+
+
+class ChunkToolCall(WireToolCall):
+    index: int
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    logprobs: None
+    finish_reason: str | None
+
+
+class ChunkBody(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice] = Field(max_length=1)  # [] on the usage chunk
+    usage: UsageBody | None = None
+    agentspark: ExtensionBody | None = None
+
+
+# One server-sent event of a stream: its data is a chunk, an error that came after the headers
+# (ErrorBody), or the final [DONE]. OpenAPI 3.1 has a text/event-stream schema describe one event.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"anyOf": [
+        {"const": "[DONE]"},
+        {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": [
+            {"$ref": "#/components/schemas/ChunkBody"}, {"$ref": "#/components/schemas/ErrorBody"}]}},
+    ]}},
+}
 
 
 # ---- responses ------------------------------------------------------------------------------
