@@ -1,7 +1,8 @@
 """The ``agentspark`` command line.
 
 Every error a user can cause is an AgentSparkError and ends as one line on stderr with exit code 2;
-anything else is a bug and says so (set AGENTSPARK_DEBUG=1 for the traceback).
+so does a malformed command line (argparse's own errors, kept to one line here). Anything else is a
+bug and says so (set AGENTSPARK_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
@@ -10,26 +11,53 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .errors import AgentSparkError
+
+USER_ERROR = 2  # argparse's status for a bad command line; ours for every other user mistake
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line like every other user error (argparse's
+    default prints the whole usage block first, which buries the message for big commands).
+    Subparsers inherit the class, so this covers every subcommand."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USER_ERROR, f"agentspark: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import register_all
 
-    parser = argparse.ArgumentParser(prog="agentspark", description="Lossless speculative decoding for agent loops.")
+    parser = _Parser(prog="agentspark", description="Lossless speculative decoding for agent loops.")
     register_all(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """A warning for a CLI user (a repaired trace, say) is a sentence, not a source location."""
+    print(f"agentspark: warning: {_one_line(message)}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad command line (2) or --help (0): a status, as for every other outcome
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else USER_ERROR
+    with warnings.catch_warnings():  # restores the global hook afterwards (main runs inside tests too)
+        warnings.showwarning = _one_line_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.run(args))
     except AgentSparkError as exc:
-        print(f"agentspark: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"agentspark: error: {_one_line(exc)}", file=sys.stderr)
+        return USER_ERROR
     except KeyboardInterrupt:
         print("agentspark: interrupted", file=sys.stderr)
         return 130
@@ -42,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _one_line(message: object) -> str:
+    """The message on one line: it may quote a server's reply, a file's content or the user's own
+    argument, with newlines or other control characters in it; those are shown escaped."""
+    text = str(message)
+    return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":  # pragma: no cover

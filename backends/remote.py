@@ -72,6 +72,27 @@ def from_wire(message: dict[str, Any], *, parse_text_tools: bool) -> AssistantMe
     return AssistantMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid)
 
 
+def checked_base_url(base_url: str) -> str:
+    """``base_url`` if it is an http(s) URL with a host, else a RemoteBackendError saying so.
+
+    httpx raises its own InvalidURL for some malformed URLs, and accepts others (``ftp://x``,
+    ``http://[``, ``localhost:8000`` read as scheme "localhost") only to fail every request after
+    the retries; either way the mistake is the URL's, and is reported here, at once.
+    """
+    hint = "give the server's address, e.g. http://localhost:8000"
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise RemoteBackendError(f"base URL {base_url!r} is not a valid URL ({exc}); {hint}") from exc
+    if url.scheme not in ("http", "https"):
+        raise RemoteBackendError(f"base URL {base_url!r} must start with http:// or https://; {hint}")
+    if not url.host or "%" in url.host:  # httpx percent-encodes what cannot be in a host name
+        raise RemoteBackendError(f"base URL {base_url!r} has no valid host name; {hint}")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise RemoteBackendError(f"base URL {base_url!r} has port {url.port}, outside 1..65535; {hint}")
+    return base_url
+
+
 class RemoteBackend(Backend):
     def __init__(
         self,
@@ -89,7 +110,7 @@ class RemoteBackend(Backend):
         self.retries = retries
         self.backoff = backoff
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport)
+        self.client = httpx.Client(base_url=checked_base_url(base_url).rstrip("/"), timeout=timeout, headers=headers, transport=transport)
 
     def _body(self, messages, tools, sampling: SamplingParams, tool_choice, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -27,6 +27,11 @@ def test_demo_writes_an_audited_trace(demo_trace):
     assert rounds[0].request.sampling["forced_prefix"].startswith("<tool_call>")
     assert rounds[0].tool_calls and rounds[0].tool_calls[0].name == "calculator"
     assert rounds[1].prefill_tokens < rounds[1].request.prompt_tokens / 2  # the session reused its cache
+    # on disk each later round holds only what it added to the conversation (read back in full above)
+    lines = [json.loads(line) for line in demo_trace.read_text(encoding="utf-8").splitlines()]
+    assert lines[0]["request"].get("prefix") is None
+    assert all(line["request"]["prefix"]["count"] >= 2 for line in lines[1:])
+    assert all(len(line["request"]["messages"]) < len(r.request.messages) for line, r in zip(lines[1:], rounds[1:]))
 
 
 def test_trace_show_and_plot(demo_trace, tmp_path, capsys):

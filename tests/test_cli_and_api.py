@@ -51,8 +51,8 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         (["--temperature", "-1"], "temperature"),
         (["--top-p", "1.5"], "top_p"),
         (["--top-k", "-2"], "top_k"),
-        (["--max-draft", "0"], "max_draft"),
-        (["--max-draft", "100000"], "max_draft"),
+        (["--max-draft", "0"], "--max-draft"),  # refused while parsing, before the model loads
+        (["--max-draft", "100000"], "--max-draft"),
         (["--max-new-tokens", "0"], "max_new_tokens"),
         (["--drafter", "magic"], "unknown drafter"),
         (["--drafter", "draft-model:/no/such/model"], "does not exist"),
@@ -126,3 +126,14 @@ def test_every_package_folder_is_declared_for_wheels():
             rel = init.parent.relative_to(root / top).parts
             found.add(".".join((name, *rel)) if rel else name)
     assert found <= declared, f"not declared in pyproject packages: {sorted(found - declared)}"
+
+
+def test_a_bad_command_line_is_one_line_and_a_status(capsys):
+    """argparse's errors, like ours: one line (no usage block), exit 2, returned by main() rather than raised."""
+    for argv, needle in ((["generate"], "--prompt"), (["generate", "--prompt", "hi", "--max-new-tokens", "x"],
+                                                      "argument --max-new-tokens: expected an integer, got 'x'")):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1
+        assert err.startswith("agentspark: error: ") and needle in err and "agentspark generate --help" in err
+    code, out, _ = run_cli(capsys, "generate", "--help")
+    assert code == 0 and "--max-new-tokens" in out

@@ -625,3 +625,25 @@ def test_close_closes_the_client():
     b = backend(Server(completion("ok")))
     b.close()
     assert b.client.is_closed
+
+
+@pytest.mark.parametrize(
+    "url,message",
+    [("::::", "not a valid URL"), ("ftp://x", "http:// or https://"), ("localhost:8000", "http:// or https://"),
+     ("http://[", "no valid host"), ("http://", "no valid host"), ("http://a b", "no valid host"),
+     ("http://x:99999", "outside 1..65535"), ("", "http:// or https://")],
+)
+def test_a_bad_base_url_is_refused_at_once(url, message):
+    """Not an InvalidURL crash, and not four retries' worth of backoff before a misleading error."""
+    def server(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request may be sent")
+
+    with pytest.raises(RemoteBackendError, match=message) as info:
+        RemoteBackend(url, MODEL, transport=httpx.MockTransport(server))
+    assert "e.g. http://localhost:8000" in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8000", "https://api.example.com/", "http://[::1]:8000/v1",
+                                 "http://127.0.0.1:9"])
+def test_good_base_urls_are_taken(url):
+    RemoteBackend(url, MODEL).close()

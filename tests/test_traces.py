@@ -231,7 +231,7 @@ def test_set_audit_rewrites_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TraceError, match="disk full"):  # a user-facing error, the OS's reason kept
         set_audit(path, "sess-1", 0, AuditVerdict(mode="sampling", passed=True))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
@@ -389,3 +389,117 @@ def test_public_api():
             "compare_table", "plot_trace", "prompt_hash", "TraceError"} <= names
     assert all(hasattr(traces, n) for n in names)
     assert issubclass(TraceError, AgentSparkError)
+
+
+# --- incremental lines (version 2): linear growth, full messages on read ----------------------
+
+def _scripted_session(path, rounds: int, workspace):
+    """An agent session of ``rounds`` rounds, each reading a ~2 KB file (its result joins the
+    conversation, so every request is longer than the one before)."""
+    from agentspark.agent.loop import Agent
+    from agentspark.backends.scripted import ScriptedBackend
+    from agentspark.tools import make_file_tools
+
+    workspace.mkdir(exist_ok=True)
+    (workspace / "notes.txt").write_text("".join(f"line {i}: the project's notes, owner, deadline\n" for i in range(40)))
+    call = '<tool_call>\n{"name": "read_file", "arguments": {"path": "notes.txt"}}\n</tool_call>'
+    backend = ScriptedBackend([f"Reading it again. {call}"] * (rounds - 1) + ["Done."])
+    agent = Agent(backend, make_file_tools(workspace), trace=path, max_rounds=rounds, system="be brief")
+    agent.run("Read notes.txt again and again.")
+    agent.close()
+    return backend
+
+
+def test_trace_grows_linearly_with_the_session(tmp_path):
+    """Every round used to repeat the whole conversation: 55 rounds made 3.5 MB, 110 rounds 4x that."""
+    sizes, sent = {}, {}
+    for n in (55, 110):
+        path = tmp_path / f"t{n}.jsonl"
+        sent[n] = [req["messages"] for req in _scripted_session(path, n, tmp_path / f"ws{n}").requests]
+        sizes[n] = path.stat().st_size
+    assert sizes[110] < 2.2 * sizes[55]  # quadratic growth gives ~3.9x
+    assert sizes[55] < 600_000  # measured: 3,585,065 bytes before, 366,162 after
+    for n in (55, 110):  # replay and audit still see each request exactly as it was sent
+        assert [r.request.messages for r in read_trace(tmp_path / f"t{n}.jsonl")] == sent[n]
+
+
+def test_incremental_lines_survive_set_audit_and_catch_edits(tmp_path):
+    path = tmp_path / "t.jsonl"
+    backend = _scripted_session(path, 4, tmp_path / "ws")
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[0])["request"].get("prefix") is None  # a session's first line is whole
+    assert all(json.loads(line)["request"]["prefix"]["count"] >= 1 for line in lines[1:])
+    session = read_trace(path)[2].session_id
+    set_audit(path, session, 2, AuditVerdict(mode="greedy", passed=True))
+    rounds = read_trace(path)
+    assert [r.request.messages for r in rounds] == [req["messages"] for req in backend.requests]
+    assert rounds[2].audit is not None and path.read_bytes().count(b'"prefix"') == 3
+    # a removed line leaves the next one pointing at messages the file no longer holds
+    path.write_bytes(lines[0] + lines[2] + lines[3])
+    with pytest.raises(TraceError, match=r"t\.jsonl:2: .*reuses .* messages"):
+        read_trace(path)
+
+
+def test_version_1_traces_with_full_messages_are_still_read(tmp_path):
+    path = tmp_path / "v1.jsonl"
+    old = [make_round(i).model_copy(update={"version": 1}) for i in range(2)]
+    path.write_text("".join(r.model_dump_json(exclude={"request": {"prefix"}}) + "\n" for r in old), encoding="utf-8")
+    assert read_trace(path) == old
+
+
+# --- appending to a file whose last line has no newline -----------------------------------------
+
+def test_recorder_adds_a_missing_final_newline_and_never_cuts_a_complete_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(make_round(0).model_dump_json() + "\n" + make_round(1).model_dump_json(), encoding="utf-8")
+    with pytest.warns(TraceWarning, match="added one"):
+        rec = TraceRecorder(path)
+    with rec:
+        rec.write(make_round(2))
+    assert [r.round_index for r in read_trace(path)] == [0, 1, 2]
+    assert not (tmp_path / "t.jsonl.torn").exists()
+
+
+def test_recorder_keeps_a_torn_fragment_aside(tmp_path):
+    path = tmp_path / "t.jsonl"
+    line = make_round(1).model_dump_json()
+    path.write_text(make_round(0).model_dump_json() + "\n" + line[:50], encoding="utf-8")
+    with pytest.warns(TraceWarning, match="torn final line"):
+        rec = TraceRecorder(path)
+    with rec:
+        rec.write(make_round(2))
+    assert [r.round_index for r in read_trace(path)] == [0, 2]
+    assert (tmp_path / "t.jsonl.torn").read_text(encoding="utf-8") == line[:50] + "\n"  # nothing is lost
+
+
+# --- user mistakes are TraceErrors (one line in the CLI), never crashes --------------------------
+
+def test_a_directory_is_not_a_trace(tmp_path):
+    with pytest.raises(TraceError, match="is a directory"):
+        read_trace(tmp_path)
+    with pytest.raises(TraceError, match="is a directory"):
+        TraceRecorder(tmp_path)
+    with pytest.raises(TraceError, match="cannot write the plot"):
+        plot_trace([make_round(0)], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda d: d["request"]["sampling"].update(top_p="x"), "top_p"),
+        (lambda d: d["request"]["sampling"].update(stop=5), "stop must be a list"),
+        (lambda d: d["request"]["sampling"].update(seed=2**64), "seed"),
+        (lambda d: d["request"]["sampling"].update(temperature=float("inf")), "temperature"),
+        (lambda d: d["request"]["sampling"].update(tool_choice=3), "tool_choice"),
+        (lambda d: d["request"]["messages"][0].update(role=5), "role must be one of"),
+        (lambda d: d["request"]["messages"][0].update(content=["x"]), "content must be a string"),
+        (lambda d: d["request"]["messages"][0].update(tool_calls=[{"function": 1}]), "tool call"),
+    ],
+)
+def test_records_replay_could_not_send_are_rejected_with_their_line(tmp_path, mutate, message):
+    good = json.loads(make_round(0).model_dump_json())
+    mutate(good)
+    path = tmp_path / "t.jsonl"
+    path.write_text(make_round(1).model_dump_json() + "\n" + json.dumps(good) + "\n", encoding="utf-8")
+    with pytest.raises(TraceError, match=rf"t\.jsonl:2: invalid trace line \(request\..*{message}"):
+        read_trace(path)

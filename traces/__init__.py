@@ -2,6 +2,8 @@
 
 A trace is a JSONL file with one validated ``TraceRound`` per agent round (one model request plus
 its tool calls), written append-only and fsynced per round so a crash keeps every finished round.
+Each line stores only the messages its round added to the session (schema.py, version 2), so a
+trace grows linearly with the session; ``read_trace`` returns every request in full.
 """
 
 from .plot import plot_trace

@@ -72,6 +72,9 @@ def plot_trace(
     fig.tight_layout()
 
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+    except OSError as exc:  # a directory, a read-only folder, a full disk: the user's to fix
+        raise TraceError(f"cannot write the plot to {out}: {exc.strerror or exc}") from exc
     return out

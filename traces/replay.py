@@ -16,16 +16,13 @@ from collections.abc import Iterable
 from ..backends.base import Backend, response_record
 from ..sampling import SamplingParams
 from ..stats import RequestStats
-from .schema import RequestRecord, TraceRound, prompt_hash
-
-_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed", "max_new_tokens")
+from .schema import RequestRecord, TraceRound, prompt_hash, sampling_params
 
 
 def sampling_of(request: RequestRecord) -> tuple[SamplingParams, str]:
     """The SamplingParams and tool_choice a recorded request was made with."""
     s = request.sampling
-    params = SamplingParams(**{k: s[k] for k in _SAMPLING_FIELDS if k in s}, stop=tuple(s.get("stop") or ()))
-    return params, str(s.get("tool_choice", "auto"))
+    return sampling_params(s), str(s.get("tool_choice") or "auto")
 
 
 def replay(rounds: Iterable[TraceRound], backend: Backend) -> list[TraceRound]:

@@ -1,21 +1,33 @@
 """The trace line format: one ``TraceRound`` per agent round (one model request + its tool calls).
 
 Every model forbids unknown fields, so a typo in a writer or a hand-edited trace fails validation
-instead of silently dropping data. ``version`` lets a later format change be read side by side.
+instead of silently dropping data; the messages and sampling parameters a replay or an audit will
+send are checked as well, so a bad line is reported with its line number when the trace is read,
+not as a crash in the middle of a replay. ``version`` lets a later format change be read side by side.
+
+Version 2 stores each request's messages incrementally: a round of an agent session resends the
+whole conversation so far, and writing it in full every round made a trace grow with the square
+of the session's length (55 rounds: 3.5 MB). On disk a request may carry a ``prefix`` instead of
+its first messages: "the first ``count`` messages of the previous line of this session", with a
+hash of them so an edited or reordered file is caught. ``read_trace`` puts the full messages back;
+in memory ``prefix`` is always None. Version 1 lines (messages in full) are read as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..errors import AgentSparkError
+from ..errors import AgentSparkError, InvalidRequestError
 from ..stats import RequestStats
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ROLES = ("system", "user", "assistant", "tool")
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed", "max_new_tokens")
 
 
 class TraceError(AgentSparkError):
@@ -59,14 +71,72 @@ class AuditVerdict(_Strict):
     first_divergence: dict[str, Any] | None = None
 
 
-class RequestRecord(_Strict):
-    """What was asked: the messages are kept in full so replay can re-run the identical request."""
+def _check_tool_call(call: Any) -> None:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise ValueError(f"a tool call must be {{'function': {{'name': str, 'arguments': ...}}}}, got {call!r:.80}")
+    if not isinstance(fn.get("arguments", {}), (dict, str)):
+        raise ValueError(f"tool call arguments must be an object or a JSON string, got {fn['arguments']!r:.80}")
 
-    messages: list[dict[str, Any]]
+
+def _check_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message a backend can be sent again: a known role, text content, well-formed calls."""
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r:.80}")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"content must be a string or null, got {content!r:.80}")
+    calls = message.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise ValueError(f"tool_calls must be a list, got {calls!r:.80}")
+    for call in calls or []:
+        _check_tool_call(call)
+    for key in ("tool_call_id", "name"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            raise ValueError(f"{key} must be a string, got {message[key]!r:.80}")
+    return message
+
+
+def sampling_params(sampling: dict[str, Any]):  # noqa: ANN201 (SamplingParams; imported late: it loads torch)
+    """The SamplingParams a recorded request was made with (its own checks apply)."""
+    from ..sampling import SamplingParams
+
+    stop = sampling.get("stop") or ()
+    if not isinstance(stop, (list, tuple)):  # a lone number or string is no list of stop strings
+        raise InvalidRequestError(f"stop must be a list of strings, got {stop!r:.80}")
+    return SamplingParams(**{k: sampling[k] for k in SAMPLING_FIELDS if k in sampling}, stop=tuple(stop))
+
+
+def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    try:
+        sampling_params(sampling)
+    except InvalidRequestError as exc:  # a ValueError too, but its message is the one to show
+        raise ValueError(str(exc)) from None
+    for key in ("tool_choice", "forced_prefix", "forced_suffix"):
+        if sampling.get(key) is not None and not isinstance(sampling[key], str):
+            raise ValueError(f"{key} must be a string, got {sampling[key]!r:.80}")
+    return sampling
+
+
+class MessagesPrefix(_Strict):
+    """On disk only: the request's first ``count`` messages are the first ``count`` of the previous
+    line of the same session; ``sha256`` (of those messages) catches an edited or reordered file."""
+
+    count: int = Field(ge=1)
+    sha256: str
+
+
+class RequestRecord(_Strict):
+    """What was asked: in memory the messages are complete so replay can re-run the identical
+    request (on disk, version 2 shares the session's earlier messages through ``prefix``)."""
+
+    messages: list[Annotated[dict[str, Any], AfterValidator(_check_message)]]
     tools: list[dict[str, Any]] | None = None
     prompt_hash: str
     prompt_tokens: int = Field(ge=0)
-    sampling: dict[str, Any]
+    sampling: Annotated[dict[str, Any], AfterValidator(_check_sampling)]
+    prefix: MessagesPrefix | None = None
 
 
 class TraceRound(_Strict):

@@ -4,21 +4,25 @@ on the same requests; non-zero exit on any failure; for a trace, each verdict is
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from .common import add_drafter_args, add_model_args, console, engine_from_args
+from .common import add_drafter_args, add_model_args, checked_prompts, console, engine_from_args, int_in, sampling_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="prove speculative output equals plain decoding on the same requests")
     p.add_argument("trace", nargs="?", help="a trace whose rounds to audit (verdicts are written into it)")
     p.add_argument("--prompts", default=None, help="or a .jsonl of {'turns': [...]} (first turns, no tools)")
-    p.add_argument("--limit", type=int, default=None, help="audit at most this many requests")
+    p.add_argument("--limit", type=int_in(1), default=None, help="audit at most this many requests")
     add_model_args(p)
     add_drafter_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="override the recorded budget")
-    p.add_argument("--temperature", type=float, default=None, help="> 0: audit sampling instead of greedy")
-    p.add_argument("--samples", type=int, default=200, help="sampling audits: runs per side")
-    p.add_argument("--sample-tokens", type=int, default=4, help="sampling audits: tokens compared per run")
+    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=None,
+                   help="override the recorded budget")
+    p.add_argument("--temperature", type=sampling_value("temperature"), default=None,
+                   help="> 0: audit sampling instead of greedy")
+    p.add_argument("--samples", type=int_in(1), default=200, help="sampling audits: runs per side")
+    p.add_argument("--sample-tokens", type=int_in(1), default=4, help="sampling audits: tokens compared per run")
     p.add_argument("--control", action="store_true", help="sampling audits: also show an accept-always verifier is caught")
     p.set_defaults(run=run)
 
@@ -35,22 +39,25 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.trace) == bool(args.prompts):
         raise InvalidRequestError("give either a TRACE or --prompts FILE")
+    # the inputs first: a bad trace or prompts file fails before the model loads
+    rounds = read_trace(args.trace)[: args.limit] if args.trace else []
+    if args.trace and not os.access(Path(args.trace).resolve().parent, os.W_OK):
+        raise InvalidRequestError(f"the verdicts go into {args.trace}, but its folder is not writable; audit a copy")
+    records = checked_prompts(args.prompts)[: args.limit] if args.prompts else []
     engine = engine_from_args(args)
     if engine.drafter is None:
         raise InvalidRequestError("an audit compares speculative with plain decoding: choose a drafter, not none")
     backend = LocalBackend(engine, reuse_cache=False)
     jobs = []  # (label, prompt ids, params, trace key)
     if args.trace:
-        for r in read_trace(args.trace)[: args.limit]:
+        for r in rounds:
             params, tool_choice = sampling_of(r.request)
             prepared = backend.prepare(r.request.messages, r.request.tools, params, tool_choice,
                                        close_forced_call=bool(r.request.sampling.get("forced_suffix")))
             ids, params = prepared.prompt_ids, prepared.params
             jobs.append((f"{r.session_id}#{r.round_index}", ids, params, (r.session_id, r.round_index)))
     else:
-        from ..datasets import load_prompts
-
-        for i, rec in enumerate(load_prompts(args.prompts, args.limit)):
+        for i, rec in enumerate(records):
             prepared = backend.prepare([{"role": "user", "content": rec.turns[0]}], None, SamplingParams(max_new_tokens=128))
             jobs.append((f"{rec.dataset}#{i}", prepared.prompt_ids, prepared.params, None))
 

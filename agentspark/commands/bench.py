@@ -17,28 +17,28 @@ from typing import Any
 
 import torch
 
-from ..datasets import load_prompts
 from ..drafters import NgramDrafter
 from ..drafters.factory import build_drafter
 from ..engine import Engine
+from ..errors import ModelLoadError
 from ..model.loading import load_model, resolve_folder
 from ..prompts import encode_prompt
 from ..sampling import SamplingParams
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .common import add_model_args
+    from .common import add_model_args, int_in, max_draft, output_file, sampling_value
 
     p = sub.add_parser("bench", help="tokens/s: ours (plain, n-gram) vs HF transformers, side by side")
     add_model_args(p)
     p.add_argument("--prompts", default=None, help="a .jsonl file or folder of {'turns': [...]} (default: bundled eval sample)")
-    p.add_argument("--num-prompts", type=int, default=20)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--max-draft", type=int, default=8)
+    p.add_argument("--num-prompts", type=int_in(1), default=20)
+    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=128)
+    p.add_argument("--max-draft", type=max_draft, default=8)
     p.add_argument("--no-hf", action="store_true", help="skip the HF transformers baselines")
     p.add_argument("--drafter", action="append", default=[],
                    help="also bench this drafter (repeatable): default | learned:PATH | draft-model:PATH")
-    p.add_argument("--json-out", default=None, help="also write every figure to this JSON file")
+    p.add_argument("--json-out", type=output_file, default=None, help="also write every figure to this JSON file")
     p.set_defaults(run=run_bench)
 
 
@@ -54,10 +54,21 @@ def _mixed(records: list, n: int) -> list:
     return out[:n]
 
 
-def _hf_runner(source: str, dtype: torch.dtype, device: torch.device, eos: frozenset[int]):
+def _load_hf(source: str, dtype: torch.dtype):
+    """The same weights through transformers, from safetensors only: a folder may also hold a
+    pytorch_model.bin (or only one), and loading that would unpickle whatever is in it."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(resolve_folder(source)), dtype=dtype).to(device).eval()
+    folder = resolve_folder(source)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=True)
+    except OSError as exc:  # transformers' way of saying "no model.safetensors here"
+        raise ModelLoadError(f"HF transformers cannot load {folder} from safetensors ({exc}); "
+                             "the HF baselines need a model.safetensors there, or pass --no-hf") from exc
+
+
+def _hf_runner(source: str, dtype: torch.dtype, device: torch.device, eos: frozenset[int]):
+    hf = _load_hf(source, dtype).to(device).eval()
     eos_ids = sorted(eos)
 
     def run(ids: list[int], max_new: int, lookup: int | None) -> tuple[list[int], float]:
@@ -82,13 +93,15 @@ def run_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
+    from .common import checked_prompts
+
     console = Console(stderr=True)
+    records = _mixed(checked_prompts(args.prompts), args.num_prompts)  # before the model loads: fail fast
     target = load_model(args.model, dtype=args.dtype, device=args.device)
     plain = Engine(target, None, max_draft=args.max_draft)
     spec = Engine(target, NgramDrafter(), max_draft=args.max_draft)
     spec.steps_per_second()  # profile once, outside the timed requests
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
-    records = _mixed(load_prompts(args.prompts), args.num_prompts)
     prompts = [encode_prompt(target.tokenizer, [{"role": "user", "content": r.turns[0]}]) for r in records]
 
     configs: dict[str, Any] = {

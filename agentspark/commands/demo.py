@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequestError
-from .common import add_drafter_args, add_model_args
+from .common import add_drafter_args, add_model_args, output_dir, sampling_value
 from .common import console as make_console
 
 TASKS = [
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a traced, audited multi-turn agent session on the default model")
     add_model_args(p)
     add_drafter_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=64, help="per round (default: 64)")
+    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=64, help="per round (default: 64)")
     p.add_argument("--trace-dir", default="agentspark-traces")
     p.set_defaults(run=run)
 
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = make_console()
     t_start = time.perf_counter()
+    trace_dir = output_dir(Path(args.trace_dir), "--trace-dir")  # before the model loads: fail fast
     target = load_model(args.model, dtype=args.dtype, device=args.device)
     drafter = build_drafter(args.drafter, target)
     if drafter is None:
@@ -62,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     plain_backend = LocalBackend(Engine(target), speculative=False, close_forced_calls=True)
     workspace = Path(tempfile.mkdtemp(prefix="agentspark-demo-"))
     (workspace / "notes.txt").write_text(NOTES)
-    trace_path = Path(args.trace_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    trace_path = trace_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
 
     agent = Agent(spec_backend, [calculator, *make_file_tools(workspace)], trace=trace_path, max_rounds=3,
                   system="You are a helpful assistant. Use the tools when asked.",

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import add_model_args, console
+from .common import add_model_args, checked_prompts, console, int_in, max_draft, output_file, sampling_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,12 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drafter", action="append", required=True,
                    help="a drafter to evaluate (repeatable): ngram | default | learned:PATH | draft-model:PATH")
     p.add_argument("--prompts", required=True, help="DIR or FILE.jsonl of eval prompts")
-    p.add_argument("--limit", type=int, default=20, help="prompts per dataset (default: 20)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-draft", type=int, default=7, help="tokens drafted and verified per round (default: 7)")
-    p.add_argument("--temperature", type=float, action="append", default=None,
+    p.add_argument("--limit", type=int_in(1), default=20, help="prompts per dataset (default: 20)")
+    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=256)
+    p.add_argument("--max-draft", type=max_draft, default=7, help="tokens drafted and verified per round (default: 7)")
+    p.add_argument("--temperature", type=sampling_value("temperature"), action="append", default=None,
                    help="repeatable (default: 1.0 and 0.0)")
-    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    p.add_argument("--json", type=output_file, default=None, help="also write every figure to this JSON file")
     p.set_defaults(run=run)
 
 
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import Engine
     from ..model.loading import load_model
 
+    checked_prompts(args.prompts)  # before the model loads: a bad prompts file fails fast
     target = load_model(args.model, dtype=args.dtype, device=args.device)
     temps = args.temperature or [1.0, 0.0]
     results = []

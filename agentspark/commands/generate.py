@@ -10,7 +10,7 @@ from ..drafters.factory import build_drafter
 from ..engine import Engine, GenerationResult
 from ..model.loading import load_model
 from ..sampling import SamplingParams
-from .common import add_drafter_args, add_model_args
+from .common import add_drafter_args, add_model_args, sampling_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,11 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_drafter_args(p)
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat template")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=sampling_value("temperature"), default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=sampling_value("top_p"), default=1.0)
+    p.add_argument("--top-k", type=sampling_value("top_k"), default=0)
+    p.add_argument("--seed", type=sampling_value("seed"), default=None)
+    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=128)
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--compare-plain", action="store_true", help="also run plain decoding: identical? speedup?")

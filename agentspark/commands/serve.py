@@ -89,6 +89,9 @@ def reserve_port(host: str, port: int) -> socket.socket | None:
         sock.close()
         hint = "stop what uses it or pick another --port" if exc.errno == errno.EADDRINUSE else "check --host and --port"
         raise AgentSparkError(f"cannot bind {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    except (TypeError, UnicodeError, ValueError):  # a host name that is no host name at all ('\x80')
+        sock.close()
+        raise AgentSparkError(f"--host {host!r} is not a host name or address; use e.g. 127.0.0.1") from None
     return sock
 
 

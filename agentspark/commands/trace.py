@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import console
+from .common import console, output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(run=run_show)
     plot = verbs.add_parser("plot", help="per-round latency as stacked bars, with tau")
     plot.add_argument("file")
-    plot.add_argument("-o", "--output", required=True, help="the PNG to write")
+    plot.add_argument("-o", "--output", type=output_file, required=True, help="the PNG to write")
     plot.set_defaults(run=run_plot)
 
 

@@ -10,47 +10,53 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InvalidRequestError
+from .common import checked_prompts, input_file, int_in, is_file, model_source, output_dir, real_in, sampling_value
+
+_at_least_1 = int_in(1)
+_at_least_0 = int_in(0)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-drafter", help="train a learned drafter for a target (DSpark, DFlash, EAGLE-3)")
-    p.add_argument("--target", default="default", help="default | HF folder | .gguf file (default: default)")
+    p.add_argument("--target", type=model_source, default="default", help="default | HF folder | .gguf file (default: default)")
     p.add_argument("--method", default="dspark", choices=["dspark", "dflash", "eagle3"])
     p.add_argument("--prompts", required=True, help="DIR or FILE.jsonl of {\"turns\": [...]} training prompts (never eval)")
     p.add_argument("--out", required=True, help="output directory (data/, checkpoint/, drafter/, report.json)")
     p.add_argument("--responses", default=None, help="reuse a samples.jsonl written by an earlier run")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many prompts")
+    p.add_argument("--limit", type=_at_least_1, default=None, help="use at most this many prompts")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="the target's dtype (default: bfloat16 on cuda, float32 on cpu)")
     g = p.add_argument_group("drafter shape")
-    g.add_argument("--num-layers", type=int, default=1)
-    g.add_argument("--num-features", type=int, default=3, help="how many target layers feed the context")
-    g.add_argument("--block-size", type=int, default=7)
-    g.add_argument("--markov-rank", type=int, default=32)
-    g.add_argument("--draft-vocab", type=int, default=0, help="propose only the N most frequent response tokens (0 = all)")
+    g.add_argument("--num-layers", type=_at_least_1, default=1)
+    g.add_argument("--num-features", type=_at_least_1, default=3, help="how many target layers feed the context")
+    g.add_argument("--block-size", type=_at_least_1, default=7)
+    g.add_argument("--markov-rank", type=_at_least_0, default=32)
+    g.add_argument("--draft-vocab", type=_at_least_0, default=0, help="propose only the N most frequent response tokens (0 = all)")
     g.add_argument("--storage", default="bfloat16", choices=["float32", "bfloat16", "int8"])
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=6e-4)
-    t.add_argument("--anchors", type=int, default=64, help="blocks per sequence per step")
-    t.add_argument("--max-length", type=int, default=1024)
-    t.add_argument("--save-every", type=int, default=500)
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--steps", type=_at_least_1, default=2000)
+    t.add_argument("--batch-size", type=_at_least_1, default=8)
+    t.add_argument("--lr", type=real_in(0.0, open_low=True), default=6e-4)
+    t.add_argument("--anchors", type=_at_least_1, default=64, help="blocks per sequence per step")
+    t.add_argument("--max-length", type=_at_least_1, default=1024)
+    t.add_argument("--save-every", type=_at_least_0, default=500, help="checkpoint every N steps (0 = only at the end)")
+    t.add_argument("--seed", type=sampling_value("seed"), default=42)
     t.add_argument("--resume", action="store_true", help="continue from out/checkpoint")
-    t.add_argument("--time-budget", type=float, default=0.0,
+    t.add_argument("--time-budget", type=real_in(0.0), default=0.0,
                    help="seconds of training: after 20 steps the schedule is fitted into it (0 = run all --steps)")
     r = p.add_argument_group("regeneration (DeepSpec's defaults)")
-    r.add_argument("--regen-temperature", type=float, default=0.7)
-    r.add_argument("--regen-top-p", type=float, default=0.8)
-    r.add_argument("--regen-top-k", type=int, default=20)
-    r.add_argument("--regen-max-new-tokens", type=int, default=384)
-    r.add_argument("--regen-batch-size", type=int, default=64)
+    # regeneration samples (transformers' do_sample), so its temperature must be > 0
+    r.add_argument("--regen-temperature", type=sampling_value("temperature", positive=True), default=0.7)
+    r.add_argument("--regen-top-p", type=sampling_value("top_p"), default=0.8)
+    r.add_argument("--regen-top-k", type=sampling_value("top_k"), default=20)
+    r.add_argument("--regen-max-new-tokens", type=sampling_value("max_new_tokens"), default=384)
+    r.add_argument("--regen-batch-size", type=_at_least_1, default=64)
     c = p.add_argument_group("calibration")
-    c.add_argument("--held-out", type=float, default=0.05, help="fraction of samples kept for calibration")
-    c.add_argument("--calibration-prompts", type=int, default=32)
-    c.add_argument("--calibration-tokens", type=int, default=128)
+    c.add_argument("--held-out", type=real_in(0.0, 1.0, open_high=True), default=0.05,
+                   help="fraction of samples kept for calibration, in [0, 1)")
+    c.add_argument("--calibration-prompts", type=_at_least_1, default=32, help="(--held-out 0: no calibration)")
+    c.add_argument("--calibration-tokens", type=sampling_value("max_new_tokens"), default=128)
     p.set_defaults(run=run)
 
 
@@ -72,6 +78,17 @@ def _progress(label: str, total: int | None):
         yield advance
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """The files and folders first: each mistake here would otherwise surface only after the
+    target has loaded (minutes on a large one), or as a crash."""
+    out = Path(args.out)
+    if args.responses:
+        input_file(args.responses, "--responses")
+    elif not is_file(out / "data" / "samples.jsonl"):  # prompts are read only when no samples are reused
+        checked_prompts(args.prompts)
+    output_dir(out, "--out")  # last: a mistake above leaves no empty folder behind
+
+
 def run(args: argparse.Namespace) -> int:
     from ..model.loading import load_model
     from ..training.data import RegenParams
@@ -79,11 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.pipeline import run as run_pipeline
     from ..training.trainer import TrainOptions
 
-    for name in ("steps", "batch_size", "anchors", "max_length", "num_layers", "num_features", "block_size"):
-        if getattr(args, name) < 1:
-            raise InvalidRequestError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.held_out < 1:
-        raise InvalidRequestError(f"--held-out must be in [0, 1), got {args.held_out}")
+    _check_paths(args)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     target = load_model(args.target, dtype=dtype, device=args.device)
     if target.tokenizer is None:

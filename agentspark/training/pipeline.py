@@ -56,7 +56,9 @@ def regenerate_with_hf(target_spec: str, target: LoadedModel, prompts: str | Pat
     from .data import regenerate
 
     folder = resolve_folder(target_spec)
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=target.model.dtype).to(target.model.device).eval()
+    # use_safetensors: a pytorch_model.bin beside the safetensors is never unpickled
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=target.model.dtype,
+                                              use_safetensors=True).to(target.model.device).eval()
     try:
         return regenerate(hf, target.tokenizer, prompts, recipe.regen, limit=limit, progress=progress)
     finally:
