@@ -187,7 +187,6 @@ def part_micro(res: dict) -> None:
             gb = n_in * n_out * 2 / 1e9
             out["matmul"][f"{label}_rows{rows}"] = {"in_out_us": a * 1e3, "out_in_us": b * 1e3,
                                                     "in_out_tb_s": gb / a, "out_in_tb_s": gb / b}
-        del w_t, w
     print(f"[micro] {json.dumps(out)}", flush=True)
     # where the eager step's host time goes (the CPU side of one eager step, 135M shape)
     from torch.profiler import ProfilerActivity, profile
