@@ -8,11 +8,13 @@ bug and says so (set AGENTSPARK_DEBUG=1 for the traceback).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 from .errors import AgentSparkError
@@ -47,9 +49,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad command line (2) or --help (0): a status, as for every other outcome
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else USER_ERROR
-    with warnings.catch_warnings():  # restores the global hook afterwards (main runs inside tests too)
+    with warnings.catch_warnings(), _progress_lines():  # both undone afterwards (main runs inside tests too)
         warnings.showwarning = _one_line_warning
         return _run(args)
+
+
+@contextmanager
+def _progress_lines() -> Iterator[None]:
+    """The library's progress messages (``logging.getLogger("agentspark")`` at INFO: the target's
+    speed being measured, say) as ``agentspark: ...`` lines on stderr while a command runs."""
+    logger = logging.getLogger("agentspark")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("agentspark: %(message)s"))
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ what the plain path emits; the tests and the audit hold it to that.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -26,10 +27,12 @@ from .model.loading import LoadedModel
 from .model.runner import ModelRunner, RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
-from .scheduler import SpsTable, choose_length, choose_length_no_early_stop, threshold_length
+from .scheduler import SpsTable, choose_length, choose_length_no_early_stop, quick_sizes, threshold_length
+from .sps_cache import load_sps, save_sps, sps_key
 from .stats import RequestStats, RoundStats
 from .verify import Verifier, verify_chain
 
+log = logging.getLogger("agentspark")
 MAX_DRAFT_LIMIT = 64  # beyond this a verify forward costs more than it can ever win back
 # How much of a draft to verify (DESIGN.md, "Scheduling how much to verify"); "no-early-stop" is a
 # known-wrong negative control for the equivalence tests, never offered to users.
@@ -181,12 +184,29 @@ class Engine:
         self._cached_ids, self._cached_len = [], 0
 
     def steps_per_second(self) -> list[float]:
-        """The SPS table (``sps_table`` if given, else measured on first use, as rounds run: the
-        runner's probe times a round of T tokens on its scratch slot, so no session is disturbed)."""
+        """The SPS table: ``sps_table`` if given; else the cached one of this model, dtype, device
+        and machine (sps_cache.py); else measured now, quickly (the runner's probe times rounds of
+        1, 2, 3 and max_draft+1 tokens on its scratch slot, so no session is disturbed), logged and
+        cached. ``serve`` calls this at start-up so that no request pays for it."""
         if self._sps is None:
-            with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
-                self._sps = SpsTable.measure(self.runner.probe, self.max_draft + 1)
+            tokens = self.max_draft + 1
+            key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device, self.runner.kind, tokens)
+            cached = load_sps(key)
+            if cached is not None:
+                self._sps = SpsTable(cached)
+                log.info("target speed at 1..%d tokens per forward: from the cache", tokens)
+            else:
+                log.info("measuring the target's speed at 1..%d tokens per forward (once per model and machine)…", tokens)
+                t0 = time.perf_counter()
+                self._sps = self._measure_sps()
+                where = save_sps(key, self._sps.values())
+                log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
         return self._sps.values()
+
+    def _measure_sps(self, warmup: bool = True) -> SpsTable:
+        tokens = self.max_draft + 1
+        with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
+            return SpsTable.measure(self.runner.probe, tokens, repeats=3, sizes=quick_sizes(tokens), warmup=warmup)
 
     # ---- public API -------------------------------------------------------------------------
     def generate(
@@ -355,10 +375,9 @@ class Engine:
         return choose_length(confidences, self.steps_per_second())
 
     def _recheck_sps(self) -> None:
-        with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
-            again = SpsTable.measure(self.runner.probe, self.max_draft + 1, repeats=3, warmup=False)
-        self._sps = self._sps.merged(again)
+        self._sps = self._sps.merged(self._measure_sps(warmup=False))
         self._rounds_since_recheck = 0
+        log.info("the target-speed table cut %d drafts in a row: measured again", RECHECK_AFTER)
 
     def _sync_device_sps(self) -> None:
         """Keep the device copy of the SPS table current (it changes as rounds refresh it)."""

@@ -114,6 +114,19 @@ def _line(costs: Sequence[float], first: int) -> tuple[float, float]:
     return alpha, beta
 
 
+def _between(low: dict[int, float], t: int) -> float:
+    """Cost at an untimed size t, linear between the nearest timed sizes below and above it."""
+    below = max(s for s in low if s < t)
+    above = min(s for s in low if s > t)
+    return low[below] + (low[above] - low[below]) * (t - below) / (above - below)
+
+
+def quick_sizes(max_tokens: int) -> list[int]:
+    """The sizes a quick measurement times: 1, 2, 3 (where the cost's step and slope show) and the
+    largest; 12 forwards at 3 repeats instead of 5 x max_tokens."""
+    return sorted({1, min(2, max_tokens), min(3, max_tokens), max_tokens})
+
+
 def _monotone_costs(raw: Sequence[float]) -> list[float]:
     """Seconds per forward at 1..n tokens from per-size estimates ``raw`` (the rule in SpsTable)."""
     costs = [min(max(float(c), _TINY), _HUGE) for c in raw]
@@ -186,22 +199,28 @@ class SpsTable:
         repeats: int = 5,
         clock: Callable[[], float] = time.perf_counter,
         warmup: bool = True,
+        sizes: Sequence[int] | None = None,
     ) -> SpsTable:
-        """Time ``step(T)`` (one forward of T tokens, synced) for T = 1..max_tokens; ``clock``
-        is injectable so that tests run on a synthetic clock."""
+        """Time ``step(T)`` (one forward of T tokens, synced) for T in ``sizes`` (default all of
+        1..max_tokens); sizes not timed are interpolated linearly between their timed neighbours
+        (the cost is close to linear in T past T = 1, and the rounds' own timings refine it).
+        ``clock`` is injectable so that tests run on a synthetic clock."""
         if max_tokens < 1 or repeats < 1:
             raise InvalidRequestError(f"need max_tokens >= 1 and repeats >= 1, got {max_tokens}, {repeats}")
-        sizes = list(range(1, max_tokens + 1))
-        for t in sizes if warmup else ():  # warm-up: first calls allocate and pick kernels
+        timed = sorted(set(sizes) & set(range(1, max_tokens + 1))) if sizes is not None else list(range(1, max_tokens + 1))
+        if not timed or timed[0] != 1 or timed[-1] != max_tokens:
+            raise InvalidRequestError(f"the timed sizes must include 1 and {max_tokens}, got {sizes!r}")
+        for t in timed if warmup else ():  # warm-up: first calls allocate and pick kernels
             step(t)
-        times: list[list[float]] = [[] for _ in sizes]
+        times: dict[int, list[float]] = {t: [] for t in timed}
         for r in range(repeats):
-            for t in sizes[r % max_tokens :] + sizes[: r % max_tokens]:
+            for t in timed[r % len(timed) :] + timed[: r % len(timed)]:
                 t0 = clock()
                 step(t)
-                times[t - 1].append(clock() - t0)
-        costs = _monotone_costs([_low(ts) for ts in times])
-        return cls([1.0 / c for c in costs])
+                times[t].append(clock() - t0)
+        low = {t: _low(ts) for t, ts in times.items()}
+        raw = [low[t] if t in low else _between(low, t) for t in range(1, max_tokens + 1)]
+        return cls([1.0 / c for c in _monotone_costs(raw)])
 
     def merged(self, other: SpsTable) -> SpsTable:
         """Two measurements of the same machine as one: per size the faster (load only ever adds

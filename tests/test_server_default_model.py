@@ -57,6 +57,8 @@ def test_serve_command_wires_the_engine(monkeypatch, capsys):
     assert main(["serve", "--port", "0", "--max-draft", "3"]) == 0
     out, err = capsys.readouterr()
     assert "WARNING" not in err and "http://127.0.0.1:0/v1" in out and "API key required" in out
+    # the SPS table was measured (or read from its cache) at start-up, before any request
+    assert "measuring the target's speed" in err or "target speed at 1..4 tokens per forward: from the cache" in err
     # The app the command built answers real requests (the env key is enforced).
     with serve_in_thread(captured["app"]) as url:
         with pytest.raises(openai.AuthenticationError):

@@ -125,6 +125,8 @@ def run_serve(args: argparse.Namespace) -> int:
         drafter = None if args.plain else build_drafter(args.drafter, target)
         engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
                         confidence_threshold=args.confidence_threshold)
+        if drafter is not None and engine.schedule in ("adaptive",):
+            engine.steps_per_second()  # at start-up (or from the cache): never inside a request
         backend = LocalBackend(engine, speculative=not args.plain)
         app = create_app(backend, model_name=model_name, api_key=api_key, default_max_tokens=args.default_max_tokens,
                          max_body_bytes=args.max_body_bytes)
