@@ -190,7 +190,8 @@ class Engine:
         cached. ``serve`` calls this at start-up so that no request pays for it."""
         if self._sps is None:
             tokens = self.max_draft + 1
-            key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device, self.runner.kind, tokens)
+            key = self._sps_key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
+                                          self.runner.kind, tokens)
             cached = load_sps(key)
             if cached is not None:
                 self._sps = SpsTable(cached)
@@ -377,6 +378,7 @@ class Engine:
     def _recheck_sps(self) -> None:
         self._sps = self._sps.merged(self._measure_sps(warmup=False))
         self._rounds_since_recheck = 0
+        save_sps(getattr(self, "_sps_key", None), self._sps.values())  # the next engine starts from the better table
         log.info("the target-speed table cut %d drafts in a row: measured again", RECHECK_AFTER)
 
     def _sync_device_sps(self) -> None:
