@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..agent.parsing import parse_tool_calls
 from ..agent.tool_prompt import RAW_TEXT_KEY
 from ..sampling import SamplingParams
 from ..stats import RequestStats
@@ -61,7 +62,7 @@ class AssistantMessage:
 @dataclass
 class BackendResponse:
     message: AssistantMessage
-    finish_reason: str  # "stop" | "length" | "tool_calls"
+    finish_reason: str  # "stop" | "length" | "tool_calls" (see ``finish_reason``)
     prompt_tokens: int
     completion_tokens: int
     backend: str
@@ -70,6 +71,31 @@ class BackendResponse:
     completion_ids: list[int] | None = None  # local backends: the generated token ids
     forced_prefix: str = ""  # text the backend put in the model's mouth (tool_choice), if any
     forced_suffix: str = ""  # text the backend appended to close a forced call, if any
+
+
+def reply_message(text: str, *, parse_tools: bool, cut_off: bool = False) -> AssistantMessage:
+    """A model's raw reply as a message, tool calls parsed when tools were offered. ``cut_off``:
+    the token budget ended the reply, so a call it was still writing lands in
+    ``invalid_tool_calls`` (saying so), never in the content or in ``tool_calls``."""
+    if not parse_tools:
+        return AssistantMessage(content=text)
+    parsed = parse_tool_calls(text, cut_off=cut_off)
+    return AssistantMessage(
+        content=parsed.content,
+        tool_calls=[ToolCallRequest(id=c.id, name=c.name, args=dict(c.args)) for c in parsed.tool_calls],
+        invalid_tool_calls=[InvalidToolCallRequest(raw=c.raw, error=c.error) for c in parsed.invalid_tool_calls],
+    )
+
+
+def finish_reason(message: AssistantMessage, generation: str) -> str:
+    """The reply's finish_reason from what ended its generation ("stop" | "length").
+
+    "length" whenever the budget cut the reply, calls or not: a client must be able to tell a
+    truncated reply (a call it was writing is in ``invalid_tool_calls``); "tool_calls" only for
+    a reply that ended on its own with calls."""
+    if generation == "length":
+        return "length"
+    return "tool_calls" if message.tool_calls else generation
 
 
 def response_record(response: BackendResponse) -> dict[str, Any]:

@@ -8,7 +8,11 @@ round prefills only what was appended (tool results, the next user turn).
 tool_choice: "auto" offers the tools; "none" hides them; "required" or a tool's name put the start
 of a tool call in the model's mouth — for a named tool up to the value of its first required
 argument (``forced_prefix`` says exactly what was forced). With ``close_forced_calls`` the model
-writes only that argument's value and the call is closed for it (``forced_suffix``).
+writes only that argument's value and the call is closed for it (``forced_suffix``), unless the
+token budget cut the value.
+
+finish_reason is "length" whenever the budget cut the reply, even in the middle of a call: the
+fragment of that call is in ``invalid_tool_calls``, never reported as a call.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ from ..agent.tool_prompt import apply_chat_template_with_tools
 from ..engine import Engine
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
-from .base import Backend, BackendChunk, BackendResponse, ToolChoice
-from .messages import message_from_text
+from .base import Backend, BackendChunk, BackendResponse, ToolChoice, finish_reason, reply_message
 
 
 def forced_prefix(tool_choice: ToolChoice, tools: list[dict[str, Any]] | None) -> str:
@@ -148,17 +151,20 @@ class LocalBackend(Backend):
                 yield BackendChunk(delta=chunk.delta)
             result = chunk.result or result
         assert result is not None
+        cut_off = result.finish_reason == "length"
+        # A forced call is closed only when the model finished its value: closing one the budget
+        # cut would invent a call with a truncated argument (read_file("notes.tx")).
+        suffix = "" if cut_off else suffix
         if suffix:
             yield BackendChunk(delta=suffix)
         text = prefix + result.text + suffix
-        message = message_from_text(text, parse_tools=bool(offered))
+        message = reply_message(text, parse_tools=bool(offered), cut_off=cut_off)
         message.raw_text = text
-        finish = "tool_calls" if message.tool_calls else result.finish_reason
         yield BackendChunk(
             delta="",
             response=BackendResponse(
                 message=message,
-                finish_reason=finish,
+                finish_reason=finish_reason(message, result.finish_reason),
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=len(result.token_ids),
                 backend=self.name,

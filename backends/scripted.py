@@ -1,22 +1,33 @@
 """ScriptedBackend: answers from a script, for tests of everything above the backend.
 
 Each script entry is the raw text a model would have produced (parsed for tool calls exactly as
-the local backend parses a model's text), an ``AssistantMessage``, or a callable that receives
-the request's messages and returns either. Every request is recorded in ``requests``.
+the local backend parses a model's text), a ``CutOff`` (raw text the token budget ended: parsed
+and reported as the local backend reports a reply cut by ``max_new_tokens``), an
+``AssistantMessage``, or a callable that receives the request's messages and returns one of
+those. Every request is recorded in ``requests``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AgentSparkError
 from ..sampling import SamplingParams
-from .base import AssistantMessage, Backend, BackendChunk, BackendResponse, ToolChoice
-from .messages import message_from_text
+from .base import AssistantMessage, Backend, BackendChunk, BackendResponse, ToolChoice, finish_reason, reply_message
 
-ScriptEntry = str | AssistantMessage | Callable[[list[dict[str, Any]]], "str | AssistantMessage"]
+
+@dataclass(frozen=True)
+class CutOff:
+    """A scripted reply that the token budget ended (finish_reason "length")."""
+
+    text: str
+
+
+ScriptReply = str | CutOff | AssistantMessage
+ScriptEntry = ScriptReply | Callable[[list[dict[str, Any]]], ScriptReply]
 
 
 class ScriptExhaustedError(AgentSparkError):
@@ -44,8 +55,12 @@ class ScriptedBackend(Backend):
         entry = self.script[index]
         if callable(entry):
             entry = entry(messages)
-        message = entry if isinstance(entry, AssistantMessage) else message_from_text(entry, parse_tools=bool(tools))
-        text = entry if isinstance(entry, str) else message.content
+        generation = "length" if isinstance(entry, CutOff) else "stop"
+        if isinstance(entry, AssistantMessage):
+            message, text = entry, entry.content
+        else:
+            text = entry.text if isinstance(entry, CutOff) else entry
+            message = reply_message(text, parse_tools=bool(tools), cut_off=generation == "length")
         for piece in re.findall(r"\S*\s*", text):  # word-sized pieces, as a model streams
             if piece:
                 yield BackendChunk(delta=piece)
@@ -53,7 +68,7 @@ class ScriptedBackend(Backend):
             delta="",
             response=BackendResponse(
                 message=message,
-                finish_reason="tool_calls" if message.tool_calls else "stop",
+                finish_reason=finish_reason(message, generation),
                 prompt_tokens=sum(len(str(m.get("content", ""))) for m in messages),
                 completion_tokens=len(text),
                 backend=self.name,

@@ -206,6 +206,21 @@ def test_malformed_tool_json_becomes_invalid_tool_call():
     assert streamed.tool_calls == [] and [c["args"] for c in streamed.invalid_tool_calls] == [BAD_CALL]
 
 
+def test_a_call_cut_by_max_tokens_is_an_invalid_call_with_finish_reason_length():
+    from agentspark.backends.scripted import CutOff
+
+    cut = CutOff('<tool_call>\n{"name": "multiply", "arguments": {"a": 6, "b')
+    llm = ChatAgentSpark(backend=ScriptedBackend([cut, cut])).bind_tools([multiply])
+    ai = llm.invoke("6*7?")
+    assert ai.tool_calls == [] and ai.content == ""
+    [bad] = ai.invalid_tool_calls
+    assert bad["args"] == cut.text and "token limit" in bad["error"]
+    assert ai.response_metadata["finish_reason"] == "length"
+    streamed = total(list(llm.stream("6*7?")))
+    assert streamed.tool_calls == [] and [c["args"] for c in streamed.invalid_tool_calls] == [cut.text]
+    assert streamed.response_metadata["finish_reason"] == "length"
+
+
 # -- streaming ---------------------------------------------------------------------------------
 
 

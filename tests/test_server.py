@@ -179,6 +179,31 @@ def test_streamed_tool_call_hides_markup(serve):
     assert finish == "tool_calls"
 
 
+def test_a_call_cut_by_max_tokens_is_length_with_the_fragment_in_invalid_tool_calls(serve):
+    """Not "tool_calls" with the fragment left in content: a client can tell the reply was cut."""
+    from agentspark.backends.scripted import CutOff
+
+    cut = 'Let me look that up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa'
+    url = serve(ScriptedBackend([CutOff(cut), CutOff(cut)]))
+    r = client(url).chat.completions.create(model=MODEL, messages=user("Weather?"), tools=[WEATHER_TOOL], max_tokens=24)
+    choice = r.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.tool_calls is None and choice.message.content == "Let me look that up."
+    [bad] = r.model_extra["agentspark"]["invalid_tool_calls"]
+    assert bad["raw"].startswith("<tool_call>") and "token limit" in bad["error"]
+    stream = client(url).chat.completions.create(
+        model=MODEL, messages=user("Weather?"), tools=[WEATHER_TOOL], max_tokens=24, stream=True)
+    content, calls, finish, ext = "", [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            content += chunk.choices[0].delta.content or ""
+            calls += chunk.choices[0].delta.tool_calls or []
+            finish = chunk.choices[0].finish_reason or finish
+        ext = (chunk.model_extra or {}).get("agentspark") or ext
+    assert (content, calls, finish) == ("Let me look that up.", [], "length")
+    assert [c["raw"] for c in ext["invalid_tool_calls"]] == [bad["raw"]]
+
+
 def test_only_tool_calls_means_null_content_and_named_tool_choice(serve):
     backend = ScriptedBackend(['<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'])
     r = client(serve(backend)).chat.completions.create(

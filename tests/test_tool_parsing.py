@@ -1,4 +1,4 @@
-"""parse_tool_calls: the three text formats, invalid calls, content, IDs, speed, never raising."""
+"""parse_tool_calls: the call syntaxes (whole-message JSON, tags), JSON in prose as text, cut-off replies, invalid calls, content, IDs, speed, never raising."""
 
 from __future__ import annotations
 
@@ -196,14 +196,25 @@ def test_arguments_with_braces_and_tags_inside_strings():
 
 
 # --------------------------------------------------------------------------------------------
-# b. fenced JSON
+# b. fenced JSON: a call when the fence is the whole message
 
 
-def test_fenced_json_object():
-    text = 'I will search.\n```json\n{"name": "search", "arguments": {"q": "a ``` b"}}\n```\nDone.'
+def test_fenced_json_object_that_is_the_whole_message():
+    text = '\n```json\n{"name": "search", "arguments": {"q": "a ``` b"}}\n```\n'
     msg = parse_tool_calls(text)
     assert calls(msg) == [("call_0", "search", {"q": "a ``` b"})]
-    assert msg.content == "I will search.\n\nDone."
+    assert msg.content == "" and msg.invalid_tool_calls == []
+
+
+def test_fenced_call_with_prose_around_is_text():
+    for text in (
+        'I will search.\n```json\n{"name": "search", "arguments": {"q": "x"}}\n```\nDone.',
+        'Sure:\n```json\n{"name": "a", "arguments": {"x": 1}}\n',
+        '```json\n{"name": "a", "arguments": {"x": 1}}\n```\nThat is how you would call it.',
+    ):
+        msg = parse_tool_calls(text)
+        assert msg.tool_calls == [] and msg.invalid_tool_calls == [], text
+        assert msg.content == text.strip()
 
 
 def test_fenced_plain_list_of_calls():
@@ -213,10 +224,18 @@ def test_fenced_plain_list_of_calls():
     assert msg.content == ""
 
 
-def test_fenced_unclosed_at_end():
-    msg = parse_tool_calls('Sure:\n```json\n{"name": "a", "arguments": {"x": 1}}\n')
+@pytest.mark.parametrize("end", ["", "\n", "\n`", "\n``", "\n```", "```"])
+def test_fenced_unclosed_or_half_closed_at_end(end):
+    msg = parse_tool_calls('```json\n{"name": "a", "arguments": {"x": 1}}' + end)
     assert calls(msg) == [("call_0", "a", {"x": 1})]
-    assert msg.content == "Sure:"
+    assert msg.content == ""
+
+
+def test_two_fenced_calls_are_text():
+    block = '```json\n{"name": "a", "arguments": {"x": %d}}\n```'
+    text = block % 1 + "\n" + block % 2
+    msg = parse_tool_calls(text)
+    assert msg.tool_calls == [] and msg.content == text
 
 
 def test_fenced_invalid_arguments_reported():
@@ -236,10 +255,12 @@ def test_fenced_non_call_json_and_other_languages_stay_content():
     msg = parse_tool_calls(text)
     assert msg.tool_calls == [] and msg.invalid_tool_calls == []
     assert msg.content == text
+    python = '```python\n{"name": "f", "arguments": {}}\n```'
+    assert parse_tool_calls(python) == ParsedMessage(python, [], [])
 
 
 # --------------------------------------------------------------------------------------------
-# c. bare JSON
+# c. bare JSON: a call when it is the whole message; in prose it is text
 
 
 def test_bare_whole_message_object():
@@ -258,27 +279,49 @@ def test_whole_message_json_may_hold_tags_and_fences_in_strings():
     msg = parse_tool_calls(json.dumps({"name": "write", "arguments": args}))
     assert calls(msg) == [("call_0", "write", args)]
     assert msg.content == "" and msg.invalid_tool_calls == []
+    fenced = "```json\n" + json.dumps({"name": "write", "arguments": args}) + "\n```"
+    assert calls(parse_tool_calls(fenced)) == [("call_0", "write", args)]
 
 
-def test_bare_objects_embedded_in_prose_with_braces_in_strings():
-    text = 'First {"name": "a", "arguments": {"s": "x} { \\" y"}} then {"name": "b", "parameters": {}} end.'
+@pytest.mark.parametrize(
+    "text",
+    [
+        'First {"name": "a", "arguments": {"s": "x} { \\" y"}} then {"name": "b", "parameters": {}} end.',
+        'Use { to open and a lone " quote.\nNow {"name": "f", "arguments": {"k": 1}}',
+        'Calls:\n[\n  {"name": "a", "arguments": {"p": "C:\\\\dir"}},\n  {"name": "b", "arguments": {}}\n]\nDone \\ [',
+        'I called {"name": "read_file", "arguments": {"path": "a.txt"}} before.',
+        '{"name": "f", "arguments": {}} is the call I made.',
+        'Calling {"name": ["f"], "arguments": {}} now',
+        '```python\nx = {"name": "f", "arguments": {}}\n```\nAnd {"name": "g", "arguments": {"a": 1}}',
+    ],
+)
+def test_json_in_prose_is_text(text):
     msg = parse_tool_calls(text)
-    assert calls(msg) == [("call_0", "a", {"s": 'x} { " y'}), ("call_1", "b", {})]
-    assert msg.content == "First  then  end."
+    assert msg.tool_calls == [] and msg.invalid_tool_calls == []
+    assert msg.content == text.strip()
 
 
-def test_bare_object_after_stray_brace_and_quote_in_prose():
-    text = 'Use { to open and a lone " quote.\nNow {"name": "f", "arguments": {"k": 1}}'
+def test_an_echoed_tools_list_and_call_examples_run_nothing():
+    """The issue's reply: a model echoing its schemas and its earlier calls got 6-7 calls run."""
+    schema = {"type": "function", "function": {"name": "read_file", "description": "Read a file.",
+              "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
+    call = {"name": "read_file", "arguments": {"path": "notes.txt"}}
+    text = ("You gave me these tools:\n" + "\n".join([json.dumps(schema)] * 3) + "\nI already called "
+            + ", ".join([json.dumps(call)] * 4) + ".\nThe deadline is March 14.")
     msg = parse_tool_calls(text)
-    assert calls(msg) == [("call_0", "f", {"k": 1})]
-    assert msg.content == 'Use { to open and a lone " quote.\nNow'
+    assert msg.tool_calls == [] and msg.invalid_tool_calls == [] and msg.content == text
 
 
-def test_bare_pretty_printed_list_in_prose():
-    text = 'Calls:\n[\n  {"name": "a", "arguments": {"p": "C:\\\\dir"}},\n  {"name": "b", "arguments": {}}\n]\nDone \\ ['
-    msg = parse_tool_calls(text)
-    assert calls(msg) == [("call_0", "a", {"p": "C:\\dir"}), ("call_1", "b", {})]
-    assert msg.content == "Calls:\n\nDone \\ ["
+def test_a_tool_definition_is_no_call():
+    schema = {"type": "function", "function": {"name": "f", "description": "d",
+              "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}
+    for text in (json.dumps(schema), json.dumps(schema["function"]), "```json\n" + json.dumps([schema]) + "\n```"):
+        assert parse_tool_calls(text) == ParsedMessage(text, [], []), text
+    msg = parse_tool_calls("<tool_call>" + json.dumps(schema) + "</tool_call>")
+    [bad] = msg.invalid_tool_calls
+    assert msg.tool_calls == [] and bad.error.startswith("this is the definition of the tool 'f'")
+    # a call whose arguments happen to use the word "type" is still a call
+    assert calls(parse_tool_calls('{"name": "f", "parameters": {"type": "object"}}')) == [("call_0", "f", {"type": "object"})]
 
 
 def test_bare_ordinary_json_stays_content():
@@ -295,19 +338,74 @@ def test_bare_ordinary_json_stays_content():
 
 
 def test_bare_call_like_object_with_bad_name_is_invalid():
-    msg = parse_tool_calls('Calling {"name": ["f"], "arguments": {}} now')
+    msg = parse_tool_calls('{"name": ["f"], "arguments": {}}')
     assert msg.tool_calls == []
-    assert msg.content == "Calling  now"
+    assert msg.content == ""
     [bad] = msg.invalid_tool_calls
     assert bad.raw == '{"name": ["f"], "arguments": {}}'
     assert bad.error.startswith('the tool call "name" must be a string, got an array; emit {"name"')
 
 
-def test_bare_code_fences_are_not_scanned():
-    text = '```python\nx = {"name": "f", "arguments": {}}\n```\nAnd {"name": "g", "arguments": {"a": 1}}'
-    msg = parse_tool_calls(text)
-    assert calls(msg) == [("call_0", "g", {"a": 1})]
-    assert msg.content == '```python\nx = {"name": "f", "arguments": {}}\n```\nAnd'
+# --------------------------------------------------------------------------------------------
+# d. a message the token budget cut (cut_off=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "calculator", "arguments": {"expression": "1234 * 56',
+        '  {"name": "calculator", "argu',
+        '{"na',
+        "{",
+        '[{"name": "a", "arguments": {}}, {"name": "b"',
+        '```json\n{"name": "read_file", "arguments": {"path": "no',
+        '{"type": "function", "function": {"name": "f", "arguments": {"x": [1, 2',
+    ],
+)
+def test_a_whole_message_call_cut_off_is_invalid_not_content(text):
+    msg = parse_tool_calls(text, cut_off=True)
+    assert msg.tool_calls == [] and msg.content == ""
+    [bad] = msg.invalid_tool_calls
+    assert bad.raw == text.strip()
+    assert bad.error.startswith("the reply reached the token limit before this tool call's JSON was complete")
+    assert parse_tool_calls(text) == ParsedMessage(text.strip(), [], [])  # not cut off: it is text, as before
+
+
+def test_a_tag_call_cut_off_says_the_token_limit_cut_it():
+    text = 'Let me read it.\n<tool_call>\n{"name": "read_file", "arguments": {"path": "notes'
+    msg = parse_tool_calls(text, cut_off=True)
+    assert msg.tool_calls == [] and msg.content == "Let me read it."
+    [bad] = msg.invalid_tool_calls
+    assert bad.error.startswith("the reply reached the token limit inside the <tool_call> block before its JSON was complete")
+    assert "shorter" in bad.error
+
+
+@pytest.mark.parametrize("close", ["", "\n<", "\n</tool", "\n</tool_call"])
+def test_a_complete_tag_call_cut_while_closing_is_a_call(close):
+    text = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}' + close
+    for cut_off in (True, False):
+        msg = parse_tool_calls(text, cut_off=cut_off)
+        assert calls(msg) == [("call_0", "f", {"x": 1})] and msg.invalid_tool_calls == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"answer": "The deadline is Ma',  # JSON data, not a call
+        'The call would be {"name": "f", "arguments": {"x": "ab',  # prose first: text
+        '```python\n{"name": "f", "arguments": {',  # not a JSON fence
+        '{"name": "f" "arguments": {}, "x": "',  # broken before the end: not cut by the budget
+    ],
+)
+def test_cut_off_text_that_is_no_call_stays_content(text):
+    assert parse_tool_calls(text, cut_off=True) == ParsedMessage(text.strip(), [], [])
+
+
+def test_a_complete_call_in_a_cut_off_message_is_a_call():
+    assert calls(parse_tool_calls('{"name": "f", "arguments": {}}', cut_off=True)) == [("call_0", "f", {})]
+    text = '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>{"name": "b", "arguments": {"q'
+    msg = parse_tool_calls(text, cut_off=True)
+    assert calls(msg) == [("call_0", "a", {})] and len(msg.invalid_tool_calls) == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,9 +449,10 @@ def best_time(fn, repeats: int = 3):
 def test_pathological_100kb_inputs_are_fast(name):
     text = PATHOLOGICAL[name]
     assert len(text) >= 90_000
-    seconds, msg = best_time(lambda: parsing._parse(text, "call_"))  # without the last-resort guard
-    assert seconds < 0.5, name
-    assert isinstance(msg, ParsedMessage)
+    for cut_off in (False, True):
+        seconds, msg = best_time(lambda: parsing._parse(text, "call_", cut_off))  # without the last-resort guard
+        assert seconds < 0.5, (name, cut_off)
+        assert isinstance(msg, ParsedMessage)
 
 
 def test_many_calls_in_100kb_are_fast_and_all_found():
@@ -366,13 +465,13 @@ def test_many_calls_in_100kb_are_fast_and_all_found():
     assert msg.tool_calls[777] == ParsedToolCall("call_777", "tool_777", {"i": 777, "s": 'abc {x} "y"'})
 
 
-def test_bare_prose_100kb_with_calls_is_fast():
+def test_bare_prose_100kb_with_call_examples_is_fast_and_text():
     chunk = 'Some prose with {braces} and "quotes" here. {"name": "f", "arguments": {"k": [1, {"a": "}"}]}} '
     text = chunk * (100_000 // len(chunk) + 1)
-    seconds, msg = best_time(lambda: parse_tool_calls(text))
-    assert seconds < 0.5
-    assert len(msg.tool_calls) == text.count(chunk)
-    assert msg.tool_calls[0].args == {"k": [1, {"a": "}"}]}
+    for cut_off in (False, True):
+        seconds, msg = best_time(lambda: parse_tool_calls(text, cut_off=cut_off))
+        assert seconds < 0.5
+        assert msg.tool_calls == [] and msg.invalid_tool_calls == [] and msg.content == text.strip()
 
 
 FRAGMENTS = [
@@ -400,15 +499,17 @@ def assert_well_typed(msg, text: str, prefix: str = "call_") -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_never_raises_on_arbitrary_text(text):
-    assert_well_typed(parsing._parse(text, "call_"), text)
-    assert_well_typed(parse_tool_calls(text), text)
+    for cut_off in (False, True):
+        assert_well_typed(parsing._parse(text, "call_", cut_off), text)
+        assert_well_typed(parse_tool_calls(text, cut_off=cut_off), text)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=40).map("".join), st.text(max_size=3))
 def test_never_raises_on_tool_call_fragments(text, prefix):
-    assert_well_typed(parsing._parse(text, prefix), text, prefix)
-    assert_well_typed(parse_tool_calls(text, id_prefix=prefix), text, prefix)
+    for cut_off in (False, True):
+        assert_well_typed(parsing._parse(text, prefix, cut_off), text, prefix)
+        assert_well_typed(parse_tool_calls(text, id_prefix=prefix, cut_off=cut_off), text, prefix)
 
 
 JSON_VALUES = st.recursive(
@@ -435,11 +536,55 @@ def test_rendered_tag_calls_round_trip(pairs, before, after, ascii_only):
     assert msg.content == (before + after).strip()
 
 
+WHITESPACE = st.text(" \t\n", max_size=3)
+
+
 @settings(max_examples=300, deadline=None)
-@given(NAMES, ARGS, st.sampled_from(["arguments", "parameters", "args"]), st.booleans())
-def test_bare_and_fenced_calls_round_trip(name, args, key, fenced):
+@given(NAMES, ARGS, st.sampled_from(["arguments", "parameters", "args"]), st.booleans(), WHITESPACE, WHITESPACE,
+       st.booleans())
+def test_bare_and_fenced_calls_round_trip(name, args, key, fenced, before, after, cut_off):
+    """A call that is the whole message, bare or alone in one fence, is a call (cut off or not)."""
+    assume(not (key == "parameters" and args.get("type") == "object"))  # reads as a tool's definition
     body = json.dumps({"name": name, key: args})
-    text = f"```json\n{body}\n```" if fenced else body
-    msg = parse_tool_calls(text)
+    text = before + (f"```json\n{body}\n```" if fenced else body) + after
+    msg = parse_tool_calls(text, cut_off=cut_off)
     assert [(c.id, c.name, c.args) for c in msg.tool_calls] == [("call_0", name, args)]
     assert msg.content == "" and msg.invalid_tool_calls == []
+
+
+# Prose with a word in it and no markup of its own (no tags, no fences).
+WORDS = PROSE.filter(lambda s: "`" not in s and any(c.isalnum() for c in s))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(NAMES, ARGS), min_size=1, max_size=4), WORDS, WORDS,
+       st.sampled_from(["before", "after", "both", "between"]), st.booleans(), st.booleans())
+def test_calls_inside_prose_are_text(pairs, before, after, where, fenced, cut_off):
+    """JSON calls (bare, or fenced) with prose around them run nothing, however many there are."""
+    bodies = [json.dumps({"name": n, "arguments": a}) for n, a in pairs]
+    blocks = [f"```json\n{b}\n```" if fenced else b for b in bodies]
+    if where == "between":
+        assume(len(blocks) > 1)
+        text = f"\n{before}\n".join(blocks)
+    else:
+        text = (before if where != "after" else "") + "\n".join(blocks) + (after if where != "before" else "")
+    msg = parse_tool_calls(text, cut_off=cut_off)
+    assert msg.tool_calls == [] and msg.invalid_tool_calls == []
+    assert msg.content == text.strip()
+
+
+@settings(max_examples=300, deadline=None)
+@given(NAMES, ARGS, st.sampled_from(["bare", "fenced", "tag"]), st.booleans(), st.data())
+def test_a_call_cut_inside_its_json_is_never_a_call(name, args, form, ascii_only, data):
+    """Wherever the budget cuts a call's JSON, the fragment is one invalid call, never a call or content."""
+    body = json.dumps({"name": name, "arguments": args}, ensure_ascii=ascii_only)
+    opening = {"bare": "", "fenced": "```json\n", "tag": "Checking.\n<tool_call>\n"}[form]
+    cut = data.draw(st.integers(1, len(body) - 1), label="cut")
+    msg = parse_tool_calls(opening + body[:cut], cut_off=True)
+    assert msg.tool_calls == []
+    [bad] = msg.invalid_tool_calls
+    assert "token limit" in bad.error, bad.error
+    assert msg.content == ("Checking." if form == "tag" else "")
+    # the whole JSON, with or without the rest of its markup, is the call
+    whole = parse_tool_calls(opening + body, cut_off=True)
+    assert [(c.name, c.args) for c in whole.tool_calls] == [(name, args)]

@@ -11,6 +11,11 @@ of the session's length (55 rounds: 3.5 MB). On disk a request may carry a ``pre
 its first messages: "the first ``count`` messages of the previous line of this session", with a
 hash of them so an edited or reordered file is caught. ``read_trace`` puts the full messages back;
 in memory ``prefix`` is always None. Version 1 lines (messages in full) are read as before.
+
+A round written by the agent loop may also say why its user turn ended there (``stopped``) and
+what the loop's guards did in it (``guard_notes``: a repeated call not run again, an empty answer
+nudged). Both are optional and left off a line when unset, so lines without them are exactly
+the version 2 lines written before these fields existed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import hashlib
 import struct
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from ..errors import AgentSparkError, InvalidRequestError
 from ..stats import RequestStats
@@ -160,6 +165,18 @@ class TraceRound(_Strict):
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
     tool_s: float = Field(default=0.0, ge=0)
     audit: AuditVerdict | None = None
+    stopped: str | None = None  # the agent loop's reason its user turn ended with this round
+    guard_notes: list[str] = Field(default_factory=list)  # what the agent loop's guards did in this round
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_turn_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, they are not written: such a line reads in any version-2 reader, old ones too.
+        data = handler(self)
+        if self.stopped is None:
+            data.pop("stopped", None)
+        if not self.guard_notes:
+            data.pop("guard_notes", None)
+        return data
 
     @property
     def model_s(self) -> float:
@@ -181,6 +198,8 @@ class TraceRound(_Strict):
         tool_s: float | None = None,
         confidences: list[list[float] | None] | None = None,
         audit: AuditVerdict | None = None,
+        stopped: str | None = None,
+        guard_notes: list[str] | None = None,
     ) -> TraceRound:
         """Build a round from an engine ``RequestStats`` so no writer re-derives the decode fields.
 
@@ -220,6 +239,8 @@ class TraceRound(_Strict):
             tool_calls=calls,
             tool_s=sum(c.seconds for c in calls) if tool_s is None else tool_s,
             audit=audit,
+            stopped=stopped,
+            guard_notes=list(guard_notes or []),
         )
 
 

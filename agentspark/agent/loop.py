@@ -3,8 +3,22 @@
 A round = one model request + the tool calls it asked for. The loop is a generator of events
 (``stream``); ``run`` drains it. Error policy (smolagents/langchain): a model's mistakes —
 malformed tool-call JSON, an unknown tool, invalid arguments, a tool's exception or timeout —
-become messages fed back to the model and the loop goes on; a bug in our code raises. The loop
-ends on an answer without tool calls, or after ``max_rounds``.
+become messages fed back to the model and the loop goes on; a bug in our code raises.
+
+The loop guards itself against the two ways small models stall (both visible in the trace, as a
+round's ``guard_notes``, and in ``AgentRound.notes``):
+
+* A repeated call: a call with the same tool name and the same arguments (canonical JSON) as one
+  made earlier in the same user turn is not run again. Its tool result is a note that says so and
+  repeats the earlier result, so the model sees what it asked for and is told to move on. Repeats
+  are judged within the turn, not the session: a new user turn may mean the world changed ("I
+  edited the file, read it again"), while inside a turn re-running a call only loops.
+* An empty answer: a reply with no text and no calls gets one nudge (a user message asking for
+  the answer, with the tool results at hand); a second empty reply ends the turn with
+  ``stopped="empty_answer"`` instead of passing ``""`` off as the answer.
+
+A turn ends (``AgentResult.stopped``) on an answer ("answer"), after ``max_rounds`` rounds
+("max_rounds"), or on an empty answer that the nudge did not fix ("empty_answer").
 
 The messages persist across ``run`` calls (a session): a local backend then prefills only what
 each round appended. With ``trace=``, every finished round is appended to a JSONL trace and
@@ -13,6 +27,7 @@ flushed before the next round starts.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,11 +35,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, BackendResponse, ToolChoice, response_record
+from ..backends.base import Backend, BackendResponse, ToolCallRequest, ToolChoice, response_record
 from ..sampling import SamplingParams
 from ..stats import RequestStats
 from ..tools import Tool, ToolCall, ToolRegistry, ToolResult
 from ..traces import RequestRecord, ToolCallRecord, TraceRecorder, TraceRound, prompt_hash
+
+STOP_REASONS = ("answer", "max_rounds", "empty_answer")
+REPEATED = "repeated"  # the status of a call the loop did not run again (a ToolResult's status)
+# How much of an earlier result a repeat's note shows again: enough for a small model to answer
+# from it without looking back, not so much that every repeat doubles the context.
+NOTE_RESULT_CHARS = 1500
+NUDGE_TASK_CHARS = 500
 
 
 @dataclass
@@ -34,13 +56,14 @@ class AgentRound:
     tool_results: list[ToolResult]
     model_s: float
     tool_s: float
+    notes: list[str] = field(default_factory=list)  # what the loop's guards did in this round
 
 
 @dataclass
 class AgentResult:
     answer: str
     rounds: list[AgentRound]
-    stopped: str  # "answer" | "max_rounds"
+    stopped: str  # one of STOP_REASONS: "answer" | "max_rounds" | "empty_answer"
     messages: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -70,6 +93,16 @@ class Finished:
 AgentEvent = TextDelta | ModelTurn | ToolOutputs | Finished
 
 
+@dataclass
+class _Turn:
+    """What the guards remember during one user turn."""
+
+    task: str
+    made: dict[str, tuple[int, ToolResult]] = field(default_factory=dict)  # call key -> (round, its result)
+    tool_results: int = 0  # results the model has been given in this turn
+    nudged: bool = False
+
+
 class Agent:
     def __init__(
         self,
@@ -81,11 +114,15 @@ class Agent:
         max_rounds: int = 8,
         trace: str | Path | TraceRecorder | None = None,
         session_id: str | None = None,
+        guard_repeats: bool = True,
     ) -> None:
+        """``guard_repeats=False`` runs every call, repeats included (for tools whose identical
+        calls may legitimately differ within a turn, e.g. after a call that changed their state)."""
         self.backend = backend
         self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(list(tools))
         self.sampling = sampling or SamplingParams(max_new_tokens=512)
         self.max_rounds = max_rounds
+        self.guard_repeats = guard_repeats
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         self.rounds_done = 0
@@ -103,8 +140,9 @@ class Agent:
         self.messages.append({"role": "user", "content": task})
         schemas = self.registry.openai_schemas() or None
         rounds: list[AgentRound] = []
+        turn = _Turn(task)
         choice = tool_choice
-        for _ in range(self.max_rounds):
+        for n in range(self.max_rounds):
             self._choice = choice
             index = self.rounds_done
             started = time.time()
@@ -121,8 +159,7 @@ class Agent:
             yield ModelTurn(index, response)
 
             t1 = time.perf_counter()
-            calls = [ToolCall(id=c.id, name=c.name, args=c.args) for c in response.message.tool_calls]
-            results = self.registry.run_sync(calls) if calls else []
+            results, notes = self._run_calls(response.message.tool_calls, index, turn)
             tool_s = time.perf_counter() - t1
             for result in results:
                 self.messages.append({**result.to_openai_message(), "name": result.name})
@@ -130,18 +167,65 @@ class Agent:
                 self.messages.append({"role": "user", "content": f"Your tool call could not be used: {bad.error}"})
             if results:
                 yield ToolOutputs(index, results)
+            turn.tool_results += len(results)
 
-            agent_round = AgentRound(index, response, results, model_s, tool_s)
+            stopped, nudge, verdict_notes = self._verdict(response, turn, last_round=n == self.max_rounds - 1)
+            notes += verdict_notes
+            agent_round = AgentRound(index, response, results, model_s, tool_s, notes)
             rounds.append(agent_round)
             self.rounds_done += 1
-            self._record(agent_round, started, schemas)
-            if not calls and not response.message.invalid_tool_calls:
-                yield Finished(AgentResult(response.message.content, rounds, "answer", list(self.messages)))
+            self._record(agent_round, started, schemas, stopped)  # before the nudge: it is the next request's
+            if stopped is not None:
+                yield Finished(AgentResult(_answer(rounds, stopped), rounds, stopped, list(self.messages)))
                 return
-        last = rounds[-1].response.message.content if rounds else ""
-        yield Finished(AgentResult(last, rounds, "max_rounds", list(self.messages)))
+            if nudge is not None:
+                self.messages.append({"role": "user", "content": nudge})
+        # only with max_rounds < 1: every last round stops the turn itself
+        yield Finished(AgentResult("", rounds, "max_rounds", list(self.messages)))
 
-    def _record(self, r: AgentRound, started: float, schemas: list[dict[str, Any]] | None) -> None:
+    # ---- guards ------------------------------------------------------------------------------
+
+    def _run_calls(self, requested: list[ToolCallRequest], index: int, turn: _Turn) -> tuple[list[ToolResult], list[str]]:
+        """Run the round's calls, except repeats; (results in call order, notes on the repeats)."""
+        calls = [ToolCall(id=c.id, name=c.name, args=c.args) for c in requested]
+        keys = [_call_key(c) if self.guard_repeats else None for c in calls]
+        first_at: dict[str, int] = {}  # key -> position of its first call in this reply
+        run_at = []
+        for i, key in enumerate(keys):
+            if key is None or (key not in turn.made and key not in first_at):
+                run_at.append(i)
+                if key is not None:
+                    first_at[key] = i
+        ran = dict(zip(run_at, self.registry.run_sync([calls[i] for i in run_at]))) if run_at else {}
+        for key, i in first_at.items():
+            turn.made[key] = (index, ran[i])
+        results, notes = [], []
+        for i, (call, key) in enumerate(zip(calls, keys)):
+            if i in ran:
+                results.append(ran[i])
+                continue
+            made_in, earlier = turn.made[key]
+            results.append(_repeat_result(call, made_in, earlier, same_reply=made_in == index))
+            notes.append(f"repeat: {call.id} {key} was already made ({earlier.call_id}, round {made_in}); not run again")
+        return results, notes
+
+    def _verdict(self, response: BackendResponse, turn: _Turn, *, last_round: bool) -> tuple[str | None, str | None, list[str]]:
+        """(why the turn stops now, or None; the nudge to send before the next round, or None; notes)."""
+        message = response.message
+        if message.tool_calls or message.invalid_tool_calls:
+            return ("max_rounds" if last_round else None), None, []
+        if message.content.strip():
+            return "answer", None, []
+        if turn.nudged:
+            return "empty_answer", None, ["empty answer again after the nudge: the turn ends without an answer"]
+        if last_round:
+            return "empty_answer", None, ["empty answer in the last round: the turn ends without an answer"]
+        turn.nudged = True
+        return None, _nudge(turn), ["empty answer: asked the model once more for its answer"]
+
+    # ---- trace -------------------------------------------------------------------------------
+
+    def _record(self, r: AgentRound, started: float, schemas: list[dict[str, Any]] | None, stopped: str | None) -> None:
         if self._recorder is None:
             return
         resp = r.response
@@ -168,9 +252,47 @@ class Agent:
             TraceRound.from_stats(
                 stats, session_id=self.session_id, round_index=r.index, started_at=started, backend=resp.backend,
                 request=request, response=response_record(resp), tool_calls=records, tool_s=r.tool_s,
+                stopped=stopped, guard_notes=r.notes,
             )
         )
 
     def close(self) -> None:
         if self._recorder is not None:
             self._recorder.close()
+
+
+def _call_key(call: ToolCall) -> str | None:
+    """``name`` + canonical JSON of the arguments; None when they cannot be compared as JSON."""
+    try:
+        args = json.dumps(call.args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # arguments built in code, not parsed from JSON
+        return None
+    return f"{call.name} {args}"
+
+
+def _repeat_result(call: ToolCall, made_in: int, earlier: ToolResult, *, same_reply: bool) -> ToolResult:
+    """The tool result a repeated call gets: the earlier result again, and what to do instead.
+
+    Written for small models: where the call was made, its result right here (so nothing has to
+    be looked up), and two concrete ways on."""
+    where = "earlier in this same reply" if same_reply else f"before (round {made_in})"
+    shown = earlier.content
+    if len(shown) > NOTE_RESULT_CHARS:
+        shown = shown[:NOTE_RESULT_CHARS] + " [... cut; the full result is above]"
+    outcome = "Its result was" if earlier.ok else f"It failed ({earlier.status})"
+    note = (f"This exact call ({call.name} with these arguments) was already made {where}, so it was not run "
+            f"again. {outcome}:\n{shown}\n"
+            "Do not repeat it. Answer the user now using this result, or make a different call.")
+    return ToolResult(call_id=call.id, name=call.name, content=note, status=REPEATED, seconds=0.0)  # type: ignore[arg-type]
+
+
+def _nudge(turn: _Turn) -> str:
+    """The user message after an empty reply: what is wanted, restated (a small model may have
+    lost the question under the tool results)."""
+    task = turn.task if len(turn.task) <= NUDGE_TASK_CHARS else turn.task[:NUDGE_TASK_CHARS] + " ..."
+    using = " using the tool results above" if turn.tool_results else ""
+    return f"Your reply was empty. Answer my question{using}, in words: {task}"
+
+
+def _answer(rounds: list[AgentRound], stopped: str) -> str:
+    return rounds[-1].response.message.content if stopped != "empty_answer" else ""

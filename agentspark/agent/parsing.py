@@ -1,22 +1,26 @@
 """Find the tool calls a model wrote as text in an assistant message.
 
-``parse_tool_calls`` never raises. It recognises these formats and uses only the first one
-present in a message (so a call is never counted twice and prose examples of another format stay
-text):
+``parse_tool_calls`` never raises. A call counts only in the model's own call syntax, so a model
+that quotes a call, echoes a tool's schema or shows an example in prose does not run anything:
 
-0. The whole message (stripped) is one call object or a list of them. Checked first, because the
-   strings of such a message may hold tags or fences, which are then text, not markup.
-1. Hermes / Qwen tags: ``<tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>``, any
-   number of them, with text around them. An unclosed last tag (the model stopped) still counts
-   when the JSON inside is complete. Anything wrong inside a tag is an ``InvalidToolCall``.
-2. Fenced JSON: a ```` ```json ```` (or bare ```` ``` ````) block holding one call object or a
-   list of them.
-3. Bare JSON: call objects or lists of them in the text, found by a balanced-bracket scan that
-   respects JSON strings (code fences of other kinds are not scanned).
+1. The whole message (stripped) is one call object or a list of them, bare or as the only thing
+   in one code fence (```` ```json ````, ```` ``` ````, ```` ```tool_call ````; the closing fence may be
+   missing). Checked first, because the strings of such a message may hold tags or fences, which
+   are then text, not markup. A list is several calls: that syntax carries several.
+2. Hermes / Qwen tags: ``<tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>``, any
+   number of them (one call each, or a list), with text around them. An unclosed last tag (the
+   model stopped) still counts when the JSON inside is complete. Anything wrong inside a tag is an
+   ``InvalidToolCall``.
 
-In formats 0, 2 and 3 only values that look like calls count: an object with ``"name"`` and one of
-``"arguments"`` / ``"parameters"`` / ``"args"`` (or OpenAI's ``{"type": "function", "function":
-{...}}`` wrapper). Other JSON is left in the content.
+Anything else — JSON objects in prose, a fenced call with text around it, several fenced calls —
+is content. In format 1 only values that look like calls count: an object with ``"name"`` and one
+of ``"arguments"`` / ``"parameters"`` / ``"args"`` (or OpenAI's ``{"type": "function", "function":
+{...}}`` wrapper), and not a tool's definition (``"parameters"`` that is an object's JSON schema,
+as the tools list shows it). Other JSON is left in the content.
+
+``cut_off=True`` says the token budget ended the message (finish_reason "length"): a call the
+model was still writing — an unclosed last tag, or a whole-message call whose JSON never ends —
+becomes an ``InvalidToolCall`` that says so, never content and never a call.
 
 A call's arguments may be an object or a JSON-encoded object string; ``null``, an empty string or
 a missing arguments key (the last only inside tags) mean no arguments. IDs are
@@ -25,7 +29,6 @@ a missing arguments key (the last only inside tags) mean no arguments. IDs are
 
 from __future__ import annotations
 
-import bisect
 import json
 import re
 from dataclasses import dataclass, field
@@ -37,16 +40,19 @@ OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 FENCE = "```"
 ARG_KEYS = ("arguments", "parameters", "args")
+# The keys a call object may start with: a cut-off reply that opens with one of them was a call.
+_CALL_KEYS = ("name", "type", "function", *ARG_KEYS)
 _HINT = '; emit {"name": "<function-name>", "arguments": {...}}'
 _TAG_HINT = '; emit {"name": "<function-name>", "arguments": {...}} inside <tool_call></tool_call>'
 _FENCE_INFOS = ("", "json", "tool_call", "tool_calls")
+_MAX_INFO = 40  # an info string is short; a longer first line is text
 _WS = " \t\r\n"
-
-# A bare object nested deeper than this in other brackets is not looked at (keeps the scan linear).
-_MAX_SCAN_DEPTH = 8
-_SCAN_CHARS = re.compile(r'[{}\[\]"\\\n]')
+_SHORTER = "so the call was not made; write it again with shorter arguments"
 
 _DECODER = json.JSONDecoder()
+# What is left, from a JSON error's position, when the text stopped inside a token: a number
+# ("1." "1e-"), a literal ("tru"), a \\u escape ("u00", "ud83d\\ud").
+_UNFINISHED_TOKEN = re.compile(r"[0-9.eE+\-]*|t(?:ru?)?|f(?:a(?:ls?)?)?|n(?:ul?)?|u[0-9a-fA-F]{0,4}(?:\\(?:u[0-9a-fA-F]{0,3})?)?")
 
 
 @dataclass(frozen=True)
@@ -79,14 +85,17 @@ class ParsedMessage:
 _Item = tuple[str, dict] | InvalidToolCall
 
 
-def parse_tool_calls(text: str, *, id_prefix: str = "call_") -> ParsedMessage:
-    """Split an assistant message into content, tool calls and invalid tool calls. Never raises."""
+def parse_tool_calls(text: str, *, id_prefix: str = "call_", cut_off: bool = False) -> ParsedMessage:
+    """Split an assistant message into content, tool calls and invalid tool calls. Never raises.
+
+    ``cut_off``: the token budget ended the message, so a call still being written is reported
+    as an invalid call that says so (see the module docstring)."""
     if not isinstance(text, str):
         text = "" if text is None else _safe_str(text)
     if not isinstance(id_prefix, str):
         id_prefix = _safe_str(id_prefix)
     try:
-        return _parse(text, id_prefix)
+        return _parse(text, id_prefix, bool(cut_off))
     except Exception:  # noqa: BLE001 -- a last resort: _parse is written (and property-tested) not to raise
         return ParsedMessage(content=text.strip())
 
@@ -98,14 +107,10 @@ def _safe_str(obj: object) -> str:
         return ""
 
 
-def _parse(text: str, id_prefix: str) -> ParsedMessage:
-    found = _parse_whole(text) or _parse_tags(text)
-    if found is None:
-        spans, items, other_fences = _parse_fences(text)
-        if not items:
-            spans, items = _parse_bare(text, other_fences)
-    else:
-        spans, items = found
+def _parse(text: str, id_prefix: str, cut_off: bool = False) -> ParsedMessage:
+    # The cut-off check comes before the tags: a call cut inside a string may hold "<tool_call>".
+    found = _parse_whole(text) or (_parse_cut_whole(text) if cut_off else None) or _parse_tags(text, cut_off)
+    spans, items = found or ([], [])
     calls: list[ParsedToolCall] = []
     invalid: list[InvalidToolCall] = []
     for item in items:
@@ -189,6 +194,9 @@ def _to_call(obj: Any, hint: str = _HINT) -> tuple[str, dict] | str:
         return f'the tool call "name" must be a string, got {_kind(name)}{hint}'
     if not name.strip():
         return f'the tool call "name" is empty{hint}'
+    if _is_definition(obj):
+        return (f"this is the definition of the tool {name!r} (its parameters' JSON schema), not a call; "
+                f"give the values of its arguments{hint}")
     key = next((k for k in ARG_KEYS if k in obj), None)
     if key is None:
         return name, {}
@@ -212,15 +220,23 @@ def _to_call(obj: Any, hint: str = _HINT) -> tuple[str, dict] | str:
     return name, args
 
 
+def _is_definition(fn: dict) -> bool:
+    """A tool's definition as the tools list shows it (``"parameters"``: an object's JSON schema),
+    which small models echo back: never a call, though its keys are a call's."""
+    if any(k in fn for k in ("arguments", "args")):
+        return False
+    params = fn.get("parameters")
+    return (isinstance(params, dict) and params.get("type") == "object"
+            and (isinstance(params.get("properties"), dict) or "description" in fn))
+
+
 def _looks_like_call(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
-    if "name" in value and any(k in value for k in ARG_KEYS):
-        return True
     fn = value.get("function")
-    return isinstance(fn, dict) and "name" in fn and (
-        value.get("type") == "function" or any(k in fn for k in ARG_KEYS)
-    )
+    if "name" not in value and isinstance(fn, dict):
+        return "name" in fn and (value.get("type") == "function" or any(k in fn for k in ARG_KEYS)) and not _is_definition(fn)
+    return "name" in value and any(k in value for k in ARG_KEYS) and not _is_definition(value)
 
 
 def _looks_like_calls(value: Any) -> bool:
@@ -244,26 +260,93 @@ def _items_from_value(value: Any, raw: str, hint: str = _HINT) -> list[_Item]:
 
 
 # --------------------------------------------------------------------------------------------
-# 0. the whole message is JSON
+# 1. the whole message is a call (bare, or alone in one code fence)
 
 
 def _parse_whole(text: str) -> tuple[list[tuple[int, int]], list[_Item]] | None:
-    """A message that is one call object or a list of them, and nothing else (checked first:
-    its strings may hold tags or fences, which are then text, not markup)."""
+    """A message that is one call object or a list of them and nothing else, bare or fenced
+    (checked first: its strings may hold tags or fences, which are then text, not markup)."""
     start = _skip_ws(text, 0)
-    if start >= len(text) or text[start] not in "{[":
+    j = _json_start(text, start)
+    if j < 0:
         return None
-    value, end, _, _ = _decode(text, start)
-    if end < 0 or _skip_ws(text, end) != len(text) or not _looks_like_calls(value):
+    value, end, _, _ = _decode(text, j)
+    if end < 0 or not _looks_like_calls(value):
         return None
-    return [(start, end)], _items_from_value(value, text[start:end])
+    rest = text[end:].strip()
+    # After a fenced call only its closing fence may follow (or a part of it: the model stopped).
+    if rest and not (j != start and rest in ("`", "``", FENCE)):
+        return None  # text after the call: the JSON is part of prose
+    return [(start, len(text))], _items_from_value(value, text[start:].rstrip())
+
+
+def _json_start(text: str, start: int) -> int:
+    """Where a whole-message call's JSON would begin: at ``start`` for bare JSON, after the info
+    line of a JSON (or untagged) fence that opens the message; -1 for neither."""
+    n = len(text)
+    if start < n and text[start] in "{[":
+        return start
+    if not text.startswith(FENCE, start):
+        return -1
+    after = start + len(FENCE)
+    first = _skip_ws(text, after, " \t")
+    if first < n and text[first] in "{[":  # ```{"name": ...}``` on one line
+        return first
+    nl = text.find("\n", after, after + _MAX_INFO + 1)
+    if nl < 0 or text[after:nl].strip().lower() not in _FENCE_INFOS:
+        return -1
+    j = _skip_ws(text, nl + 1)
+    return j if j < n and text[j] in "{[" else -1
+
+
+def _parse_cut_whole(text: str) -> tuple[list[tuple[int, int]], list[_Item]] | None:
+    """A message the token budget ended while it was writing a whole-message call: JSON that
+    opens the message like a call and runs, unfinished, to its end."""
+    start = _skip_ws(text, 0)
+    j = _json_start(text, start)
+    if j < 0 or not _opens_a_call(text, j):
+        return None
+    _, end, err, err_pos = _decode(text, j)
+    if end >= 0 or not _unfinished(text, err, err_pos):
+        return None  # complete JSON, or broken before the end: not a call the budget cut
+    raw = text[start:].rstrip()
+    return [(start, len(text))], [InvalidToolCall(raw, f"the reply reached the token limit before this tool call's "
+                                                       f"JSON was complete ({err}), {_SHORTER}{_HINT}")]
+
+
+def _unfinished(s: str, err: str, err_pos: int) -> bool:
+    """Whether a JSON error only says that the text stopped before the JSON ended."""
+    if err.startswith("Unterminated string"):
+        return True
+    tail = s[err_pos:].rstrip()
+    return len(tail) <= 12 and _UNFINISHED_TOKEN.fullmatch(tail) is not None
+
+
+def _opens_a_call(text: str, j: int) -> bool:
+    """Whether the JSON at ``j`` starts like a call: ``{`` (maybe in a list) and then nothing
+    yet, or a first key that is, or was cut inside, one a call has (not ``{"answer": ...``)."""
+    n = len(text)
+    if text[j] == "[":
+        j = _skip_ws(text, j + 1)
+        if j >= n:
+            return True
+    if text[j] != "{":
+        return False
+    j = _skip_ws(text, j + 1)
+    if j >= n:
+        return True
+    if text[j] != '"':
+        return False
+    close = text.find('"', j + 1)
+    key = text[j + 1 : close if close >= 0 else n]
+    return key in _CALL_KEYS if close >= 0 else any(k.startswith(key) for k in _CALL_KEYS)
 
 
 # --------------------------------------------------------------------------------------------
-# 1. <tool_call> tags
+# 2. <tool_call> tags
 
 
-def _parse_tags(text: str) -> tuple[list[tuple[int, int]], list[_Item]] | None:
+def _parse_tags(text: str, cut_off: bool = False) -> tuple[list[tuple[int, int]], list[_Item]] | None:
     pos = text.find(OPEN_TAG)
     if pos < 0:
         return None
@@ -281,7 +364,7 @@ def _parse_tags(text: str) -> tuple[list[tuple[int, int]], list[_Item]] | None:
             body_end = next_open if next_open >= 0 else len(text)
             span_end, closed = body_end, False
         raw = text[pos:span_end]
-        items.extend(_parse_tag_body(text[body_start:body_end], raw, closed, is_last=next_open < 0))
+        items.extend(_parse_tag_body(text[body_start:body_end], raw, closed, next_open < 0, cut_off))
         spans.append((pos, span_end))
         pos = next_open
     return spans, items
@@ -305,13 +388,25 @@ def _unfence(s: str) -> str:
     return rest.strip()
 
 
-def _parse_tag_body(body: str, raw: str, closed: bool, is_last: bool) -> list[_Item]:
-    inner = _unfence(body.strip())
-    cut_off = not closed and is_last
+
+
+def _without_partial_close(s: str) -> str:
+    """``s`` without a start of ``</tool_call>`` at its end (the model stopped while closing)."""
+    for k in range(len(CLOSE_TAG) - 1, 0, -1):
+        if s.endswith(CLOSE_TAG[:k]):
+            return s[:-k].rstrip()
+    return s
+
+
+def _parse_tag_body(body: str, raw: str, closed: bool, is_last: bool, cut_off: bool = False) -> list[_Item]:
+    ends_inside = not closed and is_last  # the message ended inside this block
+    body = body.strip()
+    inner = _unfence(_without_partial_close(body) if ends_inside else body)
     if not closed and not is_last:
         unclosed = "the <tool_call> block has no </tool_call> before the next <tool_call>"
-    elif cut_off:
-        unclosed = "the message ended inside the <tool_call> block"
+    elif ends_inside:
+        unclosed = ("the reply reached the token limit inside the <tool_call> block" if cut_off
+                    else "the message ended inside the <tool_call> block")
     else:
         unclosed = ""
     if not inner:
@@ -327,15 +422,7 @@ def _parse_tag_body(body: str, raw: str, closed: bool, is_last: bool) -> list[_I
             break  # stray closing braces after a complete object (a common slip): ignored
         value, end, err, err_pos = _decode(inner, pos)
         if end < 0:
-            if values:
-                snippet = inner[pos : pos + 30]
-                error = f"unexpected text after the tool call JSON: {snippet!r}; put only the JSON object inside the tags"
-            elif cut_off and (err_pos >= n or err.startswith("Unterminated string")):
-                error = f"{unclosed} and its JSON is incomplete ({err}){_TAG_HINT}"
-            else:
-                where = f" ({unclosed})" if unclosed else ""
-                error = f"tool call JSON is malformed{where}: {err}{_TAG_HINT}"
-            return [InvalidToolCall(raw, error)]
+            return [InvalidToolCall(raw, _tag_json_error(inner, pos, values, err, err_pos, unclosed, ends_inside, cut_off))]
         values.append((value, pos, end))
         pos = end
     items: list[_Item] = []
@@ -344,117 +431,15 @@ def _parse_tag_body(body: str, raw: str, closed: bool, is_last: bool) -> list[_I
     return items
 
 
-# --------------------------------------------------------------------------------------------
-# 2. fenced JSON
-
-
-def _parse_fences(text: str) -> tuple[list[tuple[int, int]], list[_Item], list[tuple[int, int]]]:
-    """(spans of call fences, their items, spans of all other fences)."""
-    spans: list[tuple[int, int]] = []
-    items: list[_Item] = []
-    others: list[tuple[int, int]] = []
-    n = len(text)
-    budget = 4 * n + 4096  # chars that decodes past a fence's first ``` may scan, summed (keeps this linear)
-    pos = text.find(FENCE)
-    next_nl = -2  # -2: not searched yet; -1: there is none after this point
-    while pos >= 0:
-        after = pos + len(FENCE)
-        first = _skip_ws(text, after, " \t")
-        if first < n and text[first] in "{[":  # ```{"name": ...}``` on one line
-            info, body_start = "", first
-        else:
-            if next_nl != -1 and next_nl < after:
-                next_nl = text.find("\n", after)
-            line_end = next_nl if next_nl >= 0 else n
-            info = text[after : min(line_end, after + 40)].strip()  # an info string is short
-            body_start = line_end + 1 if next_nl >= 0 else n
-        close = text.find(FENCE, body_start)
-        span_end = close + len(FENCE) if close >= 0 else n
-        j = _skip_ws(text, body_start)
-        if info.lower() in _FENCE_INFOS and j < n and text[j] in "{[":
-            # decode slices, never the whole text from j: a JSON error counts lines up to its position
-            chunk = text[j : close if close >= 0 else n]
-            value, end, err, err_pos = _decode(chunk)
-            if end < 0 and close >= 0 and budget > 0 and (err_pos >= len(chunk) or err.startswith("Unterminated string")):
-                budget -= n - j  # the JSON may go on past this ``` (a string may hold backticks)
-                value, end, _, _ = _decode(text[j:])
-            end = end + j if end >= 0 else -1
-            if end >= 0 and _looks_like_calls(value):
-                k = _skip_ws(text, end)
-                if k >= n or text.startswith(FENCE, k):
-                    call_end = min(k + len(FENCE), n)
-                    spans.append((pos, call_end))
-                    items.extend(_items_from_value(value, text[pos:call_end]))
-                    pos = text.find(FENCE, call_end)
-                    continue
-        others.append((pos, span_end))
-        pos = text.find(FENCE, span_end) if close >= 0 else -1
-    return spans, items, others
-
-
-# --------------------------------------------------------------------------------------------
-# 3. bare JSON
-
-
-def _parse_bare(text: str, fences: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[_Item]]:
-    names = []
-    at = text.find('"name"')
-    while at >= 0:
-        names.append(at)
-        at = text.find('"name"', at + 1)
-    if not names:
-        return [], []
-    spans: list[tuple[int, int]] = []
-    items: list[_Item] = []
-    consumed, region_start = 0, 0
-    for fence_start, fence_end in [*fences, (len(text), len(text))]:
-        for start, end in _candidates(text, region_start, fence_start, names):
-            if start < consumed:
-                continue
-            raw = text[start:end]
-            value, stop, _, _ = _decode(raw)
-            if stop != len(raw):
-                continue  # not JSON: what is inside it may still be
-            consumed = end  # JSON that is not a call is data: nothing inside it is a call either
-            if _looks_like_calls(value):
-                spans.append((start, end))
-                items.extend(_items_from_value(value, raw))
-        region_start = fence_end
-    return spans, items
-
-
-def _candidates(text: str, a: int, b: int, names: list[int]) -> list[tuple[int, int]]:
-    """Matched ``{...}`` / ``[...]`` spans in ``text[a:b]`` that may be calls, outermost first.
-
-    One pass: brackets inside JSON strings are skipped (a raw newline ends a string, since JSON
-    strings cannot hold one, so a stray quote in prose spoils one line at most)."""
-    stack: list[tuple[int, str]] = []
-    pairs: list[tuple[int, int]] = []
-    in_str, skip = False, -1
-    for m in _SCAN_CHARS.finditer(text, a, b):
-        i = m.start()
-        if i == skip:
-            continue
-        c = text[i]
-        if in_str:
-            if c == "\\":
-                skip = i + 1
-            elif c == '"' or c == "\n":
-                in_str = False
-            continue
-        if c == '"':
-            in_str = bool(stack)
-        elif c == "{" or c == "[":
-            stack.append((i, c))
-        elif c in "}]" and stack and stack[-1][1] == ("{" if c == "}" else "["):  # closes the innermost
-            start, opener = stack.pop()
-            if len(stack) >= _MAX_SCAN_DEPTH:
-                continue
-            j = _skip_ws(text, start + 1)
-            if j >= i or text[j] != ('"' if opener == "{" else "{"):
-                continue
-            k = bisect.bisect_left(names, start)
-            if k < len(names) and names[k] < i:  # it holds a "name" somewhere
-                pairs.append((start, i + 1))
-    pairs.sort()
-    return pairs
+def _tag_json_error(inner: str, pos: int, values: list, err: str, err_pos: int, unclosed: str,
+                    ends_inside: bool, cut_off: bool) -> str:
+    """What is wrong with the JSON at ``pos`` inside a tag, said so the model can fix it."""
+    if values:
+        snippet = inner[pos : pos + 30]
+        return f"unexpected text after the tool call JSON: {snippet!r}; put only the JSON object inside the tags"
+    if ends_inside and _unfinished(inner, err, err_pos):
+        if cut_off:
+            return f"{unclosed} before its JSON was complete ({err}), {_SHORTER}{_TAG_HINT}"
+        return f"{unclosed} and its JSON is incomplete ({err}){_TAG_HINT}"
+    where = f" ({unclosed})" if unclosed else ""
+    return f"tool call JSON is malformed{where}: {err}{_TAG_HINT}"
