@@ -4,7 +4,9 @@ plain tokens round for round (greedy, CPU float32: exact by construction).
 Shows: ``Agent`` over a speculative ``LocalBackend`` (n-gram) with the built-in ``calculator`` tool,
 writing a JSONL trace; ``traces.replay.replay`` of the recorded requests on plain decoding and
 ``compare_table`` (per-round latency, speedup); the per-round greedy audit ``agentspark audit
-TRACE`` runs (``audit_greedy``), each verdict written into the trace; the trace's table.
+TRACE`` runs (``audit_round``: the tokens the session recorded with its KV reuse, and a fresh
+speculative re-run, each against plain decoding from scratch), each verdict written into the trace;
+the trace's table.
 Forced, honestly: the 135M model rarely calls a tool on its own, so round 1 runs with
 ``tool_choice="calculator"`` (the call's opening is written for the model, it writes the
 expression, ``close_forced_calls=True`` closes the call); round 2 is the model's own.
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from agentspark import Engine, NgramDrafter, SamplingParams, load_model
 from agentspark.agent.loop import Agent
-from agentspark.audit import audit_greedy
+from agentspark.audit import SessionRecord, audit_round
 from agentspark.backends.local import LocalBackend
 from agentspark.commands.common import console as make_console
 from agentspark.tools import calculator
@@ -63,14 +65,17 @@ def main() -> int:
     same = [a.response.get("token_ids") == b.response.get("token_ids") for a, b in zip(recorded, plain_rounds)]
     print(f"replayed tokens identical to the recorded ones: {sum(same)}/{len(same)} rounds")
 
-    # Audit, as `agentspark audit TRACE` does: each recorded request, speculative vs plain, verdict into the trace.
+    # Audit, as `agentspark audit TRACE` does: per recorded request, the session's own tokens and a fresh
+    # speculative run, each against plain decoding from scratch; the verdict goes into the trace.
     auditor = LocalBackend(engine, reuse_cache=False)
     failures = 0
     for r in recorded:
         params, tool_choice = sampling_of(r.request)
         prepared = auditor.prepare(r.request.messages, r.request.tools, params, tool_choice,
                                    close_forced_call=bool(r.request.sampling.get("forced_suffix")))
-        verdict = audit_greedy(engine, prepared.prompt_ids, prepared.params)
+        record = SessionRecord(token_ids=r.response.get("token_ids"), prompt_hash=r.request.prompt_hash,
+                               params=prepared.params)
+        verdict = audit_round(engine, prepared.prompt_ids, prepared.params, record)
         failures += not verdict.passed
         print(f"audit {r.session_id}#{r.round_index}: {'PASS' if verdict.passed else 'FAIL'} ({verdict.detail})")
         set_audit(trace, r.session_id, r.round_index, AuditVerdict(

@@ -61,6 +61,11 @@ def test_audit_of_a_trace_writes_verdicts(demo_trace, tmp_path, capsys):
     assert main(["audit", str(copy), "--limit", "2", "--max-new-tokens", "24"]) == 0
     assert "2/2 requests passed" in capsys.readouterr().out
     assert all(r.audit.passed and "identical" in r.audit.detail for r in read_trace(copy)[:2])
+    # both checks ran, the forced call rebuilt as the session sent it (its prompt hash matched): the
+    # tokens the session recorded with its KV reuse, and a fresh speculative run, each against plain
+    for r in read_trace(copy)[:2]:
+        assert "session tokens vs plain from scratch: ok, identical" in r.audit.detail
+        assert "fresh speculative vs plain: ok, identical" in r.audit.detail
 
 
 def test_audit_of_prompts_and_a_failing_audit_exits_non_zero(tmp_path, capsys, default_model, monkeypatch):

@@ -50,7 +50,8 @@ def test_replay_and_audit(default_model, tmp_path):
     out = run_example("replay_and_audit.py", "--trace-dir", str(tmp_path))
     assert "plain vs speculative" in out and "speedup over plain decoding: " in out
     assert "replayed tokens identical to the recorded ones: 2/2 rounds" in out
-    assert out.count(": PASS (identical (") == 2 and "verdict: PASS" in out
+    assert out.count(": PASS (session tokens vs plain from scratch: ok, identical (") == 2 and "verdict: PASS" in out
+    assert out.count("fresh speculative vs plain: ok, identical (") == 2
     (trace,) = tmp_path.glob("session-*.jsonl")
     rounds = read_trace(trace)
     assert len(rounds) == 2 and all(r.audit is not None and r.audit.passed for r in rounds)

@@ -1,5 +1,9 @@
-"""``agentspark audit TRACE | --prompts FILE [--model --drafter ...]``: speculative against plain
-on the same requests; non-zero exit on any failure; for a trace, each verdict is written into it."""
+"""``agentspark audit TRACE | --prompts FILE [--model --drafter ...]``: each request against plain
+decoding from scratch; non-zero exit on any failure; for a trace, each verdict is written into it.
+
+A trace's round gets two checks (agentspark/audit.py): the tokens its session recorded (decoded
+with the session's KV reuse) against plain decoding of the prompt the session sent, and a fresh
+speculative re-run against plain. A prompts file has no session: only the second."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from .common import add_drafter_args, add_model_args, checked_prompts, console, 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="prove speculative output equals plain decoding on the same requests")
+    p = sub.add_parser("audit", help="prove a session's tokens and speculative output equal plain decoding")
     p.add_argument("trace", nargs="?", help="a trace whose rounds to audit (verdicts are written into it)")
     p.add_argument("--prompts", default=None, help="or a .jsonl of {'turns': [...]} (first turns, no tools)")
     p.add_argument("--limit", type=int_in(1), default=None, help="audit at most this many requests")
@@ -30,12 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..audit import audit_greedy, audit_sampling
-    from ..backends.local import LocalBackend
+    from rich.markup import escape
+
+    from ..audit import audit_round
     from ..errors import InvalidRequestError
-    from ..sampling import SamplingParams
     from ..traces import AuditVerdict, read_trace, set_audit
-    from ..traces.replay import sampling_of
 
     if bool(args.trace) == bool(args.prompts):
         raise InvalidRequestError("give either a TRACE or --prompts FILE")
@@ -47,37 +50,61 @@ def run(args: argparse.Namespace) -> int:
     engine = engine_from_args(args)
     if engine.drafter is None:
         raise InvalidRequestError("an audit compares speculative with plain decoding: choose a drafter, not none")
-    backend = LocalBackend(engine, reuse_cache=False)
-    jobs = []  # (label, prompt ids, params, trace key)
-    if args.trace:
-        for r in rounds:
-            params, tool_choice = sampling_of(r.request)
-            prepared = backend.prepare(r.request.messages, r.request.tools, params, tool_choice,
-                                       close_forced_call=bool(r.request.sampling.get("forced_suffix")))
-            ids, params = prepared.prompt_ids, prepared.params
-            jobs.append((f"{r.session_id}#{r.round_index}", ids, params, (r.session_id, r.round_index)))
-    else:
-        for i, rec in enumerate(records):
-            prepared = backend.prepare([{"role": "user", "content": rec.turns[0]}], None, SamplingParams(max_new_tokens=128))
-            jobs.append((f"{rec.dataset}#{i}", prepared.prompt_ids, prepared.params, None))
+    jobs = _trace_jobs(engine, rounds) if args.trace else _prompt_jobs(engine, records)
 
     out = console()
     failures = 0
-    for label, ids, params, key in jobs:
+    failed_checks: dict[str, int] = {}
+    for label, ids, params, key, record in jobs:
         if args.max_new_tokens:
             params = replace(params, max_new_tokens=args.max_new_tokens)
         if args.temperature is not None:
             params = replace(params, temperature=args.temperature)
-        if params.temperature > 0:
-            result = audit_sampling(engine, ids, params, samples=args.samples, sample_tokens=args.sample_tokens,
-                                    control=args.control)
-        else:
-            result = audit_greedy(engine, ids, params)
+        result = audit_round(engine, ids, params, record, samples=args.samples, sample_tokens=args.sample_tokens,
+                             control=args.control)
         failures += not result.passed
-        out.print(f"{'[green]PASS' if result.passed else '[red]FAIL'}[/] {label} {result.mode}: {result.detail}")
+        for check in result.checks:
+            failed_checks[check.name] = failed_checks.get(check.name, 0) + (not check.passed)
+        out.print(f"{'[green]PASS' if result.passed else '[red]FAIL'}[/] {escape(label)} {result.mode}: "
+                  f"{escape(result.detail)}")
         if key is not None:
             verdict = AuditVerdict(mode=result.mode, passed=result.passed, detail=result.detail,
                                    first_divergence=result.first_divergence)
             set_audit(args.trace, key[0], key[1], verdict)
-    out.print(f"{len(jobs) - failures}/{len(jobs)} requests passed")
+    tally = ", ".join(f"{name} check failed in {n}" for name, n in failed_checks.items() if n)
+    out.print(f"{len(jobs) - failures}/{len(jobs)} requests passed" + (f" ({tally})" if tally else ""))
     return 1 if failures else 0
+
+
+def _trace_jobs(engine, rounds) -> list[tuple]:  # noqa: ANN001 (Engine, TraceRound: imported late, they load torch)
+    """(label, prompt ids, params, trace key, session record) per round: the request rebuilt as the
+    session's backend built it (forced prefix, and the forced call closed where the recording closed
+    it), with what the session produced, to compare with plain decoding."""
+    from ..audit import SessionRecord
+    from ..backends.local import LocalBackend
+    from ..traces.replay import sampling_of
+
+    backend = LocalBackend(engine, reuse_cache=False)
+    jobs = []
+    for r in rounds:
+        params, tool_choice = sampling_of(r.request)
+        prepared = backend.prepare(r.request.messages, r.request.tools, params, tool_choice,
+                                   close_forced_call=bool(r.request.sampling.get("forced_suffix")))
+        record = SessionRecord(token_ids=r.response.get("token_ids"), prompt_hash=r.request.prompt_hash,
+                               params=prepared.params)
+        jobs.append((f"{r.session_id}#{r.round_index}", prepared.prompt_ids, prepared.params,
+                     (r.session_id, r.round_index), record))
+    return jobs
+
+
+def _prompt_jobs(engine, records) -> list[tuple]:  # noqa: ANN001 (Engine, PromptRecord: imported late)
+    """First turns of a prompts file, no tools, no recorded session: the speculative check only."""
+    from ..backends.local import LocalBackend
+    from ..sampling import SamplingParams
+
+    backend = LocalBackend(engine, reuse_cache=False)
+    jobs = []
+    for i, rec in enumerate(records):
+        prepared = backend.prepare([{"role": "user", "content": rec.turns[0]}], None, SamplingParams(max_new_tokens=128))
+        jobs.append((f"{rec.dataset}#{i}", prepared.prompt_ids, prepared.params, None, None))
+    return jobs
