@@ -1,8 +1,15 @@
-"""GGUF -> Hugging Face folder (config.json, model.safetensors, tokenizer), cached by sha256.
+"""A GGUF's config.json and tokenizer, converted once and cached by sha256; no weights.
 
-transformers does the GGUF reading (metadata, dequantization, llama.cpp's q/k permutation
-undone); we only store its result once, because parsing and dequantizing takes ~30 s on a CPU
-while loading the stored safetensors takes well under one.
+The weights stay in the GGUF, in its own (usually quantized) types: every load dequantizes them
+straight into the model's parameters (gguf_read). So the cache costs a few MB instead of a float32
+copy of the model (7.1 GB for a 1.1 GB GGUF with the first converter, which stored one).
+
+transformers still reads the metadata (config and tokenizer: it knows every tokenizer flavour);
+that takes seconds for a large vocabulary and is why those two are cached.
+
+``weights=True`` adds a float32 model.safetensors in HF names: the "HF twin" for callers that
+load the same weights through transformers' from_pretrained (bench's HF baselines, drafter
+training's regeneration, parity tests). It is written tensor by tensor, only on such a request.
 """
 
 from __future__ import annotations
@@ -10,69 +17,118 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
-import torch
-
-from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
-from .config import SUPPORTED_FAMILIES
+from ..errors import CorruptModelError, UnsupportedModelError
+from .config import SUPPORTED_FAMILIES, DecoderConfig
 from .default_model import cache_dir, sha256_of
+from .gguf_read import checked_tensors, hf_tensors, import_gguf, read_header
 
 _DONE = "converted.json"
+FORMAT = 2  # 1 (unmarked): the first converter's, with a float32 model.safetensors; 2: metadata only
+TWIN = "model.safetensors"
 
 
 def converted_dir_for(sha256: str) -> Path:
     return cache_dir() / "gguf" / sha256[:32]
 
 
-def gguf_to_hf_folder(gguf_path: Path, sha256: str | None = None) -> Path:
-    """Return a folder holding the GGUF's weights as HF safetensors; convert on first use."""
+def is_converted(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished conversion of this format (an older one is redone)."""
+    try:
+        return json.loads((folder / _DONE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def gguf_to_hf_folder(gguf_path: Path, sha256: str | None = None, *, weights: bool = False) -> Path:
+    """The cached folder with the GGUF's config.json and tokenizer (converted on first use);
+    with ``weights``, also its float32 model.safetensors for transformers."""
     sha256 = sha256 or sha256_of(gguf_path)
     out = converted_dir_for(sha256)
-    if (out / _DONE).is_file():
-        return out
-    try:
-        import gguf  # noqa: F401  (transformers needs it; fail here with our message)
-    except ImportError as exc:
-        raise ModelLoadError("reading .gguf files needs the `gguf` package: pip install gguf") from exc
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    if not is_converted(out):
+        _convert_metadata(gguf_path, sha256, out)
+    if weights and not (out / TWIN).is_file():
+        write_twin(gguf_path, out)
+    return out
 
-    folder, name = str(gguf_path.parent), gguf_path.name
+
+def _hf_config(gguf_path: Path):
+    from transformers import AutoConfig
+
     try:
-        hf_config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        hf_config = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as exc:  # transformers/gguf raise many kinds for a bad file
         raise CorruptModelError(f"{gguf_path} could not be read as GGUF: {exc}") from exc
     if hf_config.model_type not in SUPPORTED_FAMILIES:
         raise UnsupportedModelError(
             f"{gguf_path} holds a {hf_config.model_type!r} model; supported: {', '.join(SUPPORTED_FAMILIES)}"
         )
-    with torch.device("meta"):  # only for transformers' tensor-name mapping, no memory
-        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    key_length = read_header(gguf_path)[0].get(f"{hf_config.model_type}.attention.key_length")
+    if key_length:  # transformers' qwen3 mapping skips it and keeps Qwen3Config's default of 128
+        hf_config.head_dim = key_length
+    return hf_config
+
+
+def _convert_metadata(gguf_path: Path, sha256: str, out: Path) -> None:
+    import_gguf()  # transformers needs it too: fail here with our message
+    from transformers import AutoTokenizer
+
+    hf_config = _hf_config(gguf_path)
     try:
-        parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=skeleton)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as exc:
-        raise CorruptModelError(f"{gguf_path} could not be dequantized: {exc}") from exc
-    tensors = {k: v.contiguous() for k, v in parsed["tensors"].items()}
-
-    from safetensors.torch import save_file
-
+        raise CorruptModelError(f"the tokenizer in {gguf_path} could not be read: {exc}") from exc
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent))
     try:
         hf_config.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        (tmp / _DONE).write_text(json.dumps({"source": str(gguf_path), "sha256": sha256}))
-        if out.exists() and not (out / _DONE).is_file():
-            shutil.rmtree(out, ignore_errors=True)  # a crashed earlier conversion
+        (tmp / _DONE).write_text(json.dumps({"source": str(gguf_path), "sha256": sha256, "format": FORMAT}))
+        if out.exists() and not is_converted(out):
+            shutil.rmtree(out, ignore_errors=True)  # a crashed or older conversion (its float32 copy too)
         try:
             os.replace(tmp, out)
         except OSError:
-            if not (out / _DONE).is_file():  # not a concurrent writer that finished first
+            if not is_converted(out):  # not a concurrent writer that finished first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+
+def write_twin(gguf_path: Path, folder: Path) -> Path:
+    """``folder``/model.safetensors: the GGUF's tensors in float32 under HF names, written one
+    tensor at a time (safetensors' own save_file wants them all in memory at once)."""
+    cfg = DecoderConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    header, offset = {}, 0
+    for name, shape in _twin_shapes(cfg, gguf_path):
+        nbytes = 4 * _numel(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    tmp = folder / f".{TWIN}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for _, t in hf_tensors(cfg, gguf_path):  # the same order as the header
+                f.write(t.numpy().data)  # contiguous float32, no copy
+        os.replace(tmp, folder / TWIN)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return folder / TWIN
+
+
+def _twin_shapes(cfg: DecoderConfig, gguf_path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    _, tensors = checked_tensors(cfg, gguf_path)
+    return [(name, t.shape) for name, t in tensors.items()]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -1,7 +1,9 @@
 """load_model: ``default``, a Hugging Face folder (config.json + safetensors) or a ``.gguf`` file.
 
 Weights come from safetensors or GGUF only, never from pickle. Nothing is fetched from a hub:
-tokenizers are read from the same local source with ``local_files_only``.
+tokenizers are read from the same local source with ``local_files_only``. A GGUF's weights are
+read from the GGUF at every load, dequantized into the load dtype (gguf_read); only its config and
+tokenizer are converted and cached (gguf_convert).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from ..errors import CorruptModelError, ModelLoadError, ModelNotFoundError, Unsu
 from .config import DecoderConfig
 from .decoder import DecoderModel
 from .default_model import DEFAULT_GGUF_SHA256, default_gguf_path
-from .gguf_convert import converted_dir_for, gguf_to_hf_folder
+from .gguf_convert import gguf_to_hf_folder
+from .gguf_read import load_gguf_model
 from .weights import build_model
 
 SUPPORTED_SOURCES = "`default`, a folder with config.json + *.safetensors, or a .gguf file"
@@ -104,7 +107,11 @@ def _eos_ids(folder: Path, cfg: DecoderConfig, tokenizer: Any | None) -> frozens
     return frozenset(int(i) for i in ids)
 
 
-def load_hf_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, source: str) -> LoadedModel:
+def load_hf_folder(
+    folder: Path, *, dtype: torch.dtype, device: torch.device, source: str, gguf: Path | None = None
+) -> LoadedModel:
+    """The model of ``folder`` (config.json, tokenizer), its weights from the folder's safetensors
+    or, for a converted GGUF, from ``gguf`` itself (dequantized into ``dtype`` tensor by tensor)."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelNotFoundError(f"{folder} has no config.json; expected {SUPPORTED_SOURCES}")
@@ -117,25 +124,38 @@ def load_hf_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, so
     except KeyError as exc:
         raise CorruptModelError(f"{config_path} lacks the field {exc}") from exc
     tokenizer = _read_tokenizer(folder)
-    model = build_model(cfg, _read_safetensors(folder), dtype=dtype, device=device)
+    if gguf is not None:
+        model = load_gguf_model(cfg, gguf, dtype=dtype, device=device)
+    else:
+        model = build_model(cfg, _read_safetensors(folder), dtype=dtype, device=device)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, eos_token_ids=_eos_ids(folder, cfg, tokenizer))
 
 
-def resolve_folder(source: str | Path) -> Path:
-    """The local HF folder a source reads from (a GGUF is converted once and cached)."""
+def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
+    """(the folder with config.json and tokenizer, the GGUF holding the weights or None when the
+    folder's safetensors do). A GGUF's folder is its cached metadata conversion."""
     if str(source) == "default":
-        folder = converted_dir_for(DEFAULT_GGUF_SHA256)
-        if (folder / "converted.json").is_file():
-            return folder
-        return gguf_to_hf_folder(default_gguf_path(), DEFAULT_GGUF_SHA256)
+        path = default_gguf_path()  # verified by sha256
+        return gguf_to_hf_folder(path, DEFAULT_GGUF_SHA256), path
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelNotFoundError(f"model {str(source)!r} does not exist; expected {SUPPORTED_SOURCES}")
     if path.is_dir():
-        return path
+        return path, None
     if path.suffix == ".gguf":
-        return gguf_to_hf_folder(path)
+        return gguf_to_hf_folder(path), path
     raise UnsupportedModelError(f"{path} is not a supported model file; expected {SUPPORTED_SOURCES}")
+
+
+def resolve_folder(source: str | Path) -> Path:
+    """A local HF folder transformers' from_pretrained can load with the same weights (for the HF
+    baselines and drafter training). A GGUF gets its float32 model.safetensors written there on
+    this first request; agentspark's own loading never needs it (``resolve_source``)."""
+    folder, gguf = resolve_source(source)
+    if gguf is not None:
+        sha = DEFAULT_GGUF_SHA256 if str(source) == "default" else None
+        return gguf_to_hf_folder(gguf, sha, weights=True)
+    return folder
 
 
 def load_model(
@@ -143,5 +163,5 @@ def load_model(
 ) -> LoadedModel:
     """Load a target or draft model. ``source``: ``default``, an HF folder, or a ``.gguf`` file."""
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
-    folder = resolve_folder(source)
-    return load_hf_folder(folder, dtype=torch_dtype, device=dev, source=str(source))
+    folder, gguf = resolve_source(source)
+    return load_hf_folder(folder, dtype=torch_dtype, device=dev, source=str(source), gguf=gguf)
