@@ -7,6 +7,8 @@ import torch
 
 from conftest import FAMILIES, ours_from_hf, tiny_hf_model
 
+from agentspark.model import linear
+
 VARIANTS = [
     ("llama", {}),
     ("llama", {"tie_word_embeddings": True}),
@@ -58,17 +60,25 @@ def test_family_flags_follow_the_config():
     assert not llama.qkv_bias and not llama.qk_norm
 
 
-def test_verify_rows_are_bitwise_one_row_steps():
-    """Row-invariant mode: a multi-row step computes every row exactly as a one-row step does."""
-    hf = tiny_hf_model("qwen3", seed=5)
+@pytest.mark.parametrize("route", ["blocks", "rows"])
+@pytest.mark.parametrize("family,overrides", [("qwen3", {}), ("qwen2", {}), ("llama", {"attention_bias": True, "mlp_bias": True})],
+                         ids=["qwen3", "qwen2", "llama-bias"])
+def test_verify_rows_are_bitwise_one_row_steps(family, overrides, route, monkeypatch):
+    """Row-invariant mode: a multi-row step computes every row exactly as a one-row step does,
+    on both routes of its matmuls (linear.py), for verifies of 2..17 rows (17: two oneDNN calls)."""
+    if route == "blocks" and linear.ROW_KERNEL != "blocks":
+        pytest.skip("torch without oneDNN")
+    monkeypatch.setattr(linear, "ROW_KERNEL", route)
+    hf = tiny_hf_model(family, seed=5, **overrides)
     model = ours_from_hf(hf).model
-    ids = torch.randint(0, 96, (1, 30), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 96, (1, 37), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         cache = model.new_cache(64)
         model(ids[:, :20], cache, 0)
-        block = model(ids[:, 20:30], cache, 20, row_invariant=True).logits
-        rows = [model(ids[:, t : t + 1], cache, t, row_invariant=True).logits for t in range(20, 30)]
-    assert torch.equal(block, torch.cat(rows, dim=1))
+        rows = [model(ids[:, t : t + 1], cache, t, row_invariant=True).logits for t in range(20, 37)]
+        for T in (2, 3, 4, 5, 9, 16, 17):
+            block = model(ids[:, 20 : 20 + T], cache, 20, row_invariant=True).logits
+            assert torch.equal(block, torch.cat(rows[:T], dim=1)), f"{T} rows"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

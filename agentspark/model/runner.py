@@ -113,9 +113,25 @@ def pick_token(logits: Tensor, params: SamplingParams, generator: torch.Generato
     return int(sample(probs_from_logits(last, params), generator).item())
 
 
+def greedy_verdict(logits: Tensor, tokens: list[int]) -> tuple[int, int]:
+    """verify_chain's verdict on a greedy row with a deterministic draft, read off the argmaxes of
+    logits [l+1, V] for tokens [x0, d_1..d_l]: p is one-hot at each row's argmax, so d_k survives
+    iff it is that argmax, and the token emitted after the a survivors is row a's argmax (the
+    residual p_a - onehot(d_a) is p_a's one-hot). The same (a, token) without building [l+1, V]
+    one-hots and the race: ~14 ms of a 9-row round at V = 151,936 on one CPU thread. Greedy rows
+    draw no random numbers, as in plain decoding (pick_token)."""
+    best = logits.float().argmax(dim=-1).tolist()  # [l+1] host ints (one host sync)
+    draft = tokens[1:]
+    accepted = 0
+    while accepted < len(draft) and draft[accepted] == best[accepted]:
+        accepted += 1
+    return accepted, best[accepted]
+
+
 def eager_round(runner: ModelRunner, rows: list[RowWork], verifier: Verifier) -> list[RowResult]:
     """A round row by row with the reference rules: one forward per row (row-invariant on the
-    CPU), ``probs_from_logits`` and ``verifier``; one host sync per row."""
+    CPU), ``probs_from_logits`` and ``verifier`` (greedy rows with deterministic drafts: their
+    verdict, ``greedy_verdict``); one host sync per row."""
     results = []
     for row in rows:
         x = torch.tensor([row.tokens], dtype=torch.long, device=runner.device)  # [1, l+1]
@@ -125,6 +141,9 @@ def eager_round(runner: ModelRunner, rows: list[RowWork], verifier: Verifier) ->
         if len(row.tokens) == 1 and row.q is None and verifier is verify_chain:
             # plain decoding: the reference rule (the same draws as verify_chain with l = 0)
             results.append(RowResult(0, pick_token(out.logits[0], row.params, row.generator), hidden))
+            continue
+        if row.params.greedy and row.q is None and verifier is verify_chain:
+            results.append(RowResult(*greedy_verdict(out.logits[0], row.tokens), hidden))
             continue
         p = probs_from_logits(out.logits[0], row.params)  # [l+1, V]
         verdict = verifier(x[0, 1:], row.q, p, row.generator)  # host sync
