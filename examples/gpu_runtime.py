@@ -314,7 +314,8 @@ def part_default(res: dict, n_prompts: int, new: int) -> dict:
     for e in engines.values():
         if e.drafter is not None:
             e.steps_per_second()
-        e.generate(prompts[0][:64], SamplingParams(max_new_tokens=32), speculative=e.drafter is not None)
+        for n in (64, 20):  # both prefill chunk sizes (graph_runner.PREFILL_TOKENS) captured before timing
+            e.generate(prompts[0][:n], SamplingParams(max_new_tokens=32), speculative=e.drafter is not None)
     auto.sources.clear()
     rows = {k: [] for k in engines}
     record = []  # (verified, accepted, source) per auto round

@@ -8,7 +8,7 @@ import torch
 
 from agentspark import Engine, NgramDrafter, SamplingParams
 from agentspark.kernels.support import cpu_interpreter, interpreting, triton_available
-from agentspark.model.graph_runner import ROW_BUCKETS, DeviceRunner, row_bucket
+from agentspark.model.graph_runner import PREFILL_TOKENS, ROW_BUCKETS, DeviceRunner, prefill_chunks, row_bucket
 from agentspark.model.runner import HostRunner, RowWork, make_runner
 
 from conftest import FAMILIES, ours_from_hf, tiny_hf_model
@@ -146,3 +146,32 @@ def test_device_drafting_is_greedy_lossless(method, schedule):
             assert result.token_ids == ref
             accepted += sum(r.accepted for r in result.stats.rounds)
     assert accepted > 0
+
+
+def test_prefill_chunk_sizes():
+    assert prefill_chunks(1) == [32] and prefill_chunks(32) == [32] and prefill_chunks(33) == [128]
+    assert prefill_chunks(150) == [128, 32] and prefill_chunks(300) == [128, 128, 128]
+    assert PREFILL_TOKENS == (32, 128)
+
+
+@pytest.mark.parametrize("capacity", [320, 170], ids=["chunks", "tail-eager"])
+def test_chunked_prefill_equals_the_eager_prefill(tiny, capacity):
+    """The device runner prefills in padded chunks (the body its prefill graphs capture): the last
+    token's logits, the captured features and the prompt's K/V are those of one eager prefill; with
+    the padding past the capacity (170: 128 + a 32-chunk would end at 180), the tail goes eagerly."""
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 96, (150,), generator=g).tolist()
+    host = HostRunner(tiny.model, capacity=capacity, capture_layers=(0, 1))
+    device = DeviceRunner(tiny.model, graphs=False, capacity=capacity, capture_layers=(0, 1))
+    with torch.inference_mode():
+        ref = host.prefill(0, ids[:20], 0, capture=True)
+        out = device.prefill(0, ids[:20], 0, capture=True)  # one 32-chunk
+        assert torch.allclose(out.logits, ref.logits, atol=1e-4, rtol=1e-4)
+        ref = host.prefill(0, ids[20:], 20, capture=True)  # the rest, after a kept prefix
+        out = device.prefill(0, ids[20:], 20, capture=True)
+    assert out.logits.shape == ref.logits.shape and out.hidden.shape == ref.hidden.shape == (130, ref.hidden.shape[1])
+    assert torch.allclose(out.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(out.hidden, ref.hidden, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(device.cache.k[:, 0, :, :150], host.cache.k[:, 0, :, :150], atol=1e-4)
+    assert device.cache.length == 150
+    assert not device.cache.k[:, 1].any()  # the scratch slot: nothing prefilled there

@@ -128,9 +128,10 @@ class DevicePlacement:
     activation = staticmethod(silu_mul)
 
     def __init__(self, model: DecoderModel, cache: StaticKVCache, slots: Tensor, starts: Tensor, T: int,
-                 causal: bool = True) -> None:
+                 causal: bool = True, prefill: bool = False) -> None:
         R = slots.shape[0]
         self.model, self.cache, self.slots, self.starts, self.T, self.causal = model, cache, slots, starts, T, causal
+        self.prefill = prefill  # a prefill chunk: T is large, attention goes through masked SDPA
         self.positions = (starts[:, None] + torch.arange(T, device=starts.device)).reshape(R * T)  # [R*T]
         self.token_slots = slots.repeat_interleave(T)  # [R*T] (a real copy: the kernel reads it by index)
 
@@ -141,9 +142,35 @@ class DevicePlacement:
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]  # [slots, Hkv, S, D]
         q = rope_cache(qkv.reshape(R * T, -1), self.positions, self.token_slots, self.model.rope_cos,
                        self.model.rope_sin, k_cache, v_cache, cfg.num_heads, *norms, cfg.rms_norm_eps)  # [R*T, Hq, D]
-        out = decode_attention(q.view(R, T, cfg.num_heads, cfg.head_dim), k_cache, v_cache, self.slots, self.starts,
-                               self.causal)  # [R, T, Hq, D]
-        return out.view(R, T, cfg.num_heads * cfg.head_dim)
+        q = q.view(R, T, cfg.num_heads, cfg.head_dim)
+        if self.prefill:
+            out = prefill_attention(q, k_cache, v_cache, self.slots, self.starts)  # [R, T, Hq, D]
+        else:
+            out = decode_attention(q, k_cache, v_cache, self.slots, self.starts, self.causal)  # [R, T, Hq, D]
+        return out.reshape(R, T, cfg.num_heads * cfg.head_dim)
+
+
+_PREFILL_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, starts: Tensor) -> Tensor:
+    """Causal attention of a prefill chunk: q [R, T, Hq, D] at positions starts[r] + [0, T) over
+    cache slots ``slots`` [R] -> [R, T, Hq, D]. The decode kernel holds all T x G query rows of a
+    group in registers, which suits T <= 16, not a chunk of 128; this is SDPA over the whole
+    cache capacity with a mask built on the device, so it is captured like the rest (no shape
+    from the data). K/V heads are repeated for the query heads so that the memory-efficient
+    kernel takes it (not cuDNN: its plans, not flash: no mask)."""
+    R, T, Hq, D = q.shape
+    S, Hkv = k_cache.shape[2], k_cache.shape[1]
+    keys, values = k_cache.index_select(0, slots), v_cache.index_select(0, slots)  # [R, Hkv, S, D]
+    if Hq != Hkv:
+        keys, values = keys.repeat_interleave(Hq // Hkv, dim=1), values.repeat_interleave(Hq // Hkv, dim=1)
+    limits = starts[:, None] + torch.arange(1, T + 1, device=q.device)  # [R, T] exclusive key bound
+    hidden = torch.arange(S, device=q.device)[None, None, :] >= limits[:, :, None]  # [R, T, S]
+    mask = torch.zeros(R, 1, T, S, dtype=q.dtype, device=q.device).masked_fill_(hidden[:, None], float("-inf"))
+    with sdpa_kernel(_PREFILL_BACKENDS):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, scale=D**-0.5)
+    return out.transpose(1, 2).contiguous()  # [R, T, Hq, D]
 
 
 Placement = HostPlacement | DevicePlacement
@@ -258,15 +285,21 @@ class DecoderModel(nn.Module):
         starts: Tensor,
         *,
         capture_layers: tuple[int, ...] = (),
+        logit_index: Tensor | None = None,
     ) -> ForwardOutput:
         """R rows of T tokens, row r at positions starts[r] + [0, T) of cache slot slots[r] (device
         tensors [R] long; the caller keeps every position inside the cache). No host sync and no
-        shape from the data: this is the forward the model runner captures in CUDA graphs."""
-        placement = DevicePlacement(self, cache, slots, starts, input_ids.shape[1])
-        return self._run(input_ids, placement, None, capture_layers)
+        shape from the data: this is the forward the model runner captures in CUDA graphs.
+
+        logit_index: a prefill chunk (device tensor [1] long): attention for a long T, and logits
+        only for that token of each row (the chunk's last real one; the rest is padding)."""
+        prefill = logit_index is not None
+        placement = DevicePlacement(self, cache, slots, starts, input_ids.shape[1], prefill=prefill)
+        return self._run(input_ids, placement, None, capture_layers, logit_index)
 
     def _run(
-        self, input_ids: Tensor, placement: Placement, num_logits: int | None, capture_layers: tuple[int, ...]
+        self, input_ids: Tensor, placement: Placement, num_logits: int | None, capture_layers: tuple[int, ...],
+        logit_index: Tensor | None = None,
     ) -> ForwardOutput:
         residual = self.embed(input_ids)  # [B, T, H]
         captured: dict[int, Tensor] = {}
@@ -280,6 +313,9 @@ class DecoderModel(nn.Module):
         if num_logits is not None:
             residual = residual[:, -num_logits:].contiguous()
             delta = delta[:, -num_logits:].contiguous() if delta is not None else None
+        elif logit_index is not None:  # a device index: no host value, so it can be captured
+            residual = residual.index_select(1, logit_index)
+            delta = delta.index_select(1, logit_index) if delta is not None else None
         h, _ = placement.norm(delta, residual, self.norm.weight, self.norm.eps)
         logits = self.lm_head(h, placement.row_invariant)  # [B, K, V]
         hidden = torch.cat([captured[i] for i in capture_layers], dim=-1) if capture_layers else None
