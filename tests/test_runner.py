@@ -8,7 +8,8 @@ import torch
 
 from agentspark import Engine, NgramDrafter, SamplingParams
 from agentspark.kernels.support import cpu_interpreter, interpreting, triton_available
-from agentspark.model.graph_runner import PREFILL_TOKENS, ROW_BUCKETS, DeviceRunner, prefill_chunks, row_bucket
+from agentspark.model.graph_runner import (PREFILL_TOKENS, ROW_BUCKETS, DeviceRunner, key_window, prefill_chunks,
+                                          row_bucket)
 from agentspark.model.runner import HostRunner, RowWork, make_runner
 
 from conftest import FAMILIES, ours_from_hf, tiny_hf_model
@@ -152,6 +153,8 @@ def test_prefill_chunk_sizes():
     assert prefill_chunks(1) == [32] and prefill_chunks(32) == [32] and prefill_chunks(33) == [128]
     assert prefill_chunks(150) == [128, 32] and prefill_chunks(300) == [128, 128, 128]
     assert PREFILL_TOKENS == (32, 128)
+    assert [key_window(e, 4096) for e in (1, 256, 257, 1000, 5000)] == [256, 256, 512, 1024, 4096]
+    assert key_window(300, 320) == 320
 
 
 @pytest.mark.parametrize("capacity", [320, 170], ids=["chunks", "tail-eager"])

@@ -128,10 +128,11 @@ class DevicePlacement:
     activation = staticmethod(silu_mul)
 
     def __init__(self, model: DecoderModel, cache: StaticKVCache, slots: Tensor, starts: Tensor, T: int,
-                 causal: bool = True, prefill: bool = False) -> None:
+                 causal: bool = True, key_window: int | None = None) -> None:
         R = slots.shape[0]
         self.model, self.cache, self.slots, self.starts, self.T, self.causal = model, cache, slots, starts, T, causal
-        self.prefill = prefill  # a prefill chunk: T is large, attention goes through masked SDPA
+        # a prefill chunk: T is large, attention goes through masked SDPA over keys [0, key_window)
+        self.key_window = key_window
         self.positions = (starts[:, None] + torch.arange(T, device=starts.device)).reshape(R * T)  # [R*T]
         self.token_slots = slots.repeat_interleave(T)  # [R*T] (a real copy: the kernel reads it by index)
 
@@ -143,8 +144,10 @@ class DevicePlacement:
         q = rope_cache(qkv.reshape(R * T, -1), self.positions, self.token_slots, self.model.rope_cos,
                        self.model.rope_sin, k_cache, v_cache, cfg.num_heads, *norms, cfg.rms_norm_eps)  # [R*T, Hq, D]
         q = q.view(R, T, cfg.num_heads, cfg.head_dim)
-        if self.prefill:
-            out = prefill_attention(q, k_cache, v_cache, self.slots, self.starts)  # [R, T, Hq, D]
+        if self.key_window is not None:
+            window = self.key_window
+            out = prefill_attention(q, k_cache[:, :, :window], v_cache[:, :, :window], self.slots,
+                                    self.starts)  # [R, T, Hq, D]
         else:
             out = decode_attention(q, k_cache, v_cache, self.slots, self.starts, self.causal)  # [R, T, Hq, D]
         return out.reshape(R, T, cfg.num_heads * cfg.head_dim)
@@ -155,11 +158,13 @@ _PREFILL_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, starts: Tensor) -> Tensor:
     """Causal attention of a prefill chunk: q [R, T, Hq, D] at positions starts[r] + [0, T) over
-    cache slots ``slots`` [R] -> [R, T, Hq, D]. The decode kernel holds all T x G query rows of a
-    group in registers, which suits T <= 16, not a chunk of 128; this is SDPA over the whole
-    cache capacity with a mask built on the device, so it is captured like the rest (no shape
-    from the data). K/V heads are repeated for the query heads so that the memory-efficient
-    kernel takes it (not cuDNN: its plans, not flash: no mask)."""
+    cache slots ``slots`` [R] of k_cache/v_cache [slots, Hkv, W, D] (a window of the first W
+    positions that holds every key the chunk sees) -> [R, T, Hq, D]. The decode kernel holds all
+    T x G query rows of a group in registers, which suits T <= 16, not a chunk of 128; this is
+    SDPA over the window with a mask built on the device, so it is captured like the rest (no
+    shape from the data; the window is part of the graph's bucket). K/V heads are repeated for
+    the query heads so that the memory-efficient kernel takes it (not cuDNN: its plans, not
+    flash: no mask)."""
     R, T, Hq, D = q.shape
     S, Hkv = k_cache.shape[2], k_cache.shape[1]
     keys, values = k_cache.index_select(0, slots), v_cache.index_select(0, slots)  # [R, Hkv, S, D]
@@ -286,20 +291,24 @@ class DecoderModel(nn.Module):
         *,
         capture_layers: tuple[int, ...] = (),
         logit_index: Tensor | None = None,
+        key_window: int | None = None,
     ) -> ForwardOutput:
         """R rows of T tokens, row r at positions starts[r] + [0, T) of cache slot slots[r] (device
         tensors [R] long; the caller keeps every position inside the cache). No host sync and no
         shape from the data: this is the forward the model runner captures in CUDA graphs.
 
-        logit_index: a prefill chunk (device tensor [1] long): attention for a long T, and logits
-        only for that token of each row (the chunk's last real one; the rest is padding)."""
-        prefill = logit_index is not None
-        placement = DevicePlacement(self, cache, slots, starts, input_ids.shape[1], prefill=prefill)
+        logit_index, key_window: a prefill chunk. Logits only for that token of each row (device
+        tensor [1] long: the chunk's last real one, the rest is padding), and attention for a long
+        T over the keys [0, key_window), which must hold every row's positions."""
+        if (logit_index is None) != (key_window is None):
+            raise ValueError("a prefill chunk gives both logit_index and key_window")
+        placement = DevicePlacement(self, cache, slots, starts, input_ids.shape[1], key_window=key_window)
         return self._run(input_ids, placement, None, capture_layers, logit_index)
 
     def _run(
         self, input_ids: Tensor, placement: Placement, num_logits: int | None, capture_layers: tuple[int, ...],
         logit_index: Tensor | None = None,
+        key_window: int | None = None,
     ) -> ForwardOutput:
         residual = self.embed(input_ids)  # [B, T, H]
         captured: dict[int, Tensor] = {}

@@ -21,8 +21,10 @@ Prefill runs in chunks of a fixed number of tokens (``PREFILL_TOKENS``), each a 
 too: the prompt's tokens are padded up to the chunk, the padding writes K/V past the prompt
 (positions nothing reads before a later step writes them) and the logits are taken at the last
 real token, a device index. An eager prefill launches ~20 ops per layer from Python (16 ms for
-the 135M model on the H200, whatever the prompt); a chunk costs one replay. Where the padding
-would run past the cache's capacity, the rest of the prompt is prefilled eagerly.
+the 135M model on the H200, whatever the prompt); a chunk costs one replay. A chunk's attention
+reads a window of the cache that holds its context (256, 512, ... positions, part of the bucket),
+not the whole capacity. Where the padding would run past the cache's capacity, the rest of the
+prompt is prefilled eagerly.
 
 Host syncs, all of them: ``round`` (one, reading the results), ``prefill`` callers reading the
 first token, and ``probe`` (timing, on purpose).
@@ -97,10 +99,23 @@ class _Bucket:
         self.hidden: Tensor | None = None  # [R, T, m*H] when key.capture
 
 
+MIN_KEY_WINDOW = 256  # the smallest key window of a prefill chunk (then doubling up to the capacity)
+
+
 @dataclass(frozen=True)
 class PrefillKey:
     tokens: int  # C, the chunk's tokens (padded)
+    keys: int  # W, the key window the chunk's attention reads: [0, W) holds every position it sees
     capture: bool  # the graph also returns the target features of the chunk
+
+
+def key_window(end: int, capacity: int) -> int:
+    """The smallest window (MIN_KEY_WINDOW doubled, at most the capacity) holding [0, end): the
+    attention of a chunk costs what its context needs, not the whole cache, at log2 graphs."""
+    window = MIN_KEY_WINDOW
+    while window < end:
+        window *= 2
+    return min(window, capacity)
 
 
 class _PrefillBucket:
@@ -223,7 +238,7 @@ class DeviceRunner(ModelRunner):
         b.graph, (b.logits, b.hidden) = graph, out
 
     def _prefill_body(self, b: _PrefillBucket) -> tuple[Tensor, Tensor | None]:
-        out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts, logit_index=b.last,
+        out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts, logit_index=b.last, key_window=b.key.keys,
                                       capture_layers=self.capture_layers if b.key.capture else ())
         return out.logits[:, 0], None if out.hidden is None else out.hidden[0]  # [1, V], [C, m*H] | None
 
@@ -254,7 +269,8 @@ class DeviceRunner(ModelRunner):
         staged = host.to(self.device, non_blocking=True)
         logits, hidden = None, []
         for o, size, n in offsets:
-            b = self._prefill_bucket(PrefillKey(size, capture))
+            chunk_start = int(view[o + 1])
+            b = self._prefill_bucket(PrefillKey(size, key_window(chunk_start + size, self.capacity), capture))
             b.ints.copy_(staged[o : o + 3 + size])  # device to device, ordered behind the H2D copy
             if self.graphs:
                 b.graph.replay()
