@@ -377,6 +377,46 @@ def part_default(res: dict, n_prompts: int, new: int) -> dict:
     return {"record": record, "engines": engines, "target": target}
 
 
+def part_hostprofile(res: dict, state: dict, n_prompts: int = 5, new: int = 128) -> None:
+    """Where a speculative round's host time goes: the auto engine on a few eval prompts under
+    cProfile (its overhead inflates every Python call alike, so read shares, not absolutes), next
+    to the rounds' own draft/verify/other split without the profiler."""
+    import cProfile
+    import pstats
+
+    engine, target = state["engines"]["auto"], state["target"]
+    prompts = eval_prompts(target.tokenizer, n_prompts)
+    params = SamplingParams(max_new_tokens=new)
+    split = {"draft_s": 0.0, "verify_s": 0.0, "other_s": 0.0, "rounds": 0, "wall_s": 0.0}
+    for ids in prompts:
+        st = engine.generate(ids, params).stats
+        split["rounds"] += len(st.rounds)
+        split["wall_s"] += st.total_s - st.prefill_s
+        for x in st.rounds:
+            split["draft_s"] += x.draft_s
+            split["verify_s"] += x.verify_s
+            split["other_s"] += x.other_s
+    rounds = max(1, split["rounds"])
+    per_round = {k: 1e3 * split[k] / rounds for k in ("draft_s", "verify_s", "other_s", "wall_s")}
+    prof = cProfile.Profile()
+    prof.enable()
+    for ids in prompts:
+        engine.generate(ids, params)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, fn), (cc, nc, tt, ct, _) in stats.stats.items():
+        rows.append({"function": f"{Path(file).name}:{line}:{fn}", "calls": nc, "tottime_ms": 1e3 * tt, "cumtime_ms": 1e3 * ct})
+    total = sum(r["tottime_ms"] for r in rows)
+    top = sorted(rows, key=lambda r: -r["tottime_ms"])[:25]
+    cum = sorted(rows, key=lambda r: -r["cumtime_ms"])[:30]
+    res["host_profile"] = {"per_round_ms_unprofiled": per_round, "rounds": split["rounds"],
+                           "profiled_total_ms": total, "top_tottime": top, "top_cumtime": cum}
+    print(f"[hostprofile] per round (unprofiled) {json.dumps(per_round)}", flush=True)
+    for r in top[:12]:
+        print(f"[hostprofile] {r['tottime_ms']:8.1f} ms {r['calls']:7d}x {r['function']}", flush=True)
+
+
 def part_whatif(res: dict, record: list[tuple[int, int, str]], shape: str = "8b") -> None:
     """Replays (verified l, accepted a, drafter) per round of the default model's auto run at the
     8B shape: every round runs a real verify of l+1 tokens through the graphs and pays its drafter's
@@ -537,7 +577,7 @@ def part_agent(res: dict, state: dict, max_new: int = 64) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="shapes,profile,default,whatif,agent,hf,micro,tests")
+    ap.add_argument("--parts", default="shapes,profile,default,hostprofile,whatif,agent,hf,micro,tests")
     ap.add_argument("--shapes", default="8b,1.5b,135m")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -578,6 +618,8 @@ def main() -> int:
                 part_hf(res, shapes)
             elif part == "default":
                 state = part_default(res, args.prompts, args.new_tokens)
+            elif part == "hostprofile":
+                part_hostprofile(res, state)
             elif part == "whatif":
                 part_whatif(res, state["record"], args.whatif_shape)
             elif part == "agent":
