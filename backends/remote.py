@@ -3,6 +3,14 @@
 Retries (tenacity, exponential backoff) on connection errors, timeouts, 429 and 5xx; any other
 4xx is the caller's mistake and raises ``RemoteBackendError`` at once with the server's message.
 Streaming reads server-sent events. ``transport`` is the httpx seam for tests.
+
+finish_reason is what the local backend reports (``base.finish_reason``): "length" whenever the
+server says ``max_tokens`` cut the reply, even in the middle of a call, and "tool_calls" only for
+a reply that ended on its own with calls. A call the budget cut is in ``invalid_tool_calls``,
+never a call: structured arguments that are not complete JSON, a last call whose arguments never
+began, or a call in the text (servers without a tool parser) that is unfinished, parsed as the
+local backend parses a cut reply (``base.reply_message``). Our server's own
+``agentspark.invalid_tool_calls`` (calls it could not use, cut ones included) are taken too.
 """
 
 from __future__ import annotations
@@ -25,8 +33,12 @@ from .base import (
     InvalidToolCallRequest,
     ToolCallRequest,
     ToolChoice,
+    finish_reason,
+    reply_message,
 )
-from .messages import message_from_text
+
+_CUT = "the reply reached the token limit before this tool call was complete"
+_SHORTER = "so the call was not made; write it again with shorter arguments"
 
 
 class RemoteBackendError(AgentSparkError):
@@ -53,22 +65,41 @@ def to_wire(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def from_wire(message: dict[str, Any], *, parse_text_tools: bool) -> AssistantMessage:
-    """A server's assistant message -> ours; servers without a tool parser leave calls in the text."""
+def from_wire(message: dict[str, Any], *, parse_text_tools: bool, cut_off: bool = False,
+              extension: dict[str, Any] | None = None) -> AssistantMessage:
+    """A server's assistant message -> ours; servers without a tool parser leave calls in the text.
+
+    ``cut_off``: the server's finish_reason was "length", so the last call may be a fragment (see
+    the module docstring). ``extension``: our server's ``agentspark`` field, whose
+    ``invalid_tool_calls`` are the calls it could not use (they are not in its message)."""
     calls, invalid = [], []
-    for c in message.get("tool_calls") or []:
+    wire_calls = message.get("tool_calls") or []
+    for k, c in enumerate(wire_calls):
         fn = c.get("function") or {}
-        raw = fn.get("arguments") or "{}"
+        name, raw = fn.get("name") or "", fn.get("arguments")
+        cut_here = cut_off and k == len(wire_calls) - 1  # only the last call can have been cut
+        if cut_here and (not name or raw is None or raw == ""):  # cut before its arguments began
+            missing = "arguments" if name else "name"
+            invalid.append(InvalidToolCallRequest(raw=json.dumps(fn, ensure_ascii=False),
+                                                  error=f"{_CUT} (it has no {missing} yet), {_SHORTER}"))
+            continue
+        raw = raw or "{}"
         try:
             args = json.loads(raw) if isinstance(raw, str) else raw
             if not isinstance(args, dict):
                 raise ValueError("arguments are not a JSON object")
-            calls.append(ToolCallRequest(id=c.get("id") or f"call_{len(calls)}", name=fn.get("name", ""), args=args))
+            calls.append(ToolCallRequest(id=c.get("id") or f"call_{len(calls)}", name=name, args=args))
         except (ValueError, TypeError) as exc:
-            invalid.append(InvalidToolCallRequest(raw=str(raw), error=f"tool call arguments are not valid JSON: {exc}"))
+            error = (f"{_CUT} (its arguments are not complete JSON: {exc}), {_SHORTER}" if cut_here
+                     else f"tool call arguments are not valid JSON: {exc}")
+            invalid.append(InvalidToolCallRequest(raw=str(raw), error=error))
+    reported = extension.get("invalid_tool_calls") if isinstance(extension, dict) else None
+    for bad in reported if isinstance(reported, list) else []:
+        if isinstance(bad, dict):
+            invalid.append(InvalidToolCallRequest(raw=str(bad.get("raw", "")), error=str(bad.get("error", ""))))
     content = message.get("content") or ""
     if not calls and not invalid and parse_text_tools:
-        return message_from_text(content, parse_tools=True)
+        return reply_message(content, parse_tools=True, cut_off=cut_off)
     return AssistantMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid)
 
 
@@ -176,7 +207,7 @@ class RemoteBackend(Backend):
     ) -> Iterator[BackendChunk]:
         sampling = sampling or SamplingParams()
         response = self._send(self._body(messages, tools, sampling, tool_choice, stream=True), stream=True)
-        content, finish, usage = "", "stop", {}
+        content, finish, usage, extension = "", "stop", {}, None
         calls: dict[int, dict[str, Any]] = {}
         try:
             for line in response.iter_lines():
@@ -191,6 +222,7 @@ class RemoteBackend(Backend):
                     err = err.get("message", err) if isinstance(err, dict) else err
                     raise RemoteBackendError(f"{self.name} failed mid-stream: {err}")
                 usage = event.get("usage") or usage
+                extension = event.get("agentspark") or extension  # our server, on its last chunks
                 for choice in event.get("choices") or []:
                     delta = choice.get("delta") or {}
                     if delta.get("content"):
@@ -208,12 +240,12 @@ class RemoteBackend(Backend):
         finally:
             response.close()
         message = from_wire({"content": content, "tool_calls": [calls[i] for i in sorted(calls)]},
-                            parse_text_tools=bool(tools))
+                            parse_text_tools=bool(tools), cut_off=finish == "length", extension=extension)
         yield BackendChunk(
             delta="",
             response=BackendResponse(
                 message=message,
-                finish_reason="tool_calls" if message.tool_calls else finish,
+                finish_reason=finish_reason(message, finish),
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 backend=self.name,
@@ -234,11 +266,13 @@ class RemoteBackend(Backend):
             choice = data["choices"][0]
         except (ValueError, KeyError, IndexError) as exc:
             raise RemoteBackendError(f"{self.name} sent an unreadable response: {response.text[:300]}") from exc
-        message = from_wire(choice.get("message") or {}, parse_text_tools=bool(tools))
+        finish = choice.get("finish_reason") or "stop"
+        message = from_wire(choice.get("message") or {}, parse_text_tools=bool(tools), cut_off=finish == "length",
+                            extension=data.get("agentspark"))
         usage = data.get("usage") or {}
         return BackendResponse(
             message=message,
-            finish_reason="tool_calls" if message.tool_calls else choice.get("finish_reason") or "stop",
+            finish_reason=finish_reason(message, finish),
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             backend=self.name,

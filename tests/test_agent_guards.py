@@ -170,3 +170,38 @@ def test_a_call_cut_off_by_the_budget_is_fed_back_and_the_loop_goes_on(tmp_path)
     assert result.stopped == "answer" and result.answer == "March 14, 2027."
     agent.close()
     assert read_trace(tmp_path / "t.jsonl")[0].finish_reason == "length"
+
+
+def test_repeated_is_a_tool_status():
+    from typing import get_args
+
+    from agentspark.agent.loop import REPEATED
+    from agentspark.tools import ToolStatus
+
+    assert REPEATED == "repeated" and REPEATED in get_args(ToolStatus)
+
+
+def test_trace_show_displays_repeats_stop_reasons_and_guard_notes(tmp_path, capsys):
+    from agentspark.cli import main
+
+    path = tmp_path / "t.jsonl"
+    agent = Agent(ScriptedBackend([READ, READ, "", "March 14, 2027.", "", ""]), [read_file], trace=path)
+    assert agent.run("Deadline in notes.txt?").stopped == "answer"
+    assert agent.run("And again?").stopped == "empty_answer"
+    agent.close()
+    assert main(["trace", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(line for line in lines if "session" in line and "round" in line)
+    assert "stopped" in header
+    row = {int(line.split("│")[2]): line for line in lines if line.startswith("│") and line.split("│")[2].strip().isdigit()}
+    assert "read_file ✓" in row[0] and "read_file ↻ repeated" in row[1] and "✗" not in row[1]
+    assert "answer" in row[3] and "empty_answer" in row[5]
+    assert all("answer" not in row[i] for i in (0, 1, 2, 4))
+    footer = next(line for line in lines if "total" in line)
+    assert "2 calls, 1 repeated" in footer and "2 turns" in footer
+    notes = lines[lines.index(next(line for line in lines if line.startswith("guard notes:"))) + 1:]
+    assert notes[0].startswith('round 1: repeat: call_0 read_file {"path":"notes.txt"} was already made')
+    assert notes[1].startswith("round 2: empty answer: asked the model once more")
+    assert notes[2].startswith("round 4: empty answer: asked the model once more")
+    assert notes[3].startswith("round 5: empty answer again after the nudge")

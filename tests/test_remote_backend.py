@@ -647,3 +647,89 @@ def test_a_bad_base_url_is_refused_at_once(url, message):
                                  "http://127.0.0.1:9"])
 def test_good_base_urls_are_taken(url):
     RemoteBackend(url, MODEL).close()
+
+
+# ---- 8. replies cut by max_tokens (finish_reason "length") --------------------------------
+# As the local backend reports them (tests/test_backend_finish_reason.py): "length" whenever the
+# server says the budget cut the reply, the fragment of a call in invalid_tool_calls, never a call.
+
+CUT_TEXT_CALLS = [
+    pytest.param('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', "Let me check.", id="tag"),
+    pytest.param('{"name": "get_weather", "arguments": {"city": "Pa', "", id="whole-json"),
+    pytest.param('```json\n{"name": "get_weather", "arguments": {"city": "Pa', "", id="fence"),
+]
+
+
+@pytest.mark.parametrize("text, content", CUT_TEXT_CALLS)
+def test_a_text_call_cut_by_max_tokens_is_length_with_the_fragment_in_invalid_tool_calls(text, content):
+    r = backend(Server(completion(text, finish="length"))).complete(user("Weather?"), tools=[WEATHER_TOOL])
+    assert r.finish_reason == "length"
+    assert r.message.tool_calls == [] and r.message.content == content
+    [bad] = r.message.invalid_tool_calls
+    assert "token limit" in bad.error and bad.raw.endswith('"Pa')
+    # the same text when the server says the reply ended on its own is not called "cut"
+    whole = backend(Server(completion(text, finish="stop"))).complete(user("Weather?"), tools=[WEATHER_TOOL])
+    assert whole.finish_reason == "stop" and "token limit" not in " ".join(b.error for b in whole.message.invalid_tool_calls)
+
+
+@pytest.mark.parametrize("text, content", CUT_TEXT_CALLS)
+def test_a_streamed_text_call_cut_by_max_tokens_is_length(text, content):
+    pieces = [text[:20], text[20:]]
+    body = sse(*[delta_chunk({"content": p}) for p in pieces], delta_chunk({}, "length"), "[DONE]")
+    chunks = list(backend(Server(sse_response(body))).stream(user("Weather?"), tools=[WEATHER_TOOL]))
+    r = final(chunks)
+    assert r.finish_reason == "length"
+    assert r.message.tool_calls == [] and r.message.content == content
+    [bad] = r.message.invalid_tool_calls
+    assert "token limit" in bad.error and bad.raw.endswith('"Pa')
+
+
+def test_a_complete_text_call_then_a_cut_is_a_call_but_length():
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\nNow I will'
+    r = backend(Server(completion(text, finish="length"))).complete(user("Weather?"), tools=[WEATHER_TOOL])
+    assert r.finish_reason == "length"
+    assert [(c.name, c.args) for c in r.message.tool_calls] == [("get_weather", {"city": "Oslo"})]
+
+
+def test_structured_calls_cut_by_max_tokens_are_length():
+    """A server with a tool parser: complete calls are calls, the cut last one is a fragment."""
+    server = Server(completion(None, finish="length", tool_calls=[
+        wire_call("call_a", "get_time", "{}"),
+        wire_call("call_b", "get_weather", '{"city": "Pa'),
+    ]))
+    r = backend(server).complete(user("Weather?"), tools=[WEATHER_TOOL, TIME_TOOL])
+    assert r.finish_reason == "length"
+    assert r.message.tool_calls == [ToolCallRequest(id="call_a", name="get_time", args={})]
+    [bad] = r.message.invalid_tool_calls
+    assert bad.raw == '{"city": "Pa' and "token limit" in bad.error
+    whole = backend(Server(completion(None, finish="length", tool_calls=[wire_call("c", "get_time", "{}")])))
+    assert whole.complete(user("Time?"), tools=[TIME_TOOL]).finish_reason == "length"  # not "tool_calls"
+
+
+def test_a_streamed_call_cut_before_its_arguments_is_not_a_call():
+    """vLLM streams a call's name first: cut right there, it is no call with no arguments."""
+    body = sse(delta_chunk({"tool_calls": [{"index": 0, "id": "c0", "type": "function",
+                                            "function": {"name": "get_weather", "arguments": ""}}]}),
+               delta_chunk({}, "length"), "[DONE]")
+    r = final(list(backend(Server(sse_response(body))).stream(user("Weather?"), tools=[WEATHER_TOOL])))
+    assert r.finish_reason == "length" and r.message.tool_calls == []
+    [bad] = r.message.invalid_tool_calls
+    assert "get_weather" in bad.raw and "token limit" in bad.error and "no arguments" in bad.error
+    # the same call in a reply that ended on its own is a call without arguments, as before
+    done = sse(delta_chunk({"tool_calls": [{"index": 0, "id": "c0", "type": "function",
+                                            "function": {"name": "get_time", "arguments": ""}}]}),
+               delta_chunk({}, "tool_calls"), "[DONE]")
+    r = final(list(backend(Server(sse_response(done))).stream(user("Time?"), tools=[TIME_TOOL])))
+    assert r.finish_reason == "tool_calls" and r.message.tool_calls == [ToolCallRequest("c0", "get_time", {})]
+
+
+def test_our_servers_invalid_tool_calls_extension_is_taken():
+    """Our server leaves a call it could not use out of the message and reports it in its
+    ``agentspark`` field; the remote backend keeps it, as the local backend would have."""
+    reported = {"raw": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', "error": "the reply reached the token limit"}
+    response = completion("Let me check.", finish="length")
+    body = json.loads(response.content)
+    body["agentspark"] = {"backend": "x", "stats": None, "forced_prefix": "", "invalid_tool_calls": [reported]}
+    r = backend(Server(httpx.Response(200, json=body))).complete(user("Weather?"), tools=[WEATHER_TOOL])
+    assert r.finish_reason == "length" and r.message.content == "Let me check." and r.message.tool_calls == []
+    assert [(b.raw, b.error) for b in r.message.invalid_tool_calls] == [(reported["raw"], reported["error"])]

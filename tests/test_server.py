@@ -350,6 +350,26 @@ def test_remote_backend_round_trip(serve):
         remote.close()
 
 
+def test_remote_backend_reports_a_cut_call_as_the_local_backend_does(serve):
+    """Through our server and back: "length", the fragment in invalid_tool_calls (from the
+    server's extension: its message has neither the call nor the fragment), not a plain answer."""
+    from agentspark.backends.scripted import CutOff
+
+    cut = 'Let me look that up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa'
+    local = ScriptedBackend([CutOff(cut)]).complete(user("Weather?"), [WEATHER_TOOL])
+    remote = RemoteBackend(serve(ScriptedBackend([CutOff(cut), CutOff(cut)])), MODEL, api_key=KEY, retries=0)
+    try:
+        for r in (remote.complete(user("Weather?"), tools=[WEATHER_TOOL]),
+                  list(remote.stream(user("Weather?"), tools=[WEATHER_TOOL]))[-1].response):
+            assert r.finish_reason == local.finish_reason == "length"
+            assert r.message.content == local.message.content == "Let me look that up."
+            assert r.message.tool_calls == []
+            assert r.message.invalid_tool_calls == local.message.invalid_tool_calls
+            assert "token limit" in r.message.invalid_tool_calls[0].error
+    finally:
+        remote.close()
+
+
 # ---- concurrency and cancellation ------------------------------------------------------------
 
 

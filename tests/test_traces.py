@@ -266,6 +266,25 @@ def test_render_table_cells(tmp_path):
     console = Console(record=True, width=200)
     assert traces.print_trace(path, console=console) == rounds
     assert "run[tests] ✗ timeout" in console.export_text()
+    assert "stopped" not in text and "guard notes" not in text  # rounds not written by the agent loop
+
+
+def test_render_table_shows_the_agent_loops_guards():
+    read = dict(name="read_file", args={"path": "a.py"}, seconds=0.0, content="x")
+    rounds = [make_round(0, tools=[ToolCallRecord(id="c0", status="ok", **read)]),
+              make_round(1, tools=[ToolCallRecord(id="c0", status="repeated", **read)]).model_copy(
+                  update={"guard_notes": ["repeat: c0 [read_file] was already made (c0, round 0); not run again"]}),
+              make_round(2, tools=[]).model_copy(update={"stopped": "answer"})]
+    text = render(render_table(rounds))
+    lines = text.splitlines()
+    assert "stopped" in next(line for line in lines if "session" in line)
+    row1 = next(line for line in lines if "↻" in line)
+    assert "read_file ↻ repeated" in row1 and "✗" not in row1
+    assert "answer" in next(line for line in lines if " 2 " in line and "sess-1" in line)
+    assert "2 calls, 1 repeated" in text and "1 turn " in text
+    # the notes under the table, by round, shown literally (no rich markup)
+    assert [line.rstrip() for line in lines[-2:]] == [
+        "guard notes:", "round 1: repeat: c0 [read_file] was already made (c0, round 0); not run again"]
 
 
 def test_compare_table_speedups():

@@ -4,6 +4,10 @@
 format map onto it directly; ``ToolResult`` carries a status instead of raising, because a model's
 mistake (bad arguments, a tool that does not exist, a tool that fails or hangs) is information the
 model should see in its next turn, not a crash of the agent loop.
+
+Statuses: "ok"; "error" (the tool raised); "invalid_arguments"; "unknown_tool"; "timeout"; and
+"repeated", which no tool returns: the agent loop's guard gave it to a call identical to one made
+earlier in the same user turn, answered with a note (and the earlier result) instead of run again.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-ToolStatus = Literal["ok", "error", "invalid_arguments", "unknown_tool", "timeout"]
+ToolStatus = Literal["ok", "error", "invalid_arguments", "unknown_tool", "timeout", "repeated"]
 
 
 @dataclass(frozen=True)

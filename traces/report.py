@@ -3,6 +3,11 @@
 Cells are built as ``rich.text.Text`` so session ids and tool names containing ``[`` are shown
 literally instead of being parsed as rich markup.
 
+Rounds written by the agent loop also show its guards: a call it did not run again is marked
+``↻ repeated``, a "stopped" column says why a user turn ended in that round ("answer",
+"max_rounds", "empty_answer"), and the guard notes are listed under the table, by round. Traces
+without those fields (other writers, older files) get the table as before.
+
 A speedup of speculative over plain decoding of the same target on the same machine is printed
 only where the rounds support it: a speculative round costs at least a plain step (its forward
 covers the pending token and the verified drafts) and commits tau tokens on average, so it cannot
@@ -38,7 +43,17 @@ def _tool_mark(call: ToolCallRecord) -> str:
         return f"{call.name} ✓"
     if call.status == "error":
         return f"{call.name} ✗"
+    if call.status == "repeated":  # not a failure: the loop answered it instead of running it
+        return f"{call.name} ↻ repeated"
     return f"{call.name} ✗ {call.status}"
+
+
+def _guard_notes(rounds: Sequence[TraceRound]) -> Text | None:
+    """The rounds' guard notes, one line each, led by their round (and session, if several)."""
+    several = len({r.session_id for r in rounds}) > 1
+    lines = [f"{f'{r.session_id} ' if several else ''}round {r.round_index}: {note}"
+             for r in rounds for note in r.guard_notes]
+    return Text("guard notes:\n" + "\n".join(lines)) if lines else None
 
 
 def _audit_mark(rnd: TraceRound) -> str:
@@ -48,9 +63,12 @@ def _audit_mark(rnd: TraceRound) -> str:
 
 
 def render_table(rounds: Sequence[TraceRound], title: str | Text | None = None) -> Table:
-    """One row per round; the footer holds totals (times, tokens, calls) and medians (τ, tok/s)."""
+    """One row per round; the footer holds totals (times, tokens, calls) and medians (τ, tok/s).
+    With rounds from the agent loop: a "stopped" column and the guard notes as the caption."""
     rounds = list(rounds)
     audited = [r for r in rounds if r.audit is not None]
+    turns = [r for r in rounds if r.stopped is not None]
+    repeated = sum(c.status == "repeated" for r in rounds for c in r.tool_calls)  # answered, not run
     footers = {
         "session": "total",
         "round": f"{len(rounds)} rounds",
@@ -61,15 +79,19 @@ def render_table(rounds: Sequence[TraceRound], title: str | Text | None = None) 
         "τ": f"med {median(r.mean_accepted_length for r in rounds):.2f}" if rounds else DASH,
         "tok/s": f"med {median(r.tokens_per_second for r in rounds):.1f}" if rounds else DASH,
         "tool ms": _ms(sum(r.tool_s for r in rounds)),
-        "tool calls": f"{sum(len(r.tool_calls) for r in rounds)} calls",
+        "tool calls": f"{sum(len(r.tool_calls) for r in rounds)} calls" + (f", {repeated} repeated" if repeated else ""),
         "audit": f"{sum(r.audit.passed for r in audited)}/{len(audited)} ok" if audited else DASH,
     }
-    table = Table(title=title, show_footer=True)
+    if turns:  # only rounds written by the agent loop say why a turn ended
+        footers["stopped"] = f"{len(turns)} turn{'s' if len(turns) != 1 else ''}"
+    table = Table(title=title, show_footer=True, caption=_guard_notes(rounds), caption_justify="left")
     for name, footer in footers.items():
-        numeric = name not in ("session", "backend", "tool calls", "audit")
-        table.add_column(name, footer=Text(footer), justify="right" if numeric else "left")
+        numeric = name not in ("session", "backend", "tool calls", "audit", "stopped")
+        # a narrow terminal folds a stop reason ("empty_a/nswer") rather than cut it ("empty_…")
+        table.add_column(name, footer=Text(footer), justify="right" if numeric else "left",
+                         overflow="fold" if name == "stopped" else "ellipsis")
     for r in rounds:
-        table.add_row(
+        cells = [
             Text(r.session_id),
             str(r.round_index),
             Text(r.backend),
@@ -81,7 +103,10 @@ def render_table(rounds: Sequence[TraceRound], title: str | Text | None = None) 
             _ms(r.tool_s),
             Text(", ".join(_tool_mark(c) for c in r.tool_calls) or DASH),
             _audit_mark(r),
-        )
+        ]
+        if turns:
+            cells.append(Text(r.stopped or DASH))
+        table.add_row(*cells)
     return table
 
 

@@ -62,7 +62,7 @@ class ToolCallRecord(_Strict):
     id: str
     name: str
     args: dict[str, Any]
-    status: str  # e.g. "ok" | "error" | "timeout"
+    status: str  # a tools.ToolStatus: "ok" | "error" | "timeout" | ... | "repeated" (not run again)
     seconds: float = Field(ge=0)
     content: str
 

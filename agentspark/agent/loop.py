@@ -38,11 +38,11 @@ from typing import Any
 from ..backends.base import Backend, BackendResponse, ToolCallRequest, ToolChoice, response_record
 from ..sampling import SamplingParams
 from ..stats import RequestStats
-from ..tools import Tool, ToolCall, ToolRegistry, ToolResult
+from ..tools import Tool, ToolCall, ToolRegistry, ToolResult, ToolStatus
 from ..traces import RequestRecord, ToolCallRecord, TraceRecorder, TraceRound, prompt_hash
 
 STOP_REASONS = ("answer", "max_rounds", "empty_answer")
-REPEATED = "repeated"  # the status of a call the loop did not run again (a ToolResult's status)
+REPEATED: ToolStatus = "repeated"  # the status of a call the loop did not run again
 # How much of an earlier result a repeat's note shows again: enough for a small model to answer
 # from it without looking back, not so much that every repeat doubles the context.
 NOTE_RESULT_CHARS = 1500
@@ -283,7 +283,7 @@ def _repeat_result(call: ToolCall, made_in: int, earlier: ToolResult, *, same_re
     note = (f"This exact call ({call.name} with these arguments) was already made {where}, so it was not run "
             f"again. {outcome}:\n{shown}\n"
             "Do not repeat it. Answer the user now using this result, or make a different call.")
-    return ToolResult(call_id=call.id, name=call.name, content=note, status=REPEATED, seconds=0.0)  # type: ignore[arg-type]
+    return ToolResult(call_id=call.id, name=call.name, content=note, status=REPEATED, seconds=0.0)
 
 
 def _nudge(turn: _Turn) -> str:
