@@ -78,8 +78,18 @@ class SessionRecord:
 
 
 def exact_mode(engine: Engine) -> bool:
-    """Row-invariant decode and verify steps (CPU float32): greedy equality must be exact."""
+    """Greedy equality must be exact: row-invariant decode and verify steps (CPU float32), or the
+    device runner's exact mode (every decode-phase forward at one shape, graph_runner.py)."""
+    if getattr(engine.runner, "exact", False):
+        return True
     return engine.device.type == "cpu" and engine.model.dtype == torch.float32
+
+
+def mode_name(engine: Engine) -> str:
+    """Which mode ran, for the audit's lines: exact (divergences are bugs) or fast (near-ties pass)."""
+    if getattr(engine.runner, "exact", False):
+        return "exact mode (one forward shape)"
+    return "exact mode (row-invariant CPU float32)" if exact_mode(engine) else "fast mode (near-ties allowed)"
 
 
 def _result(mode: str, checks: list[Check]) -> AuditResult:

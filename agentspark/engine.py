@@ -105,6 +105,7 @@ class Engine:
         confidence_threshold: float = 0.5,
         sps_table: list[float] | None = None,
         graphs: bool | None = None,
+        exact: bool | None = None,
     ) -> None:
         """schedule, how much of each draft is verified (trimmed before the verify forward):
         "adaptive": the causal prefix scheduler over the drafter's confidences and the SPS table
@@ -117,6 +118,11 @@ class Engine:
         measuring it (tests, reproducible runs); lengths beyond the table are never verified.
 
         graphs: run decode and verify steps as CUDA graphs (model/graph_runner.py); None = on CUDA.
+
+        exact: on a CUDA device, run every decode-phase forward at one shape (graph_runner.py, exact
+        mode) so that greedy speculative output equals plain decoding bit for bit in any dtype, at
+        the cost of a (max_draft+1)-token forward for each plain step; None = the runner's default.
+        The CPU in float32 is exact by construction either way.
         """
         if not isinstance(max_draft, int) or not 1 <= max_draft <= MAX_DRAFT_LIMIT:
             raise InvalidDraftLengthError(f"max_draft must be an integer in 1..{MAX_DRAFT_LIMIT}, got {max_draft}")
@@ -157,7 +163,8 @@ class Engine:
         self._rounds_since_recheck = RECHECK_EVERY
         self._cached_ids: list[int] = []  # the tokens whose K/V fill cache positions [0, _cached_len)
         self._attach_runner(make_runner(self.model, capacity=max_seq_len, max_tokens=max_draft + 1,
-                                        capture_layers=drafter.capture_layers if drafter else (), graphs=graphs))
+                                        capture_layers=drafter.capture_layers if drafter else (), graphs=graphs,
+                                        exact=exact))
 
     def _attach_runner(self, runner: ModelRunner) -> None:
         """Drive ``runner``; where it offers a features buffer (the device runner) and the drafter

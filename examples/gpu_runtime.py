@@ -9,9 +9,15 @@ Parts (``--parts``, comma-separated, run in this order):
   hf       HF transformers generate with the static cache, compiled, at the same shapes
   default  the real default model: 20 eval prompts x 128 new tokens, greedy: plain, n-gram, the
            shipped DSpark drafter, auto; HF's static compiled generate beside them
+  hostprofile  the auto engine's rounds under cProfile: where a speculative round's host time goes
   whatif   the speculative loop at the 8B shape replaying the acceptance recorded by ``default``'s
            auto run (costs real, acceptance real, weights random)
   agent    the demo's agent tasks: wall time with auto vs plain vs HF generate re-prefilling
+  exact    exact mode (graph_runner.py): default-model greedy identity for n-gram, DSpark and auto
+           against plain in the same mode, beside fast mode; its plain cost at the 8B shape
+
+Every part but ``exact`` runs the engine in fast mode (``exact=False``: each forward at its own
+size), the mode the runtime's speed figures were first taken in; ``exact`` measures both.
 
     PYTHONPATH=. python3 examples/gpu_runtime.py --parts shapes,hf,default,whatif,agent
 Writes $OUT/gpu_runtime_h200.json (or ./gpu-out/) and prints a summary table last.
@@ -103,7 +109,7 @@ def part_shapes(res: dict, names: list[str]) -> None:
         loaded = random_loaded(name)
         prompt = torch.randint(0, loaded.config.vocab_size, (CONTEXT,), generator=torch.Generator().manual_seed(1)).tolist()
         floor_ms = 1e3 * weight_bytes_per_step(loaded.model) / bw
-        graphs = Engine(loaded, max_seq_len=CONTEXT + NEW_TOKENS + 16)
+        graphs = Engine(loaded, max_seq_len=CONTEXT + NEW_TOKENS + 16, exact=False)
         plain = decode_ms_per_token(graphs, prompt, NEW_TOKENS)
         eager = decode_ms_per_token(Engine(loaded, max_seq_len=CONTEXT + 80, graphs=False), prompt, 64)
         costs = verify_costs(graphs, CONTEXT)
@@ -309,8 +315,9 @@ def part_default(res: dict, n_prompts: int, new: int) -> dict:
     prompts = eval_prompts(target.tokenizer, n_prompts)
     params = SamplingParams(max_new_tokens=new)
     auto = RecordingHybrid(build_drafter("auto", target))
-    engines = {"plain": Engine(target), "ngram": Engine(target, build_drafter("ngram", target)),
-               "dspark": Engine(target, build_drafter("default", target)), "auto": Engine(target, auto)}
+    engines = {"plain": Engine(target, exact=False), "ngram": Engine(target, build_drafter("ngram", target), exact=False),
+               "dspark": Engine(target, build_drafter("default", target), exact=False),
+               "auto": Engine(target, auto, exact=False)}
     for e in engines.values():
         if e.drafter is not None:
             e.steps_per_second()
@@ -417,6 +424,61 @@ def part_hostprofile(res: dict, state: dict, n_prompts: int = 5, new: int = 128)
         print(f"[hostprofile] {r['tottime_ms']:8.1f} ms {r['calls']:7d}x {r['function']}", flush=True)
 
 
+def part_exact(res: dict, n_prompts: int, new: int, shape: str = "8b") -> None:
+    """Exact mode (graph_runner.py: every decode-phase forward at one shape): on the default model
+    with its real weights, bf16 greedy speculative output against plain decoding in the same mode,
+    token for token, for n-gram, DSpark and auto, next to fast mode's count on the same prompts;
+    and its cost at the 8B shape, plain decoding ms per token exact vs fast (random weights)."""
+    from agentspark.drafters.factory import build_drafter
+    from agentspark.model.loading import load_model
+
+    target = load_model("default", dtype=DTYPE, device=DEVICE)
+    prompts = eval_prompts(target.tokenizer, n_prompts)
+    params = SamplingParams(max_new_tokens=new)
+    out: dict = {"prompts": len(prompts), "new_tokens": new}
+    for mode, exact in (("exact", True), ("fast", False)):
+        plain = Engine(target, exact=exact)
+        engines = {name: Engine(target, build_drafter(name, target), exact=exact) for name in ("ngram", "default", "auto")}
+        for e in (plain, *engines.values()):
+            if e.drafter is not None:
+                e.steps_per_second()
+            for n in (64, 20):
+                e.generate(prompts[0][:n], SamplingParams(max_new_tokens=32), speculative=e.drafter is not None)
+        refs, tok_s = [], {"plain": []}
+        for ids in prompts:
+            r = plain.generate(ids, params, speculative=False)
+            refs.append(r.token_ids)
+            tok_s["plain"].append(r.stats.tokens_per_second)
+        identical = {}
+        for name, e in engines.items():
+            same, speeds = 0, []
+            for ids, ref in zip(prompts, refs):
+                r = e.generate(ids, params)
+                same += r.token_ids == ref
+                speeds.append(r.stats.tokens_per_second)
+            identical[name] = same
+            tok_s[name] = speeds
+        out[mode] = {"identical": identical, "tok_s": {k: statistics.median(v) for k, v in tok_s.items()}}
+        print(f"[exact] {mode}: {json.dumps(out[mode])}", flush=True)
+        del plain, engines
+        torch.cuda.empty_cache()
+    out["identical"] = min(out["exact"]["identical"].values())
+    loaded = random_loaded(shape)
+    prompt = torch.randint(0, loaded.config.vocab_size, (CONTEXT,), generator=torch.Generator().manual_seed(1)).tolist()
+    ms = {}
+    for mode, exact in (("exact", True), ("fast", False)):
+        engine = Engine(loaded, max_seq_len=CONTEXT + NEW_TOKENS + 16, exact=exact)
+        ms[mode] = decode_ms_per_token(engine, prompt, NEW_TOKENS)["ms_per_token"]
+        del engine
+        torch.cuda.empty_cache()
+    out[f"plain_{shape}_ms_per_token"] = ms
+    out["speed_cost"] = 1.0 - ms["fast"] / ms["exact"]  # 1 - exact tok/s / fast tok/s
+    res["exact_mode"] = out
+    print(f"[exact] {json.dumps({k: v for k, v in out.items() if k not in ('exact', 'fast')})}", flush=True)
+    del loaded
+    torch.cuda.empty_cache()
+
+
 def part_whatif(res: dict, record: list[tuple[int, int, str]], shape: str = "8b") -> None:
     """Replays (verified l, accepted a, drafter) per round of the default model's auto run at the
     8B shape: every round runs a real verify of l+1 tokens through the graphs and pays its drafter's
@@ -429,7 +491,7 @@ def part_whatif(res: dict, record: list[tuple[int, int, str]], shape: str = "8b"
 
     loaded = LoadedModel(random_model(shape_config(shape), device=DEVICE, dtype=getattr(torch, DTYPE)), None, shape)
     cfg8 = shape_config(shape)
-    engine = Engine(loaded, max_seq_len=CONTEXT + 4096)
+    engine = Engine(loaded, max_seq_len=CONTEXT + 4096, exact=False)
     prompt = torch.randint(0, 1000, (CONTEXT,), generator=torch.Generator().manual_seed(2)).tolist()
     plain = decode_ms_per_token(engine, prompt, 128)
     dcfg = LearnedDrafterConfig(
@@ -618,6 +680,8 @@ def main() -> int:
                 part_hf(res, shapes)
             elif part == "default":
                 state = part_default(res, args.prompts, args.new_tokens)
+            elif part == "exact":
+                part_exact(res, args.prompts, args.new_tokens)
             elif part == "hostprofile":
                 part_hostprofile(res, state)
             elif part == "whatif":

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from agentspark import DraftModelDrafter, Engine, NgramDrafter, SamplingParams
+from agentspark.model.config import DecoderConfig
 from agentspark.model.graph_runner import DeviceRunner
+from agentspark.model.loading import LoadedModel
 from agentspark.model.runner import HostRunner, RowWork
 
 from conftest import FAMILIES, ours_from_hf, tiny_hf_model
@@ -178,3 +180,71 @@ def test_device_drafting_round_has_no_hidden_host_sync(method):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert rest[-1].result is not None and len(rest[-1].result.stats.rounds) > 1
+
+
+@pytest.mark.parametrize("method", ["ngram", "dspark", "eagle3"])
+def test_exact_mode_is_bitwise_lossless_in_bf16(method):
+    """Exact mode in bfloat16 (the dtype where fast mode is only equal up to near-ties): greedy
+    speculative output equals plain decoding in the same mode token for token, for a host drafter
+    and device drafters, across prompts of a random model with a vocabulary large enough for ties
+    to matter; and fast mode's count on the same prompts is reported beside it (not asserted: it
+    may happen to be equal)."""
+    from test_greedy_equivalence import tiny_prompts
+    from test_learned_drafters import VOCAB, make_drafter, random_drafter_model
+
+    from agentspark.model.weights import build_model
+
+    hf = tiny_hf_model("qwen3", seed=41, vocab_size=VOCAB, num_hidden_layers=4)
+    target = LoadedModel(build_model(DecoderConfig.from_hf(hf.config.to_dict()), hf.state_dict(), dtype=torch.bfloat16,
+                                     device="cuda"), tokenizer=None, source="tiny")
+    prompts = tiny_prompts(VOCAB, 6, seed=42)
+    params = SamplingParams(max_new_tokens=48)
+    counts = {}
+    for exact in (True, False):
+        refs = [Engine(target, exact=exact).generate(p, params).token_ids for p in prompts]
+        drafter = NgramDrafter() if method == "ngram" else make_drafter(random_drafter_model(target, method, seed=43), target)
+        engine = Engine(target, drafter, max_draft=6, schedule="full", exact=exact)
+        assert engine.runner.exact is exact
+        counts[exact] = sum(engine.generate(p, params).token_ids == ref for p, ref in zip(prompts, refs))
+    print(f"{method}: identical in exact mode {counts[True]}/{len(prompts)}, fast mode {counts[False]}/{len(prompts)}")
+    assert counts[True] == len(prompts)
+
+
+def test_exact_mode_rows_are_bitwise_the_plain_steps_and_fast_mode_is_not():
+    """The property exact mode rests on, at a mid-size bf16 shape (4 layers of hidden 2048, vocab
+    32k): teacher-forced, the logits of row t of a 9-token verify forward at start s equal, bit for
+    bit, those of the 9-token forward at start s + t whose row 0 is that token (exact mode's plain
+    step). The control: a 1-token forward (fast mode's plain step) must differ from the verify row
+    somewhere, else this shape could not tell the two modes apart."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from gpu_shapes import random_model
+
+    cfg = DecoderConfig(family="qwen3", vocab_size=32000, hidden_size=2048, intermediate_size=6144, num_layers=4,
+                        num_heads=16, num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
+                        max_position_embeddings=1024, qk_norm=True)
+    model = random_model(cfg, seed=5)
+    cache = model.new_cache(512, batch_size=2)
+    g = torch.Generator().manual_seed(6)
+    seq = torch.randint(0, 32000, (1, 300), generator=g).cuda()
+    T, same_exact, same_fast, rows = 9, 0, 0, 0
+    with torch.inference_mode():
+        model(seq[:, :200], cache, 0, slot=0)
+        model(seq[:, :200], cache, 0, slot=1)
+        slot0, slot1 = torch.tensor([0], device="cuda"), torch.tensor([1], device="cuda")
+        for s in range(200, 200 + 6 * T, T):
+            verify = model.forward_rows(seq[:, s : s + T], cache, slot0, torch.tensor([s], device="cuda")).logits[0]
+            for t in range(T):
+                p = s + t  # the plain steps run on slot 1, whose cache holds the same tokens
+                exact = model.forward_rows(seq[:, p : p + T], cache, slot1, torch.tensor([p], device="cuda")).logits[0, 0]
+                fast = model.forward_rows(seq[:, p : p + 1], cache, slot1, torch.tensor([p], device="cuda")).logits[0, 0]
+                # re-write slot 1's K/V at p from the verify-shaped launch, as exact mode's plain path does
+                model.forward_rows(seq[:, p : p + T], cache, slot1, torch.tensor([p], device="cuda"))
+                same_exact += torch.equal(verify[t], exact)
+                same_fast += torch.equal(verify[t], fast)
+                rows += 1
+    print(f"verify rows equal to exact-mode plain steps {same_exact}/{rows}, to fast-mode plain steps {same_fast}/{rows}")
+    assert same_exact == rows
+    assert same_fast < rows

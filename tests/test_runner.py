@@ -178,3 +178,28 @@ def test_chunked_prefill_equals_the_eager_prefill(tiny, capacity):
     assert torch.allclose(device.cache.k[:, 0, :, :150], host.cache.k[:, 0, :, :150], atol=1e-4)
     assert device.cache.length == 150
     assert not device.cache.k[:, 1].any()  # the scratch slot: nothing prefilled there
+
+
+@pytest.mark.parametrize("params", PARAMS[:2], ids=["greedy", "filtered"])
+def test_exact_mode_runs_every_step_at_one_shape_and_keeps_the_output(tiny, params):
+    """Exact mode: plain steps and verifies all run with T = max_draft + 1 tokens per row (padding
+    after a row's own tokens), and the output is still the host path's, plain and speculative."""
+    host = {plain: Engine(tiny, None if plain else NgramDrafter(), max_draft=4, schedule="full", max_seq_len=128)
+            .generate(PROMPT, params, speculative=not plain).token_ids for plain in (True, False)}
+    for plain in (True, False):
+        engine = Engine(tiny, None if plain else NgramDrafter(), max_draft=4, schedule="full", max_seq_len=128)
+        engine.runner = DeviceRunner(tiny.model, graphs=False, exact=True, capacity=128, max_tokens=5)
+        assert engine.generate(PROMPT, params, speculative=not plain).token_ids == host[plain]
+        assert {k.tokens for k in engine.runner.buckets} == {5}
+        assert engine.runner.kind == "device-eager-exact"
+
+
+def test_exact_mode_keeps_headroom_for_its_padding(tiny):
+    """The padding of a step at the last usable position stays inside the cache: the runner offers
+    the capacity asked for and holds max_tokens - 1 positions more; a request runs up to the end."""
+    runner = DeviceRunner(tiny.model, graphs=False, exact=True, capacity=40, max_tokens=5)
+    assert runner.capacity == 40 and runner.cache.capacity == 44
+    engine = Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=40)
+    engine.runner = runner
+    out = engine.generate(PROMPT * 3, SamplingParams(max_new_tokens=40))
+    assert len(PROMPT * 3) + len(out.token_ids) <= 40

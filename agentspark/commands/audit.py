@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.markup import escape
 
-    from ..audit import audit_round
+    from ..audit import audit_round, mode_name
     from ..errors import InvalidRequestError
     from ..traces import AuditVerdict, read_trace, set_audit
 
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = _trace_jobs(engine, rounds) if args.trace else _prompt_jobs(engine, records)
 
     out = console()
+    out.print(f"audit in {mode_name(engine)}")
     failures = 0
     failed_checks: dict[str, int] = {}
     for label, ids, params, key, record in jobs:

@@ -97,9 +97,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     records = _mixed(checked_prompts(args.prompts), args.num_prompts)  # before the model loads: fail fast
+    from .common import exact_of
+
     target = load_model(args.model, dtype=args.dtype, device=args.device)
-    plain = Engine(target, None, max_draft=args.max_draft)
-    spec = Engine(target, NgramDrafter(), max_draft=args.max_draft)
+    plain = Engine(target, None, max_draft=args.max_draft, exact=exact_of(args))
+    spec = Engine(target, NgramDrafter(), max_draft=args.max_draft, exact=exact_of(args))
     spec.steps_per_second()  # profile once, outside the timed requests
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     prompts = [encode_prompt(target.tokenizer, [{"role": "user", "content": r.turns[0]}]) for r in records]
@@ -109,7 +111,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "ours n-gram": lambda ids: _ours(spec, ids, params),
     }
     for name in args.drafter:
-        extra = Engine(target, build_drafter(name, target), max_draft=args.max_draft)
+        extra = Engine(target, build_drafter(name, target), max_draft=args.max_draft, exact=exact_of(args))
         extra.steps_per_second()
         configs[f"ours {name}"] = lambda ids, e=extra: _ours(e, ids, params)
     if not args.no_hf:

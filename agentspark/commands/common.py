@@ -178,6 +178,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=model_source, default="default", help="default | HF folder | .gguf file (default: default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--gpu-mode", default=None, choices=["exact", "fast"],
+                   help="on CUDA: exact runs every decode-phase forward at one shape, so greedy speculative output "
+                   "equals plain decoding bit for bit (costs the (max-draft+1)-token forward per plain step); fast "
+                   "runs each at its own size, equal up to near-ties (default: the runtime's; the CPU is exact anyway)")
 
 
 def add_drafter_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -228,7 +232,14 @@ def engine_from_args(args: argparse.Namespace, *, drafter: str | None = None):  
         max_draft=args.max_draft,
         schedule=args.schedule,
         confidence_threshold=getattr(args, "confidence_threshold", 0.5),
+        exact=exact_of(args),
     )
+
+
+def exact_of(args: argparse.Namespace) -> bool | None:
+    """--gpu-mode as the engine's ``exact`` (None: the runtime's default)."""
+    mode = getattr(args, "gpu_mode", None)
+    return None if mode is None else mode == "exact"
 
 
 def backend_from_args(args: argparse.Namespace):  # noqa: ANN201

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidRequestError
-from .common import add_drafter_args, add_model_args, output_dir, sampling_value
+from .common import add_drafter_args, add_model_args, exact_of, output_dir, sampling_value
 from .common import console as make_console
 
 TASKS = [
@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
     drafter = build_drafter(args.drafter, target)
     if drafter is None:
         raise InvalidRequestError("the demo compares speculative with plain decoding: choose a drafter, not none")
-    spec_engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
+    spec_engine = Engine(target, drafter, max_draft=args.max_draft, exact=exact_of(args), schedule=args.schedule,
                          confidence_threshold=args.confidence_threshold)
     spec_backend = LocalBackend(spec_engine, close_forced_calls=True)
-    plain_backend = LocalBackend(Engine(target), speculative=False, close_forced_calls=True)
+    plain_backend = LocalBackend(Engine(target, exact=exact_of(args)), speculative=False, close_forced_calls=True)
     workspace = Path(tempfile.mkdtemp(prefix="agentspark-demo-"))
     (workspace / "notes.txt").write_text(NOTES)
     trace_path = trace_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import add_model_args, checked_prompts, console, int_in, max_draft, output_file, sampling_value
+from .common import add_model_args, checked_prompts, console, exact_of, int_in, max_draft, output_file, sampling_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     out = console()
     for spec in args.drafter:
         drafter = build_drafter(spec, target)
-        engine = Engine(target, drafter, max_draft=args.max_draft, schedule="full")
+        engine = Engine(target, drafter, max_draft=args.max_draft, schedule="full", exact=exact_of(args))
         for t in temps:
             for r in evaluate(engine, spec, args.prompts, temperature=t, max_new_tokens=args.max_new_tokens,
                               limit=args.limit):

@@ -10,7 +10,7 @@ from ..drafters.factory import build_drafter
 from ..engine import Engine, GenerationResult
 from ..model.loading import load_model
 from ..sampling import SamplingParams
-from .common import add_drafter_args, add_model_args, sampling_value
+from .common import add_drafter_args, add_model_args, exact_of, sampling_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +62,7 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     target = load_model(args.model, dtype=args.dtype, device=args.device)
     drafter = build_drafter(args.drafter, target)
-    engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
+    engine = Engine(target, drafter, max_draft=args.max_draft, exact=exact_of(args), schedule=args.schedule,
                     confidence_threshold=args.confidence_threshold)
 
     if args.json:

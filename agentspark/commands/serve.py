@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import AgentSparkError
-from .common import add_drafter_args, add_model_args
+from .common import add_drafter_args, add_model_args, exact_of
 
 API_KEY_ENV = "AGENTSPARK_API_KEY"
 # server.guard.DEFAULT_MAX_BODY_BYTES (a test keeps them equal): importing the server here would
@@ -123,7 +123,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         target = load_model(args.model, dtype=args.dtype, device=args.device)
         drafter = None if args.plain else build_drafter(args.drafter, target)
-        engine = Engine(target, drafter, max_draft=args.max_draft, schedule=args.schedule,
+        engine = Engine(target, drafter, max_draft=args.max_draft, exact=exact_of(args), schedule=args.schedule,
                         confidence_threshold=args.confidence_threshold)
         if drafter is not None and engine.schedule in ("adaptive",):
             engine.steps_per_second()  # at start-up (or from the cache): never inside a request

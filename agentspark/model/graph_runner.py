@@ -26,6 +26,16 @@ reads a window of the cache that holds its context (256, 512, ... positions, par
 not the whole capacity. Where the padding would run past the cache's capacity, the rest of the
 prompt is prefilled eagerly.
 
+Exact mode (``exact=True``, DESIGN.md's route b for batch 1): every decode-phase forward runs at
+one shape, T = γ+1 tokens per row, plain steps and verifies alike; the rows past a round's own
+tokens are padding (their K/V land past the sequence, where a later step overwrites them before
+anything reads them; their logits are ignored). The products, norms and attention then see the
+same launch shapes in plain and speculative decoding, and a row's arithmetic does not depend on
+where in the launch it sits (attention's key chunks are absolute positions), so a verify row gets
+the bits the plain step at its position gets: greedy speculative output equals plain in bf16 too.
+Its price is T(γ+1)/T(1) - 1 of plain decoding. The cache keeps γ positions of headroom for the
+padding, which ``capacity`` does not offer to requests.
+
 Host syncs, all of them: ``round`` (one, reading the results), ``prefill`` callers reading the
 first token, and ``probe`` (timing, on purpose).
 """
@@ -46,6 +56,7 @@ from .decoder import DecoderModel
 from .runner import ModelRunner, PrefillOutput, RowResult, RowWork, eager_round
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+EXACT_BY_DEFAULT = False  # the device runner's mode when the engine does not say (module docstring)
 PREFILL_TOKENS = (32, 128)  # tokens per prefill chunk: a session's appended turn, and a prompt's bulk
 
 
@@ -143,12 +154,18 @@ def prefill_chunks(n: int) -> list[int]:
 
 
 class DeviceRunner(ModelRunner):
-    def __init__(self, model: DecoderModel, *, graphs: bool = True, **kwargs) -> None:
-        super().__init__(model, **kwargs)
+    def __init__(self, model: DecoderModel, *, graphs: bool = True, exact: bool = False, capacity: int,
+                 max_tokens: int = 9, **kwargs) -> None:
+        headroom = max_tokens - 1 if exact else 0  # exact mode's padding rows write past the sequence
+        super().__init__(model, capacity=capacity + headroom, max_tokens=max_tokens, **kwargs)
+        self._capacity = self.cache.capacity - headroom
+        if self._capacity < 1:
+            raise ValueError(f"a cache of {self.cache.capacity} positions leaves no room beside exact mode's padding")
         if graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a model on a CUDA device; pass graphs=False")
         self.graphs = graphs
-        self.kind = "cuda-graphs" if graphs else "device-eager"
+        self.exact = exact
+        self.kind = ("cuda-graphs" if graphs else "device-eager") + ("-exact" if exact else "")
         self.buckets: dict[BucketKey, _Bucket] = {}
         self.prefill_buckets: dict[PrefillKey, _PrefillBucket] = {}
         # Where every round leaves its rows' target features (one buffer for all buckets, so a
@@ -159,6 +176,15 @@ class DeviceRunner(ModelRunner):
             self.features = torch.zeros(ROW_BUCKETS[-1], self.max_tokens, width, dtype=model.dtype, device=self.device)
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
         self.done = torch.cuda.Event() if self.device.type == "cuda" else None
+
+    @property
+    def capacity(self) -> int:
+        """Positions a request may use (exact mode keeps its padding's headroom out of it)."""
+        return self._capacity
+
+    def _tokens(self, T: int) -> int:
+        """Tokens per row of a decode-phase forward that needs ``T``: exact mode runs them all at one shape."""
+        return self.max_tokens if self.exact else T
 
     # ---- capture --------------------------------------------------------------------------
     def _bucket(self, key: BucketKey) -> _Bucket:
@@ -292,7 +318,7 @@ class DeviceRunner(ModelRunner):
     def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
         if verifier is not verify_chain:
             return eager_round(self, rows, verifier)  # tests' negative controls: the reference path
-        T = max(len(r.tokens) for r in rows)
+        T = self._tokens(max(len(r.tokens) for r in rows))
         greedy = all(r.params.greedy for r in rows)
         key = BucketKey(
             rows=row_bucket(len(rows)), tokens=T, greedy=greedy,
@@ -321,14 +347,14 @@ class DeviceRunner(ModelRunner):
         tokens per row; rows past the scheduled length are computed and ignored (the causal mask
         keeps them out of the verified rows). The one host sync reads (accepted, token), the length
         and the draft. Returns the row's result and the verified draft tokens."""
-        T = 1 + draft.drafted
+        T = self._tokens(1 + draft.drafted)
         greedy = params.greedy
         key = BucketKey(1, T, greedy, not greedy and draft.probs is not None,
                         not greedy and (params.top_k > 0 or params.top_p < 1.0), True)
         b = self._bucket(key)
         row = RowWork(slot, start, [anchor] + [0] * draft.drafted, params, generator, draft.probs, capture=True)
         self._fill(b, [row])  # slot, start, top-k, the anchor; noise for T-1 slots; q
-        b.ids[0, 1:].copy_(draft.tokens)  # device to device
+        b.ids[0, 1 : 1 + draft.drafted].copy_(draft.tokens)  # device to device (exact mode: padding after)
         b.n[:1].copy_(draft.length)
         self._replay(b)
         b.out_host.copy_(b.packed, non_blocking=True)
@@ -394,8 +420,8 @@ class DeviceRunner(ModelRunner):
             yield from super().plain_stream(slot, start, token, params, generator, max_steps)
             return
         with torch.inference_mode():
-            key = BucketKey(1, 1, params.greedy, False, not params.greedy and (params.top_k > 0 or params.top_p < 1.0),
-                            False, chained=True)
+            key = BucketKey(1, self._tokens(1), params.greedy, False,
+                            not params.greedy and (params.top_k > 0 or params.top_p < 1.0), False, chained=True)
             b = self._bucket(key)
             row = [RowWork(slot, start, [token], params, generator)]
             self._fill(b, row, noise=False)  # slot, n = 0, top-k, sampling parameters: fixed for the stream
@@ -423,7 +449,7 @@ class DeviceRunner(ModelRunner):
     @torch.inference_mode()
     def probe(self, tokens: int) -> None:
         """A greedy round of ``tokens`` tokens on the scratch slot, as real rounds replay it."""
-        b = self._bucket(BucketKey(1, tokens, True, False, False, bool(self.capture_layers)))
+        b = self._bucket(BucketKey(1, self._tokens(tokens), True, False, False, bool(self.capture_layers)))
         view = b.ints_host.numpy()
         view[:] = 0
         view[0], view[1], view[2] = self.scratch, min(64, self.capacity - tokens), tokens - 1

@@ -167,13 +167,16 @@ class HostRunner(ModelRunner):
 
 
 def make_runner(model: DecoderModel, *, capacity: int, slots: int = 1, max_tokens: int = 9,
-                capture_layers: tuple[int, ...] = (), graphs: bool | None = None) -> ModelRunner:
-    """The device runner with CUDA graphs on CUDA (unless ``graphs=False``), else the host runner."""
+                capture_layers: tuple[int, ...] = (), graphs: bool | None = None,
+                exact: bool | None = None) -> ModelRunner:
+    """The device runner with CUDA graphs on CUDA (unless ``graphs=False``), else the host runner.
+    ``exact``: the device runner's exact mode (graph_runner.py); None = ``EXACT_BY_DEFAULT``. The host
+    runner is exact by construction on the CPU in float32 and ignores it."""
     if graphs is None:
         graphs = model.device.type == "cuda"
     if graphs:
-        from .graph_runner import DeviceRunner
+        from .graph_runner import EXACT_BY_DEFAULT, DeviceRunner
 
         return DeviceRunner(model, capacity=capacity, slots=slots, max_tokens=max_tokens,
-                            capture_layers=capture_layers)
+                            capture_layers=capture_layers, exact=EXACT_BY_DEFAULT if exact is None else exact)
     return HostRunner(model, capacity=capacity, slots=slots, max_tokens=max_tokens, capture_layers=capture_layers)
