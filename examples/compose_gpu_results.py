@@ -1,7 +1,8 @@
 """Compose examples/results/gpu_runtime_h200.json (the fixed field names README and the issue read)
 from one device run of examples/gpu_runtime.py kept under examples/results/gpu_runtime_runs/.
 
-Every figure comes from run 13: every part of the benchmark in one call, on the commit given.
+Every figure comes from run 13: every part of the benchmark in one call, on the commit given;
+``exact_mode`` alone from run 14 (``--parts exact``), measured after it.
 (Earlier runs, kept beside it, are the history: run 7 was the first full run, runs 9 and 11
 re-ran parts after fixes, run 12 a full run before the prefill key window.) Nothing here is
 measured; it only selects and renames.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 RUNS = Path(__file__).resolve().parent / "results" / "gpu_runtime_runs"
 RUN, COMMIT = "run13", "f750565"
+EXACT_COMMIT = "529f66d"  # the tree of run 14: exact mode as committed
 
 
 def load(name: str) -> dict:
@@ -53,6 +55,11 @@ def main() -> None:
                          for t, p in r["profile_8b"].items()}
     out["micro_matmul_8b"] = r["micro"]["matmul"]
     out["gpu_tests"] = r["tests"]["tail"].strip().splitlines()[-1]
+    # exact mode (issue 15's fields) was measured after run 13, in run 14 (``--parts exact``)
+    x = load("run14_exact.json")["exact_mode"]
+    out["exact_mode"] = {"identical": x["identical"], "prompts": x["prompts"], "speed_cost": x["speed_cost"],
+                         "plain_8b_ms_per_token": x["plain_8b_ms_per_token"], "exact": x["exact"], "fast": x["fast"],
+                         "run": "run14", "commit": EXACT_COMMIT}
     path = RUNS.parent / "gpu_runtime_h200.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k.startswith(("plain_", "verify_cost_8b", "default_model", "what_if", "agent"))}, indent=1)[:3500])
