@@ -9,6 +9,7 @@ transformers (the GPU machine has no pydantic or FastAPI).
 from importlib import import_module
 from typing import Any
 
+from .batch import BatchEngine, BatchRequest
 from .drafters import Draft, Drafter, DraftModelDrafter, NgramDrafter
 from .drafters.dspark import DSparkDrafter
 from .drafters.factory import build_drafter
@@ -50,6 +51,8 @@ __all__ = [
     "Agent",
     "AgentResult",
     "AgentSparkError",
+    "BatchEngine",
+    "BatchRequest",
     "ChatAgentSpark",
     "DSparkDrafter",
     "Draft",

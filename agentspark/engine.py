@@ -92,6 +92,36 @@ class _Request:
         return bool(self.finish_reason)
 
 
+def new_request(target: LoadedModel, capacity: int, prompt_ids: list[int], params: SamplingParams) -> _Request:
+    """A request's bookkeeping, its prompt checked against the model and a cache of ``capacity``."""
+    vocab = target.model.cfg.vocab_size
+    if any(not 0 <= t < vocab for t in prompt_ids):
+        raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})")
+    if len(prompt_ids) >= capacity:
+        raise PromptTooLongError(
+            f"the prompt has {len(prompt_ids)} tokens; the context holds {capacity} "
+            "(prompt + new tokens): shorten the prompt or raise max_seq_len"
+        )
+    if params.stop and target.tokenizer is None:
+        raise InvalidRequestError("stop strings need a tokenizer; this model has none")
+    budget = min(params.max_new_tokens, capacity - len(prompt_ids))
+    return _Request(prompt_ids=prompt_ids, params=params, budget=budget, eos=target.eos_token_ids,
+                    tracker=TextTracker(target.tokenizer, params.stop), tokens=list(prompt_ids))
+
+
+def commit_tokens(req: _Request, new: list[int]) -> tuple[list[int], str]:
+    """Commit tokens one at a time; a stop inside an accepted block cuts there."""
+    committed: list[int] = []
+    delta = ""
+    for token in new:
+        delta += req.commit(token)
+        committed.append(token)
+        if req.done:
+            delta += req.tracker.flush()  # release what was held back for a stop string
+            break
+    return committed, delta
+
+
 class Engine:
     def __init__(
         self,
@@ -258,25 +288,7 @@ class Engine:
 
     # ---- internals --------------------------------------------------------------------------
     def _new_request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
-        vocab = self.model.cfg.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_ids):
-            raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})")
-        if len(prompt_ids) >= self.runner.capacity:
-            raise PromptTooLongError(
-                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.runner.capacity} "
-                "(prompt + new tokens): shorten the prompt or raise max_seq_len"
-            )
-        if params.stop and self.tokenizer is None:
-            raise InvalidRequestError("stop strings need a tokenizer; this model has none")
-        budget = min(params.max_new_tokens, self.runner.capacity - len(prompt_ids))
-        return _Request(
-            prompt_ids=prompt_ids,
-            params=params,
-            budget=budget,
-            eos=self.target.eos_token_ids,
-            tracker=TextTracker(self.tokenizer, params.stop),
-            tokens=list(prompt_ids),
-        )
+        return new_request(self.target, self.runner.capacity, prompt_ids, params)
 
     def _run(self, req: _Request, drafter: Drafter | None, reuse_cache: bool) -> Iterator[StreamChunk]:
         params = req.params
@@ -339,18 +351,7 @@ class Engine:
             n += 1
         return n
 
-    @staticmethod
-    def _commit(req: _Request, new: list[int]) -> tuple[list[int], str]:
-        """Commit tokens one at a time; a stop inside an accepted block cuts there."""
-        committed: list[int] = []
-        delta = ""
-        for token in new:
-            delta += req.commit(token)
-            committed.append(token)
-            if req.done:
-                delta += req.tracker.flush()  # release what was held back for a stop string
-                break
-        return committed, delta
+    _commit = staticmethod(commit_tokens)
 
     def _plain_rounds(self, req: _Request, generator: torch.Generator) -> Iterator[tuple[list[int], RoundStats]]:
         """The reference: one target step per token on the pending token, one token from its logits.

@@ -87,6 +87,67 @@ def choose_length_no_early_stop(confidences: Sequence[float], steps_per_second: 
 
 
 
+def _candidates(confidences: Sequence[Sequence[float]], limit: int) -> list[tuple[float, int, int]]:
+    """(survival a_{r,j}, r, j) of every draft token, best first; ties by request, then position, so
+    each request's admitted tokens stay a prefix (a_{r,j} never rises with j: c <= 1)."""
+    out = []
+    for r, cs in enumerate(confidences):
+        survival = 1.0
+        for j, c in enumerate(cs[:limit], start=1):
+            survival *= c
+            out.append((survival, r, j))
+    out.sort(key=lambda x: (-x[0], x[1], x[2]))
+    return out
+
+
+def choose_lengths(confidences: Sequence[Sequence[float]], steps_per_second: Sequence[float]) -> list[int]:
+    """DESIGN.md's Θ rule across R requests: l_r for each, l_r in 0..len(confidences[r]).
+
+    Θ = (Σ_r (1 + Σ_{j<=l_r} a_{r,j})) · SPS(Σ_r (1 + l_r)), with steps_per_second[B-1] the SPS at B
+    tokens in the forward (B past the table: never admitted). Candidates (r, j) are admitted in
+    descending a_{r,j}, one at a time, and the first admission that does not raise Θ ends the
+    schedule. Whether d_{r,j} is verified then depends only on candidates at least as likely,
+    which are d_{r,<j} and other requests' drafts, never on what request r drafted after d_{r,j}:
+    the early stop that keeps it lossless. One request: ``choose_length``.
+    """
+    lengths = [0] * len(confidences)
+    tokens = len(confidences)  # the anchors: one token per request is always in the forward
+    if not confidences or tokens > len(steps_per_second):
+        return lengths
+    expected = float(tokens)
+    best = expected * steps_per_second[tokens - 1]
+    for survival, r, j in _candidates(confidences, len(steps_per_second)):
+        if tokens + 1 > len(steps_per_second):
+            break
+        throughput = (expected + survival) * steps_per_second[tokens]
+        if throughput <= best:
+            break
+        expected, best, tokens = expected + survival, throughput, tokens + 1
+        lengths[r] = j
+    return lengths
+
+
+def choose_lengths_no_early_stop(confidences: Sequence[Sequence[float]], steps_per_second: Sequence[float]) -> list[int]:
+    """NEGATIVE CONTROL ONLY: the Appendix-A variant across requests. It walks the same admission
+    order to its end and keeps the prefix of it with the best Θ, so a likely d_{r,j+1} (whose
+    confidence depends on d_{r,j}) can pull d_{r,j} in after the rule had stopped: biased."""
+    lengths = [0] * len(confidences)
+    tokens = len(confidences)
+    if not confidences or tokens > len(steps_per_second):
+        return lengths
+    expected = float(tokens)
+    best, best_lengths = expected * steps_per_second[tokens - 1], list(lengths)
+    for survival, r, j in _candidates(confidences, len(steps_per_second)):
+        if tokens + 1 > len(steps_per_second):
+            break
+        expected, tokens = expected + survival, tokens + 1
+        lengths[r] = j
+        throughput = expected * steps_per_second[tokens - 1]
+        if throughput > best:
+            best, best_lengths = throughput, list(lengths)
+    return best_lengths
+
+
 # ---- the SPS table -------------------------------------------------------------------------------
 
 _LOW_QUANTILE = 0.2  # per size, this quantile of its timings (the minimum of 5): load only adds time

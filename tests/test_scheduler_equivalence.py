@@ -82,12 +82,16 @@ def test_the_design_numbers():
         assert choose_length_no_early_stop(conf, SPS) == want
 
 
-@pytest.fixture(scope="module")
-def models():
+def tiny_target_and_draft():
     vocab = dict(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
     target = ours_from_hf(tiny_hf_model("llama", seed=21, init_std=0.1, **vocab))
     draft = ours_from_hf(tiny_hf_model("llama", seed=22, init_std=0.1, **vocab))  # q far from p
     return target, draft
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_target_and_draft()
 
 
 def params(seed: int) -> SamplingParams:
@@ -114,11 +118,15 @@ def p_values(a: list[tuple[int, ...]], b: list[tuple[int, ...]]) -> dict[str, fl
     return out
 
 
-@pytest.fixture(scope="module")
-def plain(models):
-    target, _ = models
+def plain_outcomes(target) -> list[tuple[int, ...]]:
+    """N plain runs, seeds 10_000.. (no spec sampler draws from that range)."""
     outs, _ = run(Engine(target), range(10_000, 10_000 + N), speculative=False)
     return outs
+
+
+@pytest.fixture(scope="module")
+def plain(models):
+    return plain_outcomes(models[0])
 
 
 def spec(models, schedule: str, c1: float, seed_base: int):

@@ -1,0 +1,232 @@
+"""BatchEngine: many requests through one target at once, with continuous batching.
+
+Each request owns a KV slot of the model runner; requests join (their prefill) and leave (their
+end) between rounds. One round serves every running request:
+
+  1. each request's own drafter proposes after its committed tokens (host drafters: n-gram);
+  2. the schedule picks every request's verified length together (``schedule="adaptive"``:
+     scheduler.choose_lengths, DESIGN.md's Θ rule over SPS at the forward's total tokens B);
+  3. one ``runner.round`` verifies all rows: on CUDA one replay of the (R rows, T tokens) graph
+     bucket with the fused verifier per row; on the CPU row by row (row-invariant, exact);
+  4. each request commits its own tokens, stops on its own EOS, stop strings and budget, and
+     streams its own deltas (``BatchRequest.chunks``).
+
+Plain batched decoding is the same round with no drafts (every row is its anchor alone).
+
+Lossless, request by request: a row is verified against the target's distribution with its own
+sampling parameters and generator, drawing in the order it draws alone, and its length is chosen
+before its verify from candidates at least as likely as its own tokens (the Θ rule's early stop).
+So each request's output is distributed as plain decoding of it alone. Greedy it is the very
+tokens it gets alone wherever rows are computed independently of each other: the CPU in float32,
+and the GPU's exact mode for the lengths it runs. With the ``full`` or ``threshold`` schedule a
+request's lengths do not depend on the others either, so even its sampled output for a seed is
+the one it gets alone; ``adaptive`` trades that for throughput (the same distribution).
+
+Not here yet (issue 11): prefix reuse across conversations, learned drafters (their device state
+belongs to one request), the server's concurrent lanes, SPS(B) measured at start-up (adaptive takes
+a given table).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .drafters.base import Draft, Drafter
+from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, new_request
+from .errors import InvalidRequestError
+from .model.loading import LoadedModel
+from .model.runner import RowWork, make_runner, pick_token
+from .prompts import Prompt, encode_prompt
+from .sampling import SamplingParams, make_generator
+from .scheduler import choose_lengths, choose_lengths_no_early_stop, threshold_length
+from .stats import RequestStats, RoundStats
+
+BATCH_SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")  # the last: a negative control for tests
+
+
+@dataclass
+class BatchRequest:
+    """One request of a batch: its chunks arrive as rounds commit; ``result`` is set at its end."""
+
+    id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    chunks: list[StreamChunk] = field(default_factory=list)
+    result: GenerationResult | None = None
+    _req: _Request | None = None
+    _drafter: Drafter | None = None
+    _generator: torch.Generator | None = None
+    _slot: int = -1
+    _stats: RequestStats = field(default_factory=RequestStats)
+    _t0: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+
+class BatchEngine:
+    def __init__(
+        self,
+        target: LoadedModel,
+        drafter: Callable[[], Drafter] | None = None,
+        *,
+        slots: int = 4,
+        max_draft: int = 8,
+        max_seq_len: int = 4096,
+        schedule: str = "full",
+        confidence_threshold: float = 0.5,
+        sps_table: Sequence[float] | None = None,
+        graphs: bool | None = None,
+        exact: bool | None = None,
+    ) -> None:
+        """drafter: makes one drafter per request (each keeps its own request's state), or None for
+        plain batched decoding. slots: requests running at once (more wait in order).
+        sps_table: target steps per second at B = 1, 2, ... tokens per forward (all rows), which
+        ``adaptive`` schedules with; B past its end is never scheduled."""
+        if not isinstance(slots, int) or slots < 1:
+            raise InvalidRequestError(f"slots must be a positive integer, got {slots!r}")
+        if schedule not in BATCH_SCHEDULES:
+            raise InvalidRequestError(f"schedule must be one of {', '.join(map(repr, BATCH_SCHEDULES[:3]))}, got {schedule!r}")
+        if schedule in ("adaptive", "no-early-stop") and not sps_table:
+            raise InvalidRequestError("the adaptive batch schedule needs sps_table (SPS at 1, 2, ... tokens per forward) "
+                                      "for now; or use schedule='full' or 'threshold'")
+        self.target, self.model = target, target.model
+        self.tokenizer = target.tokenizer
+        self.make_drafter = drafter
+        self.max_draft, self.schedule = max_draft, schedule
+        self.confidence_threshold = float(confidence_threshold)
+        self.sps = list(sps_table) if sps_table else None
+        self.device = self.model.device
+        self.runner = make_runner(self.model, capacity=max_seq_len, slots=slots, max_tokens=max_draft + 1,
+                                  graphs=graphs, exact=exact)
+        self.free = list(range(slots))
+        self.waiting: deque[BatchRequest] = deque()
+        self.running: list[BatchRequest] = []
+        self._ids = 0
+
+    # ---- public API -------------------------------------------------------------------------
+    def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False,
+               speculative: bool = True) -> BatchRequest:
+        """Queue a request; it joins at the next round with a free slot. Checked now (a bad prompt
+        raises here, and nothing of the others is touched)."""
+        params = params or SamplingParams()
+        ids = encode_prompt(self.tokenizer, prompt, chat=chat)
+        req = new_request(self.target, self.runner.capacity, ids, params)
+        drafter = self.make_drafter() if (speculative and self.make_drafter is not None) else None
+        if drafter is not None and drafter.capture_layers:
+            raise InvalidRequestError(f"the batch engine does not run learned drafters yet ({drafter.name}); "
+                                      "use an n-gram drafter or plain decoding")
+        handle = BatchRequest(self._ids, ids, params, _req=req, _drafter=drafter,
+                              _stats=RequestStats(prompt_tokens=len(ids), drafter=drafter.name if drafter else "none"))
+        self._ids += 1
+        self.waiting.append(handle)
+        return handle
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    def step(self) -> list[BatchRequest]:
+        """One round: admit waiting requests into free slots (their prefill and first token), then
+        one verify forward over every running request. Returns the requests that got chunks."""
+        with torch.inference_mode():
+            touched = self._admit()
+            if self.running:
+                touched += self._round()
+        return touched
+
+    def run(self) -> None:
+        while not self.idle:
+            self.step()
+
+    def generate_many(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                      *, chat: bool = False, speculative: bool = True) -> list[GenerationResult]:
+        """Every prompt through the batch (at most ``slots`` at a time), results in prompt order."""
+        per = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
+        if len(per) != len(prompts):
+            raise InvalidRequestError(f"{len(prompts)} prompts but {len(per)} sampling parameters")
+        handles = [self.submit(p, q, chat=chat, speculative=speculative) for p, q in zip(prompts, per)]
+        self.run()
+        return [h.result for h in handles]
+
+    # ---- internals --------------------------------------------------------------------------
+    def _admit(self) -> list[BatchRequest]:
+        joined = []
+        while self.waiting and self.free:
+            h = self.waiting.popleft()
+            h._slot, h._t0 = self.free.pop(0), time.perf_counter()
+            req = h._req
+            h._generator = make_generator(h.params, self.device)
+            if h._drafter is not None:
+                h._drafter.start(req.prompt_ids, h.params, h._generator)
+            out = self.runner.prefill(h._slot, req.prompt_ids, 0)
+            first = pick_token(out.logits, h.params, h._generator)  # host sync: the first token
+            h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids), time.perf_counter() - h._t0
+            self._emit(h, *commit_tokens(req, [first]))
+            self.running.append(h)
+            joined.append(h)
+        return joined
+
+    def _round(self) -> list[BatchRequest]:
+        t0 = time.perf_counter()
+        live = list(self.running)
+        drafts: list[Draft | None] = []
+        for h in live:
+            req = h._req
+            start = len(req.tokens) - 1  # the anchor's position; the slot's cache holds [0, start)
+            room = min(self.max_draft, req.budget - req.generated - 1, self.runner.capacity - 1 - start)
+            draft = h._drafter.propose(req.tokens, room) if h._drafter is not None and room > 0 else None
+            drafts.append(None if draft is None else draft.truncate(max(0, min(len(draft), room))))
+        lengths = self._lengths(drafts)
+        rows, verified = [], []
+        for h, draft, length in zip(live, drafts, lengths):
+            d_tokens = [] if draft is None else draft.truncate(length).tokens.tolist()
+            q = None if draft is None or draft.probs is None else draft.probs[:length].to(self.device)
+            req = h._req
+            rows.append(RowWork(h._slot, len(req.tokens) - 1, [req.tokens[-1], *d_tokens], h.params, h._generator, q))
+            verified.append(d_tokens)
+        t1 = time.perf_counter()
+        results = self.runner.round(rows)  # one forward for every request; the round's one host sync
+        t2 = time.perf_counter()
+        for h, draft, d_tokens, res in zip(live, drafts, verified, results):
+            a = res.accepted
+            if h._drafter is not None:
+                h._drafter.feedback(len(d_tokens), a)
+            committed, delta = commit_tokens(h._req, d_tokens[:a] + [res.token])
+            h._stats.rounds.append(RoundStats(0 if draft is None else len(draft), len(d_tokens), a, len(committed),
+                                              t1 - t0, t2 - t1, 0.0))
+            self._emit(h, committed, delta)
+        return live
+
+    def _lengths(self, drafts: list[Draft | None]) -> list[int]:
+        """Every request's verified length, chosen together before the verify forward."""
+        full = [0 if d is None else len(d) for d in drafts]
+        if self.schedule == "full":
+            return full
+        confidences = [[] if d is None else ([1.0] * len(d) if d.confidences is None else d.confidences.tolist())
+                       for d in drafts]
+        if self.schedule == "threshold":
+            return [threshold_length(c, self.confidence_threshold) for c in confidences]
+        choose = choose_lengths if self.schedule == "adaptive" else choose_lengths_no_early_stop
+        return choose(confidences, self.sps)
+
+    def _emit(self, h: BatchRequest, committed: list[int], delta: str) -> None:
+        req = h._req
+        if not req.done:
+            h.chunks.append(StreamChunk(delta=delta, token_ids=committed))
+            return
+        stats = h._stats
+        stats.new_tokens, stats.finish_reason = req.generated, req.finish_reason
+        stats.total_s = time.perf_counter() - h._t0
+        h.result = GenerationResult(text=req.tracker.text, token_ids=req.tokens[len(req.prompt_ids):],
+                                    prompt_ids=req.prompt_ids, stats=stats)
+        h.chunks.append(StreamChunk(delta=delta, token_ids=committed))
+        h.chunks.append(StreamChunk(delta="", token_ids=[], result=h.result))
+        self.running = [r for r in self.running if r is not h]
+        self.free.append(h._slot)

@@ -1,0 +1,152 @@
+"""The batch engine (agentspark/batch.py) on the CPU: requests that run together, join and leave
+between rounds each get exactly what they get served alone (float32, row-invariant: greedy token
+for token; with the full schedule even sampled, seed for seed), and the Θ rule across requests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentspark import Engine, NgramDrafter, SamplingParams
+from agentspark.batch import BatchEngine
+from agentspark.errors import InvalidRequestError
+from agentspark.model.graph_runner import DeviceRunner
+from agentspark.scheduler import choose_length, choose_lengths, choose_lengths_no_early_stop
+
+from conftest import ours_from_hf, tiny_hf_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return ours_from_hf(tiny_hf_model("qwen3", seed=3), eos=frozenset({7}))
+
+
+def prompts(n: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        motif = torch.randint(8, 96, (3 + i % 3,), generator=g).tolist()
+        out.append((motif * 4)[: 8 + 2 * i])  # repeats: the n-gram drafter finds matches
+    return out
+
+
+PARAMS = [SamplingParams(max_new_tokens=12 + 5 * (i % 3)) for i in range(7)]
+SAMPLED = [SamplingParams(temperature=0.9, top_k=30, seed=10 + i, max_new_tokens=14) for i in range(7)]
+
+
+@pytest.mark.parametrize("params", [PARAMS, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("drafted", [False, True], ids=["plain", "ngram"])
+def test_each_request_gets_what_it_gets_alone(tiny, params, drafted):
+    """7 requests through 3 slots: they join as others leave (budgets differ, EOS may end one
+    early); each output, finish reason and committed stream equals the request served alone."""
+    ps = prompts(7, seed=1)
+    alone = Engine(tiny, NgramDrafter() if drafted else None, max_draft=4, schedule="full", max_seq_len=96)
+    refs = [alone.generate(p, q, speculative=drafted) for p, q in zip(ps, params)]
+    batch = BatchEngine(tiny, NgramDrafter if drafted else None, slots=3, max_draft=4, max_seq_len=96)
+    handles = [batch.submit(p, q) for p, q in zip(ps, params)]
+    peak = 0
+    while not batch.idle:
+        batch.step()
+        peak = max(peak, len(batch.running))
+    assert peak == 3
+    for h, ref in zip(handles, refs):
+        assert h.result.token_ids == ref.token_ids
+        assert h.result.finish_reason == ref.finish_reason
+        assert [t for c in h.chunks for t in c.token_ids] == ref.token_ids
+    if drafted:
+        assert sum(r.accepted for h in handles for r in h.result.stats.rounds) > 0
+
+
+def test_requests_joining_mid_flight_and_the_device_round(tiny):
+    """A request submitted while others run joins at the next round; the same batch through the
+    device runner's body (several rows in one forward_rows, padded to a row bucket) gives the same
+    greedy tokens as the host runner's row by row."""
+    ps = prompts(5, seed=2)
+    params = SamplingParams(max_new_tokens=16)
+    refs = [Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=96).generate(p, params).token_ids
+            for p in ps]
+    for device in (False, True):
+        batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96)
+        if device:
+            batch.runner = DeviceRunner(tiny.model, graphs=False, capacity=96, slots=4, max_tokens=5)
+        first = [batch.submit(p, params) for p in ps[:3]]
+        batch.step()
+        batch.step()
+        late = [batch.submit(p, params) for p in ps[3:]]
+        batch.run()
+        assert [h.result.token_ids for h in first + late] == refs
+
+
+def test_bad_requests_are_refused_at_submit(tiny):
+    batch = BatchEngine(tiny, slots=2, max_seq_len=32)
+    ok = batch.submit([1, 2, 3], SamplingParams(max_new_tokens=4))
+    with pytest.raises(InvalidRequestError):
+        batch.submit([1, 999], SamplingParams())
+    with pytest.raises(Exception, match="context holds"):
+        batch.submit(list(range(8, 48)), SamplingParams())
+    batch.run()
+    assert ok.result is not None and len(ok.result.token_ids) == 4
+    with pytest.raises(InvalidRequestError, match="sps_table"):
+        BatchEngine(tiny, NgramDrafter, schedule="adaptive")
+    with pytest.raises(InvalidRequestError, match="slots"):
+        BatchEngine(tiny, slots=0)
+
+
+def test_adaptive_batch_schedule_is_greedy_lossless(tiny):
+    """With the Θ rule across requests (a table where verifying gets costly fast, so lengths are
+    cut and differ from the requests' solo choices), greedy outputs stay those of plain decoding."""
+    ps = prompts(6, seed=4)
+    params = SamplingParams(max_new_tokens=18)
+    refs = [Engine(tiny).generate(p, params, speculative=False).token_ids for p in ps]
+    sps = [100.0 / (1 + 0.15 * b) for b in range(40)]
+    batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, schedule="adaptive", sps_table=sps)
+    results = batch.generate_many(ps, params)
+    assert [r.token_ids for r in results] == refs
+    rounds = [x for r in results for x in r.stats.rounds]
+    assert any(0 < x.verified < x.drafted for x in rounds)  # the rule cut drafts
+
+
+# ---- the Θ rule across requests ----------------------------------------------------------------
+
+confidence_lists = st.lists(st.lists(st.floats(0.0, 1.0), max_size=6), min_size=1, max_size=5)
+tables = st.lists(st.floats(1.0, 100.0), min_size=1, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), max_size=8), tables)
+def test_one_request_is_the_single_request_rule(confidences, sps):
+    assert choose_lengths([confidences], sps) == [choose_length(confidences, sps)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(confidence_lists, tables)
+def test_batch_lengths_respect_the_table_and_the_drafts(confidences, sps):
+    lengths = choose_lengths(confidences, sps)
+    assert all(0 <= l <= len(c) for l, c in zip(lengths, confidences))
+    assert sum(1 + l for l in lengths) <= max(len(sps), len(confidences))
+
+
+@settings(max_examples=200, deadline=None)
+@given(confidence_lists, tables, st.data())
+def test_a_decision_does_not_depend_on_later_drafts_of_its_request(confidences, sps, data):
+    """The early stop: changing what a request drafted after position j (its later confidences)
+    cannot change whether its tokens up to j are verified. The Appendix-A variant breaks this."""
+    r = data.draw(st.integers(0, len(confidences) - 1))
+    cut = data.draw(st.integers(0, len(confidences[r])))
+    tail = data.draw(st.lists(st.floats(0.0, 1.0), max_size=6))
+    changed = [list(c) for c in confidences]
+    changed[r] = changed[r][:cut] + tail
+    a, b = choose_lengths(confidences, sps)[r], choose_lengths(changed, sps)[r]
+    assert min(a, cut) == min(b, cut)
+
+
+def test_the_appendix_a_variant_lets_a_later_draft_decide():
+    """The negative control of the property above: a confident second token pulls a doubtful first
+    one into verification only when there is no early stop."""
+    sps = [10.0, 7.5, 7.0, 6.5]  # one more token costs more than a doubtful one wins; two win it back
+    doubtful, confident_after = [[0.3]], [[0.3, 1.0]]
+    assert choose_lengths(doubtful, sps) == choose_lengths(confident_after, sps) == [0]
+    assert choose_lengths_no_early_stop(doubtful, sps) == [0]
+    assert choose_lengths_no_early_stop(confident_after, sps) == [2]
