@@ -25,12 +25,12 @@ from pathlib import Path
 
 from agentspark import Engine, NgramDrafter, SamplingParams, load_model
 from agentspark.agent.loop import Agent
-from agentspark.audit import SessionRecord, audit_round
+from agentspark.audit import audit_round, rebuilt_round
 from agentspark.backends.local import LocalBackend
 from agentspark.commands.common import console as make_console
 from agentspark.tools import calculator
 from agentspark.traces import AuditVerdict, compare_table, read_trace, render_table, set_audit, speedup_line
-from agentspark.traces.replay import replay, sampling_of
+from agentspark.traces.replay import replay
 
 
 def main() -> int:
@@ -70,12 +70,8 @@ def main() -> int:
     auditor = LocalBackend(engine, reuse_cache=False)
     failures = 0
     for r in recorded:
-        params, tool_choice = sampling_of(r.request)
-        prepared = auditor.prepare(r.request.messages, r.request.tools, params, tool_choice,
-                                   close_forced_call=bool(r.request.sampling.get("forced_suffix")))
-        record = SessionRecord(token_ids=r.response.get("token_ids"), prompt_hash=r.request.prompt_hash,
-                               params=prepared.params)
-        verdict = audit_round(engine, prepared.prompt_ids, prepared.params, record)
+        ids, params, record = rebuilt_round(auditor, r)
+        verdict = audit_round(engine, ids, params, record)
         failures += not verdict.passed
         print(f"audit {r.session_id}#{r.round_index}: {'PASS' if verdict.passed else 'FAIL'} ({verdict.detail})")
         set_audit(trace, r.session_id, r.round_index, AuditVerdict(

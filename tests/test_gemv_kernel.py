@@ -11,26 +11,14 @@ the interpreter runs each program in Python.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 from agentspark.kernels.gemv import (
     MAX_ROWS, GemvConfig, gemv, gemv_reference, pick_config, split_layout, sweep_configs,
 )
-from agentspark.kernels.support import cpu_interpreter, interpreting, triton_available
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    not triton_available() or (DEVICE == "cpu" and not interpreting()),
-    reason="needs triton (the test extra installs it) and, on the CPU, TRITON_INTERPRET=1 (conftest sets it)",
-)
-
-
-def kernels():
-    """Where the kernels run: the GPU, or the CPU through the interpreter."""
-    return cpu_interpreter() if DEVICE == "cpu" else contextlib.nullcontext()
+from test_kernels import DEVICE, kernels, pytestmark  # noqa: F401  (where the kernels run, and when they can)
 
 
 def case(M: int, K: int, N: int, dtype: torch.dtype, seed: int = 0, bias: bool = False):

@@ -81,20 +81,14 @@ def _trace_jobs(engine, rounds) -> list[tuple]:  # noqa: ANN001 (Engine, TraceRo
     """(label, prompt ids, params, trace key, session record) per round: the request rebuilt as the
     session's backend built it (forced prefix, and the forced call closed where the recording closed
     it), with what the session produced, to compare with plain decoding."""
-    from ..audit import SessionRecord
+    from ..audit import rebuilt_round
     from ..backends.local import LocalBackend
-    from ..traces.replay import sampling_of
 
     backend = LocalBackend(engine, reuse_cache=False)
     jobs = []
     for r in rounds:
-        params, tool_choice = sampling_of(r.request)
-        prepared = backend.prepare(r.request.messages, r.request.tools, params, tool_choice,
-                                   close_forced_call=bool(r.request.sampling.get("forced_suffix")))
-        record = SessionRecord(token_ids=r.response.get("token_ids"), prompt_hash=r.request.prompt_hash,
-                               params=prepared.params)
-        jobs.append((f"{r.session_id}#{r.round_index}", prepared.prompt_ids, prepared.params,
-                     (r.session_id, r.round_index), record))
+        ids, params, record = rebuilt_round(backend, r)
+        jobs.append((f"{r.session_id}#{r.round_index}", ids, params, (r.session_id, r.round_index), record))
     return jobs
 
 
