@@ -149,3 +149,28 @@ def test_forward_threads_follow_the_policy(monkeypatch):
         torch.set_num_threads(torch_before)
         if blas_before is not None:
             openblas_threads(blas_before)
+
+
+@pytest.mark.parametrize("route", ["blocks", "rows"])
+def test_rows_of_different_requests_share_a_forward_bitwise(qwen_05b_2_layers, route, monkeypatch):
+    """forward_host_rows (the CPU's batched rounds): rows of different requests, each in its own
+    slot at its own position, in one forward get the logits and K/V of their own forwards, bit for
+    bit: 5 plain steps, and 3 verifies of 4 tokens (the 0.5B shape, both matmul routes)."""
+    monkeypatch.setattr(linear, "ROW_KERNEL", route)
+    model = qwen_05b_2_layers
+    g = torch.Generator().manual_seed(11)
+    lengths = [30, 17, 41, 8, 25]
+    seqs = [torch.randint(0, 151936, (1, n + 4), generator=g) for n in lengths]
+    with torch.inference_mode():
+        for T in (1, 4):
+            shared, alone = model.new_cache(64, batch_size=5), model.new_cache(64, batch_size=5)
+            for slot, (n, ids) in enumerate(zip(lengths, seqs)):
+                model(ids[:, :n], shared, 0, slot=slot)
+                model(ids[:, :n], alone, 0, slot=slot)
+            rows = list(range(5)) if T == 1 else [0, 2, 4]
+            x = torch.cat([seqs[r][:, lengths[r] : lengths[r] + T] for r in rows])  # [R, T]
+            out = model.forward_host_rows(x, shared, rows, [lengths[r] for r in rows]).logits
+            for k, r in enumerate(rows):
+                ref = model(x[k : k + 1], alone, lengths[r], slot=r, row_invariant=True).logits[0]
+                assert torch.equal(out[k], ref), f"row {r}, T = {T}"
+            assert torch.equal(shared.k, alone.k) and torch.equal(shared.v, alone.v)

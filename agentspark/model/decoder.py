@@ -116,6 +116,27 @@ class HostPlacement:
         return out.reshape(B, Hq, 1, D)
 
 
+class HostRowsPlacement:
+    """R requests' rows of T tokens each, row r at host positions [starts[r], starts[r] + T) of
+    cache slot slots[r]: the CPU's batched rounds (batch.py), row-invariant. The matrix products
+    see all R*T rows at once, each row getting the bits it gets alone (linear.py); RoPE, the K/V
+    write and attention go row by row through a one-request placement each, over exactly its own
+    slot's keys. So every row computes what its request's own step computes, bit for bit, while
+    the weights are read once for all of them."""
+
+    norm = staticmethod(add_rms_norm_reference)
+    activation = staticmethod(silu_mul_reference)
+    row_invariant = True
+
+    def __init__(self, model: DecoderModel, cache: StaticKVCache, slots: list[int], starts: list[int], T: int,
+                 dtype: torch.dtype) -> None:
+        self.rows = [HostPlacement(model, cache, slot, start, T, dtype, True) for slot, start in zip(slots, starts)]
+
+    def attend(self, attn: Attention, layer: int, qkv: Tensor) -> Tensor:
+        """qkv [R, T, (Hq+2Hkv)*D] -> [R, T, Hq*D], row r through its own placement."""
+        return torch.cat([row.attend(attn, layer, qkv[r : r + 1]) for r, row in enumerate(self.rows)])
+
+
 class DevicePlacement:
     """R rows of T tokens; row r's tokens sit at positions starts[r] + [0, T) of cache slot
     slots[r], both *device* tensors: the decode and verify steps of the model runner. Nothing
@@ -178,7 +199,7 @@ def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor
     return out.transpose(1, 2).contiguous()  # [R, T, Hq, D]
 
 
-Placement = HostPlacement | DevicePlacement
+Placement = HostPlacement | HostRowsPlacement | DevicePlacement
 
 
 class Attention(nn.Module):
@@ -281,6 +302,24 @@ class DecoderModel(nn.Module):
             out = self._run(input_ids, placement, num_logits, capture_layers)
         cache.length = end
         return out
+
+    def forward_host_rows(
+        self, input_ids: Tensor, cache: StaticKVCache, slots: list[int], starts: list[int], *,
+        capture_layers: tuple[int, ...] = (),
+    ) -> ForwardOutput:
+        """R requests' rows in one row-invariant forward (CPU float32): input_ids [R, T], row r at
+        positions [starts[r], starts[r] + T) of cache slot slots[r] (host ints, distinct slots).
+        Each row's logits and K/V are the bits of its own one-request forward (HostRowsPlacement)."""
+        R, T = input_ids.shape
+        if not cpu_float32_inference(self.embed.weight):
+            raise ValueError("forward_host_rows is the CPU float32 path; on other devices use forward_rows")
+        if len(slots) != R or len(starts) != R or len(set(slots)) != R:
+            raise ValueError(f"{R} rows need {R} distinct slots and starts, got {slots} and {starts}")
+        if max(starts) + T > cache.capacity:
+            raise ValueError(f"positions up to {max(starts) + T} exceed the cache capacity {cache.capacity}")
+        with blas_owns_the_cores(self.embed.weight):
+            placement = HostRowsPlacement(self, cache, slots, starts, T, self.dtype)
+            return self._run(input_ids, placement, None, capture_layers)
 
     def forward_rows(
         self,

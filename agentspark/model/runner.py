@@ -30,6 +30,7 @@ from ..sampling import SamplingParams, probs_from_logits, sample
 from ..verify import Verifier, verify_chain
 from .decoder import DecoderModel
 from .kv_cache import StaticKVCache
+from .linear import cpu_float32_inference
 
 
 @dataclass
@@ -128,25 +129,47 @@ def greedy_verdict(logits: Tensor, tokens: list[int]) -> tuple[int, int]:
     return accepted, best[accepted]
 
 
+def row_forwards(runner: ModelRunner, rows: list[RowWork]) -> list[tuple[Tensor, Tensor | None]]:
+    """(logits [l+1, V], features [l+1, m*H] | None) of every row's tokens. On the CPU in float32,
+    rows of the same length (and the same features request) share one forward through
+    ``forward_host_rows``, each row's bits those of its own forward, the weights read once for
+    all (a batch of plain steps costs about one step); elsewhere one forward per row."""
+    model = runner.model
+    out: list[tuple[Tensor, Tensor | None] | None] = [None] * len(rows)
+    groups: dict[tuple[int, bool], list[int]] = {}
+    shared = len(rows) > 1 and cpu_float32_inference(model.embed.weight)
+    for i, row in enumerate(rows):
+        groups.setdefault((len(row.tokens), row.capture) if shared else (i, row.capture), []).append(i)
+    for (_, capture), members in groups.items():
+        layers = runner.capture_layers if capture else ()
+        x = torch.tensor([rows[i].tokens for i in members], dtype=torch.long, device=runner.device)  # [R, l+1]
+        if len(members) == 1:
+            row = rows[members[0]]
+            fwd = model(x, runner.cache, row.start, slot=row.slot, row_invariant=True, capture_layers=layers)
+        else:
+            fwd = model.forward_host_rows(x, runner.cache, [rows[i].slot for i in members],
+                                          [rows[i].start for i in members], capture_layers=layers)
+        for k, i in enumerate(members):
+            out[i] = (fwd.logits[k], None if fwd.hidden is None else fwd.hidden[k])
+    return out
+
+
 def eager_round(runner: ModelRunner, rows: list[RowWork], verifier: Verifier) -> list[RowResult]:
-    """A round row by row with the reference rules: one forward per row (row-invariant on the
-    CPU), ``probs_from_logits`` and ``verifier`` (greedy rows with deterministic drafts: their
-    verdict, ``greedy_verdict``); one host sync per row."""
+    """A round with the reference rules: the rows' forwards (``row_forwards``: row-invariant on the
+    CPU), then per row ``probs_from_logits`` and ``verifier`` (greedy rows with deterministic
+    drafts: their verdict, ``greedy_verdict``); one host sync per row."""
     results = []
-    for row in rows:
-        x = torch.tensor([row.tokens], dtype=torch.long, device=runner.device)  # [1, l+1]
-        out = runner.model(x, runner.cache, row.start, slot=row.slot, row_invariant=True,
-                           capture_layers=runner.capture_layers if row.capture else ())
-        hidden = None if out.hidden is None else out.hidden[0]
+    for row, (logits, hidden) in zip(rows, row_forwards(runner, rows)):
         if len(row.tokens) == 1 and row.q is None and verifier is verify_chain:
             # plain decoding: the reference rule (the same draws as verify_chain with l = 0)
-            results.append(RowResult(0, pick_token(out.logits[0], row.params, row.generator), hidden))
+            results.append(RowResult(0, pick_token(logits, row.params, row.generator), hidden))
             continue
         if row.params.greedy and row.q is None and verifier is verify_chain:
-            results.append(RowResult(*greedy_verdict(out.logits[0], row.tokens), hidden))
+            results.append(RowResult(*greedy_verdict(logits, row.tokens), hidden))
             continue
-        p = probs_from_logits(out.logits[0], row.params)  # [l+1, V]
-        verdict = verifier(x[0, 1:], row.q, p, row.generator)  # host sync
+        p = probs_from_logits(logits, row.params)  # [l+1, V]
+        draft = torch.tensor(row.tokens[1:], dtype=torch.long, device=runner.device)  # [l]
+        verdict = verifier(draft, row.q, p, row.generator)  # host sync
         results.append(RowResult(verdict.accepted, verdict.token, hidden))
     return results
 
