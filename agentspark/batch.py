@@ -22,9 +22,16 @@ and the GPU's exact mode for the lengths it runs. With the ``full`` or ``thresho
 request's lengths do not depend on the others either, so even its sampled output for a seed is
 the one it gets alone; ``adaptive`` trades that for throughput (the same distribution).
 
-Not here yet (issue 11): prefix reuse across conversations, learned drafters (their device state
-belongs to one request), the server's concurrent lanes, SPS(B) measured at start-up (adaptive takes
-a given table).
+Prefix reuse (``reuse_prefix=True``, the default): a slot keeps the K/V of the conversation it
+served after its request ends, and a new request takes the free slot whose conversation shares
+the longest prefix with its prompt, prefilling only the rest; without a match, the free slot used
+least recently (its conversation is evicted). An agent that resends its whole conversation every
+round through the batch prefills only what it appended, for as many sessions as there are slots.
+Its outputs are those of ``Engine.generate(..., reuse_cache=True)`` on the same conversation: the
+kept K/V come from the decode steps that produced them, not from one fresh prefill.
+
+Not here yet (issue 11): learned drafters (their device state belongs to one request), the
+server's concurrent lanes, SPS(B) measured at start-up (adaptive takes a given table).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .drafters.base import Draft, Drafter
-from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, new_request
+from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, new_request, reusable_prefix
 from .errors import InvalidRequestError
 from .model.loading import LoadedModel
 from .model.runner import RowWork, make_runner, pick_token
@@ -84,11 +91,13 @@ class BatchEngine:
         sps_table: Sequence[float] | None = None,
         graphs: bool | None = None,
         exact: bool | None = None,
+        reuse_prefix: bool = True,
     ) -> None:
         """drafter: makes one drafter per request (each keeps its own request's state), or None for
         plain batched decoding. slots: requests running at once (more wait in order).
         sps_table: target steps per second at B = 1, 2, ... tokens per forward (all rows), which
-        ``adaptive`` schedules with; B past its end is never scheduled."""
+        ``adaptive`` schedules with; B past its end is never scheduled. reuse_prefix: keep each
+        slot's conversation for the next request that shares its prefix (module docstring)."""
         if not isinstance(slots, int) or slots < 1:
             raise InvalidRequestError(f"slots must be a positive integer, got {slots!r}")
         if schedule not in BATCH_SCHEDULES:
@@ -105,7 +114,9 @@ class BatchEngine:
         self.device = self.model.device
         self.runner = make_runner(self.model, capacity=max_seq_len, slots=slots, max_tokens=max_draft + 1,
                                   graphs=graphs, exact=exact)
-        self.free = list(range(slots))
+        self.free = list(range(slots))  # least recently used first
+        self.reuse_prefix = reuse_prefix
+        self.slot_ids: list[list[int]] = [[] for _ in range(slots)]  # tokens whose K/V a free slot holds
         self.waiting: deque[BatchRequest] = deque()
         self.running: list[BatchRequest] = []
         self._ids = 0
@@ -160,18 +171,32 @@ class BatchEngine:
         joined = []
         while self.waiting and self.free:
             h = self.waiting.popleft()
-            h._slot, h._t0 = self.free.pop(0), time.perf_counter()
             req = h._req
+            h._slot, keep = self._pick_slot(req.prompt_ids)
+            h._t0 = time.perf_counter()
+            self.slot_ids[h._slot] = []  # overwritten from here on, until this request ends
             h._generator = make_generator(h.params, self.device)
             if h._drafter is not None:
                 h._drafter.start(req.prompt_ids, h.params, h._generator)
-            out = self.runner.prefill(h._slot, req.prompt_ids, 0)
+            out = self.runner.prefill(h._slot, req.prompt_ids[keep:], keep)
             first = pick_token(out.logits, h.params, h._generator)  # host sync: the first token
-            h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids), time.perf_counter() - h._t0
+            h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
             self._emit(h, *commit_tokens(req, [first]))
             self.running.append(h)
             joined.append(h)
         return joined
+
+    def _pick_slot(self, prompt_ids: list[int]) -> tuple[int, int]:
+        """(free slot, prompt tokens its cache can keep): the longest shared prefix, else the free
+        slot used least recently."""
+        best, keep = self.free[0], 0
+        if self.reuse_prefix:
+            for slot in self.free:
+                n = reusable_prefix(self.slot_ids[slot], prompt_ids)
+                if n > keep:
+                    best, keep = slot, n
+        self.free.remove(best)
+        return best, keep
 
     def _round(self) -> list[BatchRequest]:
         t0 = time.perf_counter()
@@ -229,4 +254,6 @@ class BatchEngine:
         h.chunks.append(StreamChunk(delta=delta, token_ids=committed))
         h.chunks.append(StreamChunk(delta="", token_ids=[], result=h.result))
         self.running = [r for r in self.running if r is not h]
+        # the slot holds K/V of the committed sequence but its last token (never fed)
+        self.slot_ids[h._slot] = list(req.tokens[:-1])
         self.free.append(h._slot)

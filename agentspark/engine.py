@@ -109,6 +109,16 @@ def new_request(target: LoadedModel, capacity: int, prompt_ids: list[int], param
                     tracker=TextTracker(target.tokenizer, params.stop), tokens=list(prompt_ids))
 
 
+def reusable_prefix(cached_ids: list[int], prompt_ids: list[int]) -> int:
+    """How many leading prompt tokens a cache holding K/V of ``cached_ids`` can keep: their common
+    prefix, short of the prompt's last token (its logits are needed, so it is always fed)."""
+    limit = min(len(cached_ids), len(prompt_ids) - 1)
+    n = 0
+    while n < limit and cached_ids[n] == prompt_ids[n]:
+        n += 1
+    return n
+
+
 def commit_tokens(req: _Request, new: list[int]) -> tuple[list[int], str]:
     """Commit tokens one at a time; a stop inside an accepted block cuts there."""
     committed: list[int] = []
@@ -344,12 +354,7 @@ class Engine:
 
     def _reusable_prefix(self, prompt_ids: list[int]) -> int:
         """Length of the longest prefix of prompt_ids whose K/V the cache holds (< len(prompt))."""
-        cached = self._cached_ids[: self._cached_len]
-        limit = min(len(cached), len(prompt_ids) - 1)
-        n = 0
-        while n < limit and cached[n] == prompt_ids[n]:
-            n += 1
-        return n
+        return reusable_prefix(self._cached_ids[: self._cached_len], prompt_ids)
 
     _commit = staticmethod(commit_tokens)
 

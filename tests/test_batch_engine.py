@@ -44,7 +44,8 @@ def test_each_request_gets_what_it_gets_alone(tiny, params, drafted):
     ps = prompts(7, seed=1)
     alone = Engine(tiny, NgramDrafter() if drafted else None, max_draft=4, schedule="full", max_seq_len=96)
     refs = [alone.generate(p, q, speculative=drafted) for p, q in zip(ps, params)]
-    batch = BatchEngine(tiny, NgramDrafter if drafted else None, slots=3, max_draft=4, max_seq_len=96)
+    batch = BatchEngine(tiny, NgramDrafter if drafted else None, slots=3, max_draft=4, max_seq_len=96,
+                        reuse_prefix=False)  # each prefilled whole, as alone
     handles = [batch.submit(p, q) for p, q in zip(ps, params)]
     peak = 0
     while not batch.idle:
@@ -68,7 +69,7 @@ def test_requests_joining_mid_flight_and_the_device_round(tiny):
     refs = [Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=96).generate(p, params).token_ids
             for p in ps]
     for device in (False, True):
-        batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96)
+        batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, reuse_prefix=False)
         if device:
             batch.runner = DeviceRunner(tiny.model, graphs=False, capacity=96, slots=4, max_tokens=5)
         first = [batch.submit(p, params) for p in ps[:3]]
@@ -77,6 +78,33 @@ def test_requests_joining_mid_flight_and_the_device_round(tiny):
         late = [batch.submit(p, params) for p in ps[3:]]
         batch.run()
         assert [h.result.token_ids for h in first + late] == refs
+
+
+def test_conversations_reuse_their_prefix_across_rounds(tiny):
+    """Two conversations, three rounds each, every round resending the whole conversation (an
+    agent through the OpenAI API): each round lands in the slot that served its conversation and
+    prefills only what was appended; its tokens are those of one engine per conversation with
+    reuse_cache=True (the same kept K/V). A third conversation arriving with both slots holding
+    others evicts the least recently used one."""
+    params = SamplingParams(max_new_tokens=10)
+    users = prompts(6, seed=5)
+    convs = {"a": list(users[0]), "b": list(users[1])}
+    solo = {k: Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=160) for k in convs}
+    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=4, max_seq_len=160)
+    for turn in range(3):
+        handles = {k: batch.submit(c, params) for k, c in convs.items()}
+        batch.run()
+        for k, c in convs.items():
+            ref = solo[k].generate(c, params, reuse_cache=True)
+            got = handles[k].result
+            assert got.token_ids == ref.token_ids and got.stats.prefill_tokens == ref.stats.prefill_tokens
+            if turn:
+                assert got.stats.prefill_tokens <= len(users[2 + turn]) + 1  # only the appended turn
+            convs[k] = c + got.token_ids + users[2 + turn]
+    third = batch.submit(users[5], params)
+    batch.run()
+    assert third.result.stats.prefill_tokens == len(users[5])
+    assert batch.slot_ids.count([]) == 0 and sum(ids[: len(users[5])] == users[5] for ids in batch.slot_ids) == 1
 
 
 def test_bad_requests_are_refused_at_submit(tiny):
@@ -101,7 +129,8 @@ def test_adaptive_batch_schedule_is_greedy_lossless(tiny):
     params = SamplingParams(max_new_tokens=18)
     refs = [Engine(tiny).generate(p, params, speculative=False).token_ids for p in ps]
     sps = [100.0 / (1 + 0.15 * b) for b in range(40)]
-    batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, schedule="adaptive", sps_table=sps)
+    batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, schedule="adaptive", sps_table=sps,
+                        reuse_prefix=False)
     results = batch.generate_many(ps, params)
     assert [r.token_ids for r in results] == refs
     rounds = [x for r in results for x in r.stats.rounds]
