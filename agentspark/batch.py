@@ -181,8 +181,8 @@ class BatchEngine:
             out = self.runner.prefill(h._slot, req.prompt_ids[keep:], keep)
             first = pick_token(out.logits, h.params, h._generator)  # host sync: the first token
             h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
+            self.running.append(h)  # before its first commit, which may already end it (EOS, a budget of 1)
             self._emit(h, *commit_tokens(req, [first]))
-            self.running.append(h)
             joined.append(h)
         return joined
 

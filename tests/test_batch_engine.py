@@ -107,6 +107,22 @@ def test_conversations_reuse_their_prefix_across_rounds(tiny):
     assert batch.slot_ids.count([]) == 0 and sum(ids[: len(users[5])] == users[5] for ids in batch.slot_ids) == 1
 
 
+def test_a_request_that_ends_at_its_first_token_leaves_at_once(tiny):
+    """A budget of one token ends a request at its prefill: it leaves the batch there, its slot
+    is free for the next, and the requests beside it are untouched."""
+    ps = prompts(4, seed=6)
+    params = [SamplingParams(max_new_tokens=1), SamplingParams(max_new_tokens=9)] * 2
+    refs = [Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=96).generate(p, q).token_ids
+            for p, q in zip(ps, params)]
+    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=4, max_seq_len=96, reuse_prefix=False)
+    handles = [batch.submit(p, q) for p, q in zip(ps, params)]
+    batch.step()
+    assert handles[0].done and handles[0] not in batch.running and len(batch.running) <= 2
+    batch.run()
+    assert [h.result.token_ids for h in handles] == refs and len(refs[0]) == 1
+    assert sorted(batch.free) == [0, 1]
+
+
 def test_bad_requests_are_refused_at_submit(tiny):
     batch = BatchEngine(tiny, slots=2, max_seq_len=32)
     ok = batch.submit([1, 2, 3], SamplingParams(max_new_tokens=4))
