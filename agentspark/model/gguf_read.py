@@ -26,7 +26,7 @@ import torch
 from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
 from .config import DecoderConfig
 from .decoder import DecoderModel
-from .weights import empty_model, finish_model, hf_shapes, hf_slots, slot_view
+from .weights import empty_model, finish_model, hf_shapes, hf_slots, place, slot_view
 
 # float32 bytes dequantized at once. With gguf's own temporaries (its per-16-row pieces before
 # they are concatenated) and the raw bytes, a chunk costs ~2.5x this: the only transient beyond the model.
@@ -264,22 +264,6 @@ def load_gguf_model(cfg: DecoderConfig, path: Path, *, dtype: torch.dtype, devic
                 for slot in plan[hf]:  # a tied embedding goes to two places
                     place(slot_view(params, slot)[start : start + len(rows)], src, slot.transposed)
     return finish_model(cfg, model, params)
-
-
-TILE = 128  # a 128 x 128 float32 tile (64 KB) of source and destination stays in the L2 cache
-
-
-def place(dst: torch.Tensor, src: torch.Tensor, transposed: bool) -> None:
-    """dst[...] = src, rounding to dst's dtype and moving to its device. A transposed dst (a view
-    of weight_t [in, out] through .t()) is written tile by tile: one strided copy_ of a whole
-    chunk misses the cache on every element and ran 2-3x slower on the CPU."""
-    if not transposed or dst.device.type != "cpu" or src.dim() != 2:
-        dst.copy_(src)
-        return
-    rows, cols = src.shape
-    for r in range(0, rows, TILE):
-        for c in range(0, cols, TILE):
-            dst[r : r + TILE, c : c + TILE].copy_(src[r : r + TILE, c : c + TILE])
 
 
 def hf_tensors(cfg: DecoderConfig, path: Path) -> Iterator[tuple[str, torch.Tensor]]:
