@@ -234,15 +234,11 @@ class DeviceRunner(ModelRunner):
         b.starts.zero_()
         if b.chain is not None:
             b.chain.zero_()
-        self._capture_body(lambda: self._round_body(b), lambda graph, out: self._keep_round(b, graph, out))
+        b.graph, (b.packed, b.hidden) = self._capture_body(lambda: self._round_body(b))
 
-    @staticmethod
-    def _keep_round(b: _Bucket, graph: torch.cuda.CUDAGraph, out: tuple[Tensor, Tensor | None]) -> None:
-        b.graph, (b.packed, b.hidden) = graph, out
-
-    def _capture_body(self, body, keep) -> None:  # noqa: ANN001 (callables)
+    def _capture_body(self, body):  # noqa: ANN001, ANN202 (a callable; its outputs)
         """Warm ``body`` up twice on a side stream (Triton compiles, cuBLAS picks its algorithms),
-        then capture it into a graph in the shared pool; ``keep(graph, outputs)`` stores both."""
+        then capture it into a graph in the shared pool: (graph, the outputs it writes)."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.inference_mode():
@@ -252,7 +248,7 @@ class DeviceRunner(ModelRunner):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
             out = body()
-        keep(graph, out)
+        return graph, out
 
     # ---- prefill --------------------------------------------------------------------------
     def _prefill_bucket(self, key: PrefillKey) -> _PrefillBucket:
@@ -261,11 +257,8 @@ class DeviceRunner(ModelRunner):
             b = self.prefill_buckets[key] = _PrefillBucket(key, self.device)
             if self.graphs:
                 b.slots.fill_(self.scratch)  # warm-up and capture write into the scratch slot only
-                self._capture_body(lambda: self._prefill_body(b), lambda graph, out: self._keep_prefill(b, graph, out))
+                b.graph, (b.logits, b.hidden) = self._capture_body(lambda: self._prefill_body(b))
         return b
-
-    def _keep_prefill(self, b: _PrefillBucket, graph: torch.cuda.CUDAGraph, out: tuple[Tensor, Tensor | None]) -> None:
-        b.graph, (b.logits, b.hidden) = graph, out
 
     def _prefill_body(self, b: _PrefillBucket) -> tuple[Tensor, Tensor | None]:
         out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts, logit_index=b.last, key_window=b.key.keys,
@@ -285,22 +278,20 @@ class DeviceRunner(ModelRunner):
             if end + size > self.capacity:
                 break
             fits, end = fits + 1, end + size
-        offsets, pos = [], 0
+        chunks, pos, o = [], 0, 0  # (offset in the staged inputs, chunk size, real tokens, first position)
         host = torch.zeros(sum(3 + c for c in sizes[:fits]), dtype=torch.long,
                            pin_memory=self.device.type == "cuda")  # the caching host allocator keeps it
         view = host.numpy()  # alive until its copy is done
         for size in sizes[:fits]:
-            o = sum(3 + c for c in sizes[: len(offsets)])
             n = min(size, len(ids) - pos)
             view[o : o + 3] = (slot, start + pos, n - 1)
             view[o + 3 : o + 3 + n] = ids[pos : pos + n]
-            offsets.append((o, size, n))
-            pos += n
+            chunks.append((o, size, n, start + pos))
+            pos, o = pos + n, o + 3 + size
         staged = host.to(self.device, non_blocking=True)
         logits, hidden = None, []
-        for o, size, n in offsets:
-            chunk_start = int(view[o + 1])
-            b = self._prefill_bucket(PrefillKey(size, key_window(chunk_start + size, self.capacity), capture))
+        for o, size, n, first in chunks:
+            b = self._prefill_bucket(PrefillKey(size, key_window(first + size, self.capacity), capture))
             b.ints.copy_(staged[o : o + 3 + size])  # device to device, ordered behind the H2D copy
             if self.graphs:
                 b.graph.replay()
