@@ -211,8 +211,9 @@ class BatchEngine:
         lengths = self._lengths(drafts)
         rows, verified = [], []
         for h, draft, length in zip(live, drafts, lengths):
-            d_tokens = [] if draft is None else draft.truncate(length).tokens.tolist()
-            q = None if draft is None or draft.probs is None else draft.probs[:length].to(self.device)
+            kept = None if draft is None else draft.truncate(length)
+            d_tokens = [] if kept is None else kept.tokens.tolist()
+            q = None if kept is None or kept.probs is None else kept.probs.to(self.device)
             req = h._req
             rows.append(RowWork(h._slot, len(req.tokens) - 1, [req.tokens[-1], *d_tokens], h.params, h._generator, q))
             verified.append(d_tokens)
