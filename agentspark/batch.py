@@ -30,12 +30,19 @@ round through the batch prefills only what it appended, for as many sessions as 
 Its outputs are those of ``Engine.generate(..., reuse_cache=True)`` on the same conversation: the
 kept K/V come from the decode steps that produced them, not from one fresh prefill.
 
-Not here yet (issue 11): learned drafters (their device state belongs to one request), the
-server's concurrent lanes, SPS(B) measured at start-up (adaptive takes a given table).
+Drafters: one per slot, made from the prototype (``Drafter.sibling``: the same weights, its own
+state), so a slot's drafter holds the features of the conversation its slot holds; learned
+drafters read the target features of their own rows of the batched forward. A learned drafter
+drafts eagerly here (the batch-1 engine's device drafting binds one request).
+
+SPS(B): ``schedule="adaptive"`` without ``sps_table`` measures the table at construction (while
+no request holds a slot), B = 1 .. slots x (max_draft + 1) total tokens per forward, each B run as
+a round of min(slots, B) rows, and caches it per model and machine (sps_cache.py).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,25 +53,44 @@ import torch
 from .drafters.base import Draft, Drafter
 from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, new_request, reusable_prefix
 from .errors import InvalidRequestError
+from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
 from .model.runner import RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
-from .scheduler import choose_lengths, choose_lengths_no_early_stop, threshold_length
+from .scheduler import SpsTable, choose_lengths, choose_lengths_no_early_stop, threshold_length
+from .sps_cache import load_sps, save_sps, sps_key
 from .stats import RequestStats, RoundStats
 
+log = logging.getLogger("agentspark")
 BATCH_SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")  # the last: a negative control for tests
+_GREEDY = SamplingParams(temperature=0.0)
+
+
+def batch_sizes(max_tokens: int) -> list[int]:
+    """The total token counts an SPS(B) measurement times: 1, 2, 3, the powers of two below the
+    largest, and the largest (the rest is interpolated between them)."""
+    sizes = {1, min(2, max_tokens), min(3, max_tokens), max_tokens}
+    b = 4
+    while b < max_tokens:
+        sizes.add(b)
+        b *= 2
+    return sorted(sizes)
 
 
 @dataclass
 class BatchRequest:
-    """One request of a batch: its chunks arrive as rounds commit; ``result`` is set at its end."""
+    """One request of a batch: its chunks arrive as rounds commit; ``result`` is set at its end
+    (or ``cancelled`` / ``error`` instead)."""
 
     id: int
     prompt_ids: list[int]
     params: SamplingParams
+    speculative: bool = True
     chunks: list[StreamChunk] = field(default_factory=list)
     result: GenerationResult | None = None
+    cancelled: bool = False
+    error: BaseException | None = None
     _req: _Request | None = None
     _drafter: Drafter | None = None
     _generator: torch.Generator | None = None
@@ -74,14 +100,14 @@ class BatchRequest:
 
     @property
     def done(self) -> bool:
-        return self.result is not None
+        return self.result is not None or self.cancelled or self.error is not None
 
 
 class BatchEngine:
     def __init__(
         self,
         target: LoadedModel,
-        drafter: Callable[[], Drafter] | None = None,
+        drafter: Drafter | Callable[[], Drafter] | None = None,
         *,
         slots: int = 4,
         max_draft: int = 8,
@@ -93,51 +119,92 @@ class BatchEngine:
         exact: bool | None = None,
         reuse_prefix: bool = True,
     ) -> None:
-        """drafter: makes one drafter per request (each keeps its own request's state), or None for
-        plain batched decoding. slots: requests running at once (more wait in order).
-        sps_table: target steps per second at B = 1, 2, ... tokens per forward (all rows), which
-        ``adaptive`` schedules with; B past its end is never scheduled. reuse_prefix: keep each
-        slot's conversation for the next request that shares its prefix (module docstring)."""
-        if not isinstance(slots, int) or slots < 1:
+        """drafter: a prototype (each slot gets a ``sibling`` of it) or a callable that makes one
+        drafter per slot; None for plain batched decoding. slots: requests running at once (more
+        wait in order). sps_table: target steps per second at B = 1, 2, ... total tokens per
+        forward, which ``adaptive`` schedules with (None: measured now, or cached); B past its
+        end is never scheduled. reuse_prefix: keep each slot's conversation for the next request
+        that shares its prefix (module docstring)."""
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise InvalidRequestError(f"slots must be a positive integer, got {slots!r}")
+        if not isinstance(max_draft, int) or isinstance(max_draft, bool) or not 0 <= max_draft <= 64:
+            raise InvalidRequestError(f"max_draft must be an integer in 0..64, got {max_draft!r}")
         if schedule not in BATCH_SCHEDULES:
             raise InvalidRequestError(f"schedule must be one of {', '.join(map(repr, BATCH_SCHEDULES[:3]))}, got {schedule!r}")
-        if schedule in ("adaptive", "no-early-stop") and not sps_table:
-            raise InvalidRequestError("the adaptive batch schedule needs sps_table (SPS at 1, 2, ... tokens per forward) "
-                                      "for now; or use schedule='full' or 'threshold'")
         self.target, self.model = target, target.model
         self.tokenizer = target.tokenizer
-        self.make_drafter = drafter
-        self.max_draft, self.schedule = max_draft, schedule
+        if drafter is None or isinstance(drafter, Drafter):
+            self._prototype = drafter
+        else:
+            self._prototype = drafter()
+            self._make = drafter
+        self.slot_drafters: list[Drafter | None] = [self._prototype] + [None] * (slots - 1)
+        self.capture = self._prototype.capture_layers if self._prototype is not None else ()
+        self.max_draft, self.schedule, self.slots = max_draft, schedule, slots
         self.confidence_threshold = float(confidence_threshold)
-        self.sps = list(sps_table) if sps_table else None
         self.device = self.model.device
         self.runner = make_runner(self.model, capacity=max_seq_len, slots=slots, max_tokens=max_draft + 1,
-                                  graphs=graphs, exact=exact)
+                                  capture_layers=self.capture, graphs=graphs, exact=exact)
         self.free = list(range(slots))  # least recently used first
         self.reuse_prefix = reuse_prefix
         self.slot_ids: list[list[int]] = [[] for _ in range(slots)]  # tokens whose K/V a free slot holds
         self.waiting: deque[BatchRequest] = deque()
         self.running: list[BatchRequest] = []
         self._ids = 0
+        self.sps: list[float] | None = None
+        if sps_table is not None:
+            self.sps = SpsTable(sps_table, fixed=True).values()
+        elif schedule in ("adaptive", "no-early-stop") and self._prototype is not None:
+            self.sps = self.steps_per_second()
+
+    @property
+    def drafter_name(self) -> str:
+        return self._prototype.name if self._prototype is not None else "none"
 
     # ---- public API -------------------------------------------------------------------------
+    def prepare(self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False,
+                speculative: bool = True) -> BatchRequest:
+        """A request checked against the model and the cache (a bad prompt raises here), not yet
+        queued: ``enqueue`` queues it. Touches no engine state, so another thread may call it."""
+        params = params or SamplingParams()
+        ids = encode_prompt(self.tokenizer, prompt, chat=chat)
+        req = new_request(self.target, self.runner.capacity, ids, params)
+        speculative = speculative and self._prototype is not None
+        stats = RequestStats(prompt_tokens=len(ids), drafter=self.drafter_name if speculative else "none")
+        return BatchRequest(-1, ids, params, speculative, _req=req, _stats=stats)
+
+    def enqueue(self, handle: BatchRequest) -> BatchRequest:
+        handle.id, self._ids = self._ids, self._ids + 1
+        self.waiting.append(handle)
+        return handle
+
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False,
                speculative: bool = True) -> BatchRequest:
         """Queue a request; it joins at the next round with a free slot. Checked now (a bad prompt
         raises here, and nothing of the others is touched)."""
-        params = params or SamplingParams()
-        ids = encode_prompt(self.tokenizer, prompt, chat=chat)
-        req = new_request(self.target, self.runner.capacity, ids, params)
-        drafter = self.make_drafter() if (speculative and self.make_drafter is not None) else None
-        if drafter is not None and drafter.capture_layers:
-            raise InvalidRequestError(f"the batch engine does not run learned drafters yet ({drafter.name}); "
-                                      "use an n-gram drafter or plain decoding")
-        handle = BatchRequest(self._ids, ids, params, _req=req, _drafter=drafter,
-                              _stats=RequestStats(prompt_tokens=len(ids), drafter=drafter.name if drafter else "none"))
-        self._ids += 1
-        self.waiting.append(handle)
-        return handle
+        return self.enqueue(self.prepare(prompt, params, chat=chat, speculative=speculative))
+
+    def cancel(self, handle: BatchRequest) -> None:
+        """Drop a request between rounds: a waiting one leaves the queue, a running one its slot
+        (which keeps the K/V of what it committed, for prefix reuse). A finished one is left as is."""
+        if handle.done:
+            return
+        if handle in self.waiting:
+            self.waiting.remove(handle)
+        elif handle in self.running:
+            self._release(handle)
+        handle.cancelled = True
+
+    def fail_all(self, exc: BaseException) -> list[BatchRequest]:
+        """A round failed: every request ends with ``exc`` and every slot forgets its conversation
+        (what a failed forward left in the cache is unknown). Returns the requests ended."""
+        ended = [*self.running, *self.waiting]
+        for h in ended:
+            h.error = exc
+        self.running, self.waiting = [], deque()
+        self.free = list(range(self.slots))
+        self.slot_ids = [[] for _ in range(self.slots)]
+        return ended
 
     @property
     def idle(self) -> bool:
@@ -146,7 +213,7 @@ class BatchEngine:
     def step(self) -> list[BatchRequest]:
         """One round: admit waiting requests into free slots (their prefill and first token), then
         one verify forward over every running request. Returns the requests that got chunks."""
-        with torch.inference_mode():
+        with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
             touched = self._admit()
             if self.running:
                 touched += self._round()
@@ -162,11 +229,50 @@ class BatchEngine:
         per = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         if len(per) != len(prompts):
             raise InvalidRequestError(f"{len(prompts)} prompts but {len(per)} sampling parameters")
-        handles = [self.submit(p, q, chat=chat, speculative=speculative) for p, q in zip(prompts, per)]
+        handles = [self.prepare(p, q, chat=chat, speculative=speculative) for p, q in zip(prompts, per)]
+        for h in handles:  # all checked before any is queued
+            self.enqueue(h)
         self.run()
         return [h.result for h in handles]
 
+    def steps_per_second(self) -> list[float]:
+        """SPS(B) at B = 1 .. slots x (max_draft + 1): from the cache, else measured now (all slots
+        must be free: the probes write into them) and cached."""
+        tokens = self.slots * (self.max_draft + 1)
+        key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
+                      f"{self.runner.kind}-batch{self.slots}", tokens)
+        cached = load_sps(key)
+        if cached is not None:
+            return SpsTable(cached, fixed=True).values()
+        if not self.idle:
+            raise InvalidRequestError("the batch's SPS table is measured while no request runs")
+        log.info("measuring the target's speed at 1..%d tokens per batched forward (once per model and machine)…", tokens)
+        t0 = time.perf_counter()
+        with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
+            table = SpsTable.measure(self._probe, tokens, repeats=3, sizes=batch_sizes(tokens), spikes=False, fixed=True)
+        self.slot_ids = [[] for _ in range(self.slots)]  # the probes overwrote what the slots held
+        where = save_sps(key, table.values())
+        log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
+        return table.values()
+
     # ---- internals --------------------------------------------------------------------------
+    def _probe(self, tokens: int) -> None:
+        """One greedy round of ``tokens`` tokens in all, over min(slots, tokens) rows as even as
+        they go (what a round of that size runs), at a fixed position; synced by the round."""
+        rows = min(self.slots, tokens)
+        per, extra = divmod(tokens, rows)
+        start = min(64, self.runner.capacity - per - 2)
+        work = [RowWork(r, start, [0] * (per + (r < extra)), _GREEDY, None, capture=bool(self.capture))
+                for r in range(rows)]
+        self.runner.round(work)
+
+    def _slot_drafter(self, slot: int) -> Drafter:
+        d = self.slot_drafters[slot]
+        if d is None:
+            make = getattr(self, "_make", None)
+            d = self.slot_drafters[slot] = make() if make is not None else self._prototype.sibling()
+        return d
+
     def _admit(self) -> list[BatchRequest]:
         joined = []
         while self.waiting and self.free:
@@ -176,10 +282,17 @@ class BatchEngine:
             h._t0 = time.perf_counter()
             self.slot_ids[h._slot] = []  # overwritten from here on, until this request ends
             h._generator = make_generator(h.params, self.device)
-            if h._drafter is not None:
+            capture = False
+            if h.speculative:
+                h._drafter = self._slot_drafter(h._slot)
                 h._drafter.start(req.prompt_ids, h.params, h._generator)
-            out = self.runner.prefill(h._slot, req.prompt_ids[keep:], keep)
+                capture = bool(h._drafter.capture_layers)
+                if capture:  # the drafter must hold the features of what is not prefilled again
+                    keep = min(keep, h._drafter.reusable_context())
+            out = self.runner.prefill(h._slot, req.prompt_ids[keep:], keep, capture=capture)
             first = pick_token(out.logits, h.params, h._generator)  # host sync: the first token
+            if capture:
+                h._drafter.observe(out.hidden, keep)
             h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
             self.running.append(h)  # before its first commit, which may already end it (EOS, a budget of 1)
             self._emit(h, *commit_tokens(req, [first]))
@@ -215,15 +328,19 @@ class BatchEngine:
             d_tokens = [] if kept is None else kept.tokens.tolist()
             q = None if kept is None or kept.probs is None else kept.probs.to(self.device)
             req = h._req
-            rows.append(RowWork(h._slot, len(req.tokens) - 1, [req.tokens[-1], *d_tokens], h.params, h._generator, q))
+            capture = h._drafter is not None and bool(h._drafter.capture_layers)
+            rows.append(RowWork(h._slot, len(req.tokens) - 1, [req.tokens[-1], *d_tokens], h.params, h._generator, q,
+                                capture=capture))
             verified.append(d_tokens)
         t1 = time.perf_counter()
         results = self.runner.round(rows)  # one forward for every request; the round's one host sync
         t2 = time.perf_counter()
-        for h, draft, d_tokens, res in zip(live, drafts, verified, results):
+        for h, row, draft, d_tokens, res in zip(live, rows, drafts, verified, results):
             a = res.accepted
             if h._drafter is not None:
                 h._drafter.feedback(len(d_tokens), a)
+                if row.capture:
+                    h._drafter.observe(res.hidden[: a + 1], row.start)  # x0, d_1..d_a: what was committed
             committed, delta = commit_tokens(h._req, d_tokens[:a] + [res.token])
             h._stats.rounds.append(RoundStats(0 if draft is None else len(draft), len(d_tokens), a, len(committed),
                                               t1 - t0, t2 - t1, 0.0))
@@ -233,7 +350,7 @@ class BatchEngine:
     def _lengths(self, drafts: list[Draft | None]) -> list[int]:
         """Every request's verified length, chosen together before the verify forward."""
         full = [0 if d is None else len(d) for d in drafts]
-        if self.schedule == "full":
+        if self.schedule == "full" or not any(full):
             return full
         confidences = [[] if d is None else ([1.0] * len(d) if d.confidences is None else d.confidences.tolist())
                        for d in drafts]
@@ -241,6 +358,13 @@ class BatchEngine:
             return [threshold_length(c, self.confidence_threshold) for c in confidences]
         choose = choose_lengths if self.schedule == "adaptive" else choose_lengths_no_early_stop
         return choose(confidences, self.sps)
+
+    def _release(self, h: BatchRequest) -> None:
+        """h leaves its slot, which keeps the K/V of its committed sequence but its last token
+        (never fed), for the next request that shares its prefix."""
+        self.running = [r for r in self.running if r is not h]
+        self.slot_ids[h._slot] = list(h._req.tokens[:-1])
+        self.free.append(h._slot)
 
     def _emit(self, h: BatchRequest, committed: list[int], delta: str) -> None:
         req = h._req
@@ -254,7 +378,4 @@ class BatchEngine:
                                     prompt_ids=req.prompt_ids, stats=stats)
         h.chunks.append(StreamChunk(delta=delta, token_ids=committed))
         h.chunks.append(StreamChunk(delta="", token_ids=[], result=h.result))
-        self.running = [r for r in self.running if r is not h]
-        # the slot holds K/V of the committed sequence but its last token (never fed)
-        self.slot_ids[h._slot] = list(req.tokens[:-1])
-        self.free.append(h._slot)
+        self._release(h)

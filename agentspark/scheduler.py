@@ -188,10 +188,11 @@ def quick_sizes(max_tokens: int) -> list[int]:
     return sorted({1, min(2, max_tokens), min(3, max_tokens), max_tokens})
 
 
-def _monotone_costs(raw: Sequence[float]) -> list[float]:
-    """Seconds per forward at 1..n tokens from per-size estimates ``raw`` (the rule in SpsTable)."""
+def _monotone_costs(raw: Sequence[float], spikes: bool = True) -> list[float]:
+    """Seconds per forward at 1..n tokens from per-size estimates ``raw`` (the rule in SpsTable);
+    ``spikes=False`` skips the line that corrects spikes (a batch table's curve is not a line)."""
     costs = [min(max(float(c), _TINY), _HUGE) for c in raw]
-    if len(costs) >= 4:  # a line needs 3 sizes >= 2 to out-vote one spike
+    if spikes and len(costs) >= 4:  # a line needs 3 sizes >= 2 to out-vote one spike
         alpha, beta = _line(costs[1:], first=2)
         for t in range(2, len(costs) + 1):
             fit = alpha + beta * t
@@ -261,11 +262,15 @@ class SpsTable:
         clock: Callable[[], float] = time.perf_counter,
         warmup: bool = True,
         sizes: Sequence[int] | None = None,
+        spikes: bool = True,
+        fixed: bool = False,
     ) -> SpsTable:
         """Time ``step(T)`` (one forward of T tokens, synced) for T in ``sizes`` (default all of
         1..max_tokens); sizes not timed are interpolated linearly between their timed neighbours
         (the cost is close to linear in T past T = 1, and the rounds' own timings refine it).
-        ``clock`` is injectable so that tests run on a synthetic clock."""
+        ``clock`` is injectable so that tests run on a synthetic clock. ``spikes=False``: no
+        spike line (for costs that are flat, then rise, as a batch forward's over its total
+        tokens); ``fixed``: the table keeps these values (no refresh from rounds)."""
         if max_tokens < 1 or repeats < 1:
             raise InvalidRequestError(f"need max_tokens >= 1 and repeats >= 1, got {max_tokens}, {repeats}")
         timed = sorted(set(sizes) & set(range(1, max_tokens + 1))) if sizes is not None else list(range(1, max_tokens + 1))
@@ -281,7 +286,7 @@ class SpsTable:
                 times[t].append(clock() - t0)
         low = {t: _low(ts) for t, ts in times.items()}
         raw = [low[t] if t in low else _between(low, t) for t in range(1, max_tokens + 1)]
-        return cls([1.0 / c for c in _monotone_costs(raw)])
+        return cls([1.0 / c for c in _monotone_costs(raw, spikes)], fixed=fixed)
 
     def merged(self, other: SpsTable) -> SpsTable:
         """Two measurements of the same machine as one: per size the faster (load only ever adds

@@ -16,6 +16,7 @@ from agentspark.model.graph_runner import DeviceRunner
 from agentspark.scheduler import choose_length, choose_lengths, choose_lengths_no_early_stop
 
 from conftest import ours_from_hf, tiny_hf_model
+from test_learned_drafters import family  # noqa: F401 (a fixture: tiny targets of each family)
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +133,48 @@ def test_bad_requests_are_refused_at_submit(tiny):
         batch.submit(list(range(8, 48)), SamplingParams())
     batch.run()
     assert ok.result is not None and len(ok.result.token_ids) == 4
-    with pytest.raises(InvalidRequestError, match="sps_table"):
-        BatchEngine(tiny, NgramDrafter, schedule="adaptive")
     with pytest.raises(InvalidRequestError, match="slots"):
         BatchEngine(tiny, slots=0)
+    with pytest.raises(InvalidRequestError, match="max_draft"):
+        BatchEngine(tiny, slots=2, max_draft=-1)
+
+
+def test_adaptive_measures_sps_at_total_tokens(tiny):
+    """Without a table, ``adaptive`` measures SPS(B) for B = 1 .. slots x (max_draft + 1) at
+    construction: positive, non-increasing; the probed slots hold no conversation afterwards."""
+    batch = BatchEngine(tiny, NgramDrafter(), slots=3, max_draft=3, max_seq_len=96, schedule="adaptive")
+    assert len(batch.sps) == 12 and all(v > 0 for v in batch.sps)
+    assert all(a >= b for a, b in zip(batch.sps, batch.sps[1:]))
+    assert batch.slot_ids == [[], [], []]
+    ps = prompts(4, seed=9)
+    refs = [Engine(tiny).generate(p, PARAMS[0], speculative=False).token_ids for p in ps]
+    assert [r.token_ids for r in batch.generate_many(ps, PARAMS[0])] == refs
+
+
+def test_cancel_frees_the_slot_and_leaves_the_others_alone(tiny):
+    ps = prompts(4, seed=11)
+    params = SamplingParams(max_new_tokens=16)
+    refs = [Engine(tiny).generate(p, params, speculative=False).token_ids for p in ps]
+    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=4, max_seq_len=96)
+    handles = [batch.submit(p, params) for p in ps]
+    batch.step()
+    batch.cancel(handles[0])  # running
+    batch.cancel(handles[3])  # still waiting
+    assert handles[0].cancelled and handles[3].cancelled and handles[0].result is None
+    assert handles[0]._slot in batch.free and handles[3] not in batch.waiting
+    batch.run()
+    assert [h.result.token_ids for h in handles[1:3]] == refs[1:3]
+    batch.cancel(handles[1])  # finished: nothing changes
+    assert not handles[1].cancelled
+
+
+def test_a_failed_round_ends_every_request_with_its_error(tiny):
+    batch = BatchEngine(tiny, slots=2, max_seq_len=96)
+    handles = [batch.submit(p, PARAMS[0]) for p in prompts(3, seed=12)]
+    boom = RuntimeError("the forward failed")
+    ended = batch.fail_all(boom)
+    assert set(map(id, ended)) == set(map(id, handles)) and all(h.error is boom and h.done for h in handles)
+    assert batch.idle and sorted(batch.free) == [0, 1]
 
 
 def test_adaptive_batch_schedule_is_greedy_lossless(tiny):
@@ -195,3 +234,26 @@ def test_the_appendix_a_variant_lets_a_later_draft_decide():
     assert choose_lengths(doubtful, sps) == choose_lengths(confident_after, sps) == [0]
     assert choose_lengths_no_early_stop(doubtful, sps) == [0]
     assert choose_lengths_no_early_stop(confident_after, sps) == [2]
+
+
+@pytest.mark.parametrize("method", ["dspark", "eagle3"])
+def test_learned_drafters_in_the_batch_are_lossless(family, method):
+    """A learned drafter per slot (``sibling``), fed its own rows' target features from the
+    batched forward: every request greedy equals plain decoding of it alone, conversations that
+    reuse a slot's prefix included."""
+    from test_learned_drafters import make_drafter, random_drafter_model
+
+    target, ps, reference, params = family
+    drafter = make_drafter(random_drafter_model(target, method, seed=71), target)
+    batch = BatchEngine(target, drafter, slots=3, max_draft=4, max_seq_len=128)
+    results = batch.generate_many(ps, params)
+    assert [r.token_ids for r in results] == reference
+    assert sum(sum(r.accepted for r in res.stats.rounds) for res in results) > 0  # the drafts did land
+    # the next round of the three conversations the three slots still hold
+    held = [i for i, (p, r) in enumerate(zip(ps, results)) if (p + r.token_ids)[:-1] in batch.slot_ids]
+    assert len(held) == 3
+    follow = [ps[i] + results[i].token_ids + ps[i][:3] for i in held]
+    refs = [Engine(target).generate(f, params, speculative=False).token_ids for f in follow]
+    again = batch.generate_many(follow, params)
+    assert [r.token_ids for r in again] == refs
+    assert all(r.stats.prefill_tokens < len(f) for r, f in zip(again, follow))  # their prefixes were reused

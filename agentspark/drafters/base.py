@@ -91,6 +91,11 @@ class Drafter(ABC):
         """After a round (device drafting only): the features of positions [start, start+count)
         are rows 0..count-1 of the bound ``features`` buffer."""
 
+    def sibling(self) -> Drafter:
+        """A new drafter of the same kind and configuration, sharing this one's weights but none of
+        its request state: one per KV slot of the batch engine, each with its own conversation."""
+        raise NotImplementedError(f"the {self.name} drafter cannot serve more than one request at a time")
+
 
 @dataclass
 class DeviceSchedule:

@@ -52,6 +52,9 @@ class DraftModelDrafter(Drafter):
         self.params = SamplingParams()
         self.generator: torch.Generator | None = None
 
+    def sibling(self) -> DraftModelDrafter:
+        return DraftModelDrafter(self.loaded, self.target_vocab, self.cache.capacity)
+
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
         # The cache is kept: propose() reuses the longest prefix it shares with the new sequence.
         self.params, self.generator = params, generator

@@ -58,6 +58,9 @@ class DSparkDrafter(Drafter):
         self.device_drafting.observe(start, end - start)
         self.length = end
 
+    def sibling(self) -> DSparkDrafter:
+        return DSparkDrafter(self.model, self.capacity)
+
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
         self.params, self.generator = params, generator
         held = self.seen[: self.length]

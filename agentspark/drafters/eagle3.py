@@ -75,6 +75,9 @@ class Eagle3Drafter(Drafter):
         if self.committed > start:
             self.committed, self.last_hidden = start, None
 
+    def sibling(self) -> Eagle3Drafter:
+        return Eagle3Drafter(self.model, self.capacity)
+
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
         self.params, self.generator = params, generator
         held = self.seen[: self.length]

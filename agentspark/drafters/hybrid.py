@@ -48,6 +48,10 @@ class HybridDrafter(Drafter):
         self.source: Drafter | None = None  # who drafted this round
         self.counts = {"ngram": 0, "learned": 0, "none": 0}  # rounds by source (reports, tests)
 
+    def sibling(self) -> HybridDrafter:
+        return HybridDrafter(self.learned.sibling(), self.lookup.sibling(), min_gain=self.min_gain,
+                             probe_every=self.probe_every, decay=self.decay)
+
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
         self.learned.start(prompt_ids, params, generator)
         self.lookup.start(prompt_ids, params, generator)

@@ -41,6 +41,9 @@ class NgramDrafter(Drafter):
         self._last_n = 0
         self._reset_index()
 
+    def sibling(self) -> NgramDrafter:
+        return NgramDrafter(self.max_ngram, self.min_ngram)
+
     def start(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None) -> None:
         # Index the prompt now, with the prefill, rather than in the first round. A session's next
         # prompt usually extends the last context, and then only what was appended is indexed.
