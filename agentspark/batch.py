@@ -243,6 +243,7 @@ class BatchEngine:
                       f"{self.runner.kind}-batch{self.slots}", tokens)
         cached = load_sps(key)
         if cached is not None:
+            log.info("target speed at 1..%d tokens per batched forward: from the cache", tokens)
             return SpsTable(cached, fixed=True).values()
         if not self.idle:
             raise InvalidRequestError("the batch's SPS table is measured while no request runs")

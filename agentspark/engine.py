@@ -296,7 +296,14 @@ class Engine:
         with torch.inference_mode():
             yield from self._run(req, drafter, reuse_cache)
 
+    def check(self, prompt: Prompt, params: SamplingParams | None = None, *, chat: bool = False) -> None:
+        """Raise what ``generate`` would raise for this request before it runs (bad token ids, a
+        prompt the context cannot hold, stop strings without a tokenizer); touches no state, so
+        another thread may call it while the engine serves."""
+        self._new_request(encode_prompt(self.tokenizer, prompt, chat=chat), params or SamplingParams())
+
     # ---- internals --------------------------------------------------------------------------
+
     def _new_request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
         return new_request(self.target, self.runner.capacity, prompt_ids, params)
 

@@ -114,6 +114,7 @@ class BackendChunk:
 
 class Backend(ABC):
     name: str = "backend"
+    concurrent: bool = False  # True: stream() may run on many threads at once (BatchBackend)
 
     @abstractmethod
     def stream(
@@ -124,6 +125,21 @@ class Backend(ABC):
         tool_choice: ToolChoice = "auto",
     ) -> Iterator[BackendChunk]:
         """Yield text deltas; the last chunk carries the full response."""
+
+    def open(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> Iterator[BackendChunk]:
+        """``stream``, for callers that want a bad request to raise now rather than at the first
+        chunk (the server, before it sends a stream's headers). By default nothing is checked early."""
+        return self.stream(messages, tools, sampling, tool_choice)
+
+    def load(self) -> tuple[int, int] | None:
+        """(requests running, requests waiting) where the backend knows them, else None."""
+        return None
 
     def complete(
         self,

@@ -18,12 +18,12 @@ fragment of that call is in ``invalid_tool_calls``, never reported as a call.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..agent.tool_prompt import apply_chat_template_with_tools
-from ..engine import Engine
+from ..engine import Engine, StreamChunk
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from .base import Backend, BackendChunk, BackendResponse, ToolChoice, finish_reason, reply_message
@@ -118,20 +118,21 @@ class LocalBackend(Backend):
         """What the engine runs for a request: prompt ids (ending with the forced prefix, if any)
         and sampling parameters; ``close_forced_call`` overrides ``close_forced_calls`` (audits
         reproduce a recorded round with it)."""
-        offered = tools if tool_choice != "none" else None
-        prefix = forced_prefix(tool_choice, offered)
-        tok = self.engine.tokenizer
-        prompt_ids = apply_chat_template_with_tools(tok, messages, offered)
-        if prefix:
-            prompt_ids = prompt_ids + list(tok.encode(prefix, add_special_tokens=False))
-        params = sampling or SamplingParams()
-        # A forced call that ends inside a string value: when closing, the model writes only that
-        # value (generation stops at its closing quote) and the call is closed for it.
         close = self.close_forced_calls if close_forced_call is None else close_forced_call
-        closing = close and prefix.endswith('"') and tool_choice not in ("auto", "none", "required")
-        if closing:
-            params = replace(params, stop=(*params.stop, '"'))
-        return PreparedRequest(prompt_ids, prefix, params, CLOSE_FORCED_CALL if closing else "")
+        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice, close_forced_call=close)
+
+    def open(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> Iterator[BackendChunk]:
+        """``stream``, with the request checked now (tools, template, the prompt against the
+        context): a bad one raises here, before the caller commits to a streamed response."""
+        prepared = self.prepare(messages, tools, sampling, tool_choice)
+        self.engine.check(prepared.prompt_ids, prepared.params)
+        return self._stream(prepared, tools if tool_choice != "none" else None)
 
     def stream(
         self,
@@ -141,37 +142,67 @@ class LocalBackend(Backend):
         tool_choice: ToolChoice = "auto",
     ) -> Iterator[BackendChunk]:
         offered = tools if tool_choice != "none" else None
-        prepared = self.prepare(messages, tools, sampling, tool_choice)
-        prompt_ids, prefix, params, suffix = prepared.prompt_ids, prepared.prefix, prepared.params, prepared.suffix
-        if prefix:
-            yield BackendChunk(delta=prefix)
-        result = None
-        for chunk in self.engine.stream(prompt_ids, params, speculative=self.speculative, reuse_cache=self.reuse_cache):
-            if chunk.delta:
-                yield BackendChunk(delta=chunk.delta)
-            result = chunk.result or result
-        assert result is not None
-        cut_off = result.finish_reason == "length"
-        # A forced call is closed only when the model finished its value: closing one the budget
-        # cut would invent a call with a truncated argument (read_file("notes.tx")).
-        suffix = "" if cut_off else suffix
-        if suffix:
-            yield BackendChunk(delta=suffix)
-        text = prefix + result.text + suffix
-        message = reply_message(text, parse_tools=bool(offered), cut_off=cut_off)
-        message.raw_text = text
-        yield BackendChunk(
-            delta="",
-            response=BackendResponse(
-                message=message,
-                finish_reason=finish_reason(message, result.finish_reason),
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=len(result.token_ids),
-                backend=self.name,
-                stats=result.stats,
-                prompt_ids=prompt_ids,
-                completion_ids=list(result.token_ids),
-                forced_prefix=prefix,
-                forced_suffix=suffix,
-            ),
-        )
+        yield from self._stream(self.prepare(messages, tools, sampling, tool_choice), offered)
+
+    def _stream(self, prepared: PreparedRequest, offered: list[dict[str, Any]] | None) -> Iterator[BackendChunk]:
+        chunks = self.engine.stream(prepared.prompt_ids, prepared.params, speculative=self.speculative,
+                                    reuse_cache=self.reuse_cache)
+        yield from relay(chunks, prepared, offered, self.name)
+
+
+def prepare_request(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                    sampling: SamplingParams | None, tool_choice: ToolChoice, *,
+                    close_forced_call: bool) -> PreparedRequest:
+    """A chat request as the engine runs it: prompt ids (ending with the forced prefix, if any) and
+    sampling parameters (module docstring: tool_choice, closing forced calls)."""
+    offered = tools if tool_choice != "none" else None
+    prefix = forced_prefix(tool_choice, offered)
+    prompt_ids = apply_chat_template_with_tools(tokenizer, messages, offered)
+    if prefix:
+        prompt_ids = prompt_ids + list(tokenizer.encode(prefix, add_special_tokens=False))
+    params = sampling or SamplingParams()
+    # A forced call that ends inside a string value: when closing, the model writes only that
+    # value (generation stops at its closing quote) and the call is closed for it.
+    closing = close_forced_call and prefix.endswith('"') and tool_choice not in ("auto", "none", "required")
+    if closing:
+        params = replace(params, stop=(*params.stop, '"'))
+    return PreparedRequest(prompt_ids, prefix, params, CLOSE_FORCED_CALL if closing else "")
+
+
+def relay(chunks: Iterable[StreamChunk], prepared: PreparedRequest, offered: list[dict[str, Any]] | None,
+          backend: str) -> Iterator[BackendChunk]:
+    """An engine's stream of a prepared request as backend chunks: the forced prefix first, the
+    text deltas, the closing suffix, then the response (the reply parsed for tool calls)."""
+    prompt_ids, prefix, suffix = prepared.prompt_ids, prepared.prefix, prepared.suffix
+    if prefix:
+        yield BackendChunk(delta=prefix)
+    result = None
+    for chunk in chunks:
+        if chunk.delta:
+            yield BackendChunk(delta=chunk.delta)
+        result = chunk.result or result
+    assert result is not None
+    cut_off = result.finish_reason == "length"
+    # A forced call is closed only when the model finished its value: closing one the budget
+    # cut would invent a call with a truncated argument (read_file("notes.tx")).
+    suffix = "" if cut_off else suffix
+    if suffix:
+        yield BackendChunk(delta=suffix)
+    text = prefix + result.text + suffix
+    message = reply_message(text, parse_tools=bool(offered), cut_off=cut_off)
+    message.raw_text = text
+    yield BackendChunk(
+        delta="",
+        response=BackendResponse(
+            message=message,
+            finish_reason=finish_reason(message, result.finish_reason),
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=len(result.token_ids),
+            backend=backend,
+            stats=result.stats,
+            prompt_ids=prompt_ids,
+            completion_ids=list(result.token_ids),
+            forced_prefix=prefix,
+            forced_suffix=suffix,
+        ),
+    )

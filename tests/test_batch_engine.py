@@ -237,7 +237,7 @@ def test_the_appendix_a_variant_lets_a_later_draft_decide():
 
 
 @pytest.mark.parametrize("method", ["dspark", "eagle3"])
-def test_learned_drafters_in_the_batch_are_lossless(family, method):
+def test_learned_drafters_in_the_batch_are_lossless(family, method):  # noqa: F811 (the fixture)
     """A learned drafter per slot (``sibling``), fed its own rows' target features from the
     batched forward: every request greedy equals plain decoding of it alone, conversations that
     reuse a slot's prefix included."""

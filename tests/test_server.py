@@ -310,9 +310,14 @@ def test_backend_failures(serve):
     url2 = serve(ScriptedBackend([]))
     err = _assert_openai_error(_post(url2, body), 400)
     assert "script" in err["message"]
-    # Streaming: an error before the first chunk still gets its status code.
+    # Streaming: a stream's headers go out once its request is checked (queued or not), so a
+    # backend that fails later says so in an event, in OpenAI's error shape, with no detail leaked.
     stream_body = json.dumps({"model": MODEL, "messages": user("x"), "stream": True}).encode()
-    _assert_openai_error(_post(url, stream_body), 500, type_="server_error")
+    r = _post(url, stream_body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["error"]["type"] == "server_error" and "secret" not in r.text
 
 
 # ---- our RemoteBackend against our server ---------------------------------------------------

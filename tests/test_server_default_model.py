@@ -50,15 +50,16 @@ def test_serve_command_wires_the_engine(monkeypatch, capsys):
     assert main(["serve", "--plain", "--host", "0.0.0.0", "--port", "8123", "--model-name", "tiny-one"]) == 0
     out, err = capsys.readouterr()
     assert "WARNING" in err and "without an API key" in err
-    assert "http://0.0.0.0:8123/v1" in out and "local-plain" in out
+    assert "http://0.0.0.0:8123/v1" in out and "batch-plain, 4 at once" in out
     assert (captured["host"], captured["port"]) == ("0.0.0.0", 8123)
 
     monkeypatch.setenv("AGENTSPARK_API_KEY", "env-key")
     assert main(["serve", "--port", "0", "--max-draft", "3"]) == 0
     out, err = capsys.readouterr()
     assert "WARNING" not in err and "http://127.0.0.1:0/v1" in out and "API key required" in out
-    # the SPS table was measured (or read from its cache) at start-up, before any request
-    assert "measuring the target's speed" in err or "target speed at 1..4 tokens per forward: from the cache" in err
+    # the batch's SPS(B) table was measured (or read from its cache) at start-up, before any request
+    assert ("measuring the target's speed at 1..16 tokens per batched forward" in err
+            or "target speed at 1..16 tokens per batched forward: from the cache" in err)
     # The app the command built answers real requests (the env key is enforced).
     with serve_in_thread(captured["app"]) as url:
         with pytest.raises(openai.AuthenticationError):
@@ -66,7 +67,7 @@ def test_serve_command_wires_the_engine(monkeypatch, capsys):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="env-key", max_retries=0, timeout=60)
         assert [m.id for m in client.models.list().data] == ["agentspark-default"]
         r = client.chat.completions.create(model="agentspark-default", messages=PROMPT, max_tokens=4, temperature=0)
-    assert r.model_extra["agentspark"]["backend"] == "local-ngram+dspark"  # --drafter auto on the default model
+    assert r.model_extra["agentspark"]["backend"] == "batch-ngram+dspark"  # --drafter auto on the default model
     assert r.model_extra["agentspark"]["stats"]["new_tokens"] <= 4
 
 

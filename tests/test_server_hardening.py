@@ -333,6 +333,10 @@ def no_model(monkeypatch):
     """Makes loading a model a test failure (what serve must check before) and stubs the server."""
     import uvicorn
 
+    import agentspark.cli  # noqa: F401 (every command module imported before the patch: one that
+    import agentspark.commands.bench  # noqa: F401 imported load_model under it would keep the fake
+    import agentspark.commands.generate  # noqa: F401 for the rest of the session)
+    import agentspark.drafters.factory  # noqa: F401
     import agentspark.model.loading as loading
 
     def load_model(*args, **kwargs):
@@ -366,16 +370,19 @@ def test_serve_refuses_an_empty_api_key(no_model, monkeypatch, capsys, flag, env
     assert ("--api-key" if flag else "AGENTSPARK_API_KEY") in err and "unset" in err
 
 
-def test_serve_passes_the_body_cap(monkeypatch, capsys):
+def test_serve_passes_the_body_cap_and_the_admission_limits(monkeypatch, capsys):
     import uvicorn
 
+    import agentspark.backends.batched as batched
     import agentspark.backends.local as local
+    import agentspark.batch as batch
     import agentspark.drafters.factory as factory
     import agentspark.engine as engine
     import agentspark.model.loading as loading
     import agentspark.server as server
     from agentspark.cli import main
     from agentspark.commands import serve
+    from agentspark.server import app as server_app
     from agentspark.server import guard
 
     class FakeBackend:
@@ -388,7 +395,9 @@ def test_serve_passes_the_body_cap(monkeypatch, capsys):
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: object())
     monkeypatch.setattr(factory, "build_drafter", lambda *a, **k: None)
     monkeypatch.setattr(engine, "Engine", lambda *a, **k: object())
-    monkeypatch.setattr(local, "LocalBackend", FakeBackend)
+    monkeypatch.setattr(batch, "BatchEngine", lambda *a, **k: seen.update(slots=k["slots"]) or object())
+    monkeypatch.setattr(local, "LocalBackend", lambda *a, **k: seen.update(backend="local") or FakeBackend())
+    monkeypatch.setattr(batched, "BatchBackend", lambda *a, **k: seen.update(backend="batch") or FakeBackend())
     monkeypatch.setattr(server, "create_app", lambda backend, **kw: seen.update(kw) or "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(run=kw))
     monkeypatch.delenv("AGENTSPARK_API_KEY", raising=False)
@@ -398,3 +407,10 @@ def test_serve_passes_the_body_cap(monkeypatch, capsys):
     assert seen["max_body_bytes"] == serve.DEFAULT_MAX_BODY_BYTES == guard.DEFAULT_MAX_BODY_BYTES
     assert main(["serve", "--port", "0", "--max-body-bytes", "0"]) == 2
     assert "--max-body-bytes" in capsys.readouterr().err
+    assert seen["backend"] == "batch" and seen["slots"] == serve.DEFAULT_SLOTS
+    assert seen["max_queued"] == serve.DEFAULT_MAX_QUEUED == server_app.DEFAULT_MAX_QUEUED
+    assert main(["serve", "--port", "0", "--slots", "1", "--max-queued", "3"]) == 0
+    assert seen["backend"] == "local" and seen["max_queued"] == 3
+    for bad in (["--slots", "0"], ["--slots", "65"], ["--max-queued", "-1"]):
+        assert main(["serve", "--port", "0", *bad]) == 2
+        assert bad[0] in capsys.readouterr().err

@@ -21,6 +21,8 @@ API_KEY_ENV = "AGENTSPARK_API_KEY"
 # server.guard.DEFAULT_MAX_BODY_BYTES (a test keeps them equal): importing the server here would
 # load FastAPI for every command of the CLI.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_QUEUED = 64  # server.app.DEFAULT_MAX_QUEUED (the same test keeps them equal)
+DEFAULT_SLOTS = 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default=None,
                    help="the model id clients name (default: agentspark-default, or derived from --model)")
     p.add_argument("--plain", action="store_true", help="serve plain target decoding instead of speculative")
+    p.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
+                   help=f"requests generated at once, batched in every forward (default: {DEFAULT_SLOTS}); "
+                        "1 serves one at a time on the single-request engine")
+    p.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
+                   help=f"requests that may wait for a slot; past that 429 with Retry-After (default: {DEFAULT_MAX_QUEUED})")
     p.add_argument("--default-max-tokens", type=int, default=256,
                    help="max_tokens of requests that set none (default: 256)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
@@ -98,7 +105,9 @@ def reserve_port(host: str, port: int) -> socket.socket | None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..backends.batched import BatchBackend
     from ..backends.local import LocalBackend
+    from ..batch import BatchEngine
     from ..drafters.factory import build_drafter
     from ..engine import Engine
     from ..model.loading import load_model
@@ -110,6 +119,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise AgentSparkError(f"--default-max-tokens must be >= 1, got {args.default_max_tokens}")
     if args.max_body_bytes < 1:
         raise AgentSparkError(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
+    if not 1 <= args.slots <= 64:
+        raise AgentSparkError(f"--slots must be in 1..64, got {args.slots}")
+    if args.max_queued < 0:
+        raise AgentSparkError(f"--max-queued must be >= 0, got {args.max_queued}")
     api_key = api_key_from(args)
     model_name = args.model_name or model_name_for(args.model)
     if not is_loopback(args.host) and not api_key:
@@ -123,19 +136,24 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         target = load_model(args.model, dtype=args.dtype, device=args.device)
         drafter = None if args.plain else build_drafter(args.drafter, target)
-        engine = Engine(target, drafter, max_draft=args.max_draft, exact=exact_of(args), schedule=args.schedule,
-                        confidence_threshold=args.confidence_threshold)
-        if drafter is not None and engine.schedule in ("adaptive",):
-            engine.steps_per_second()  # at start-up (or from the cache): never inside a request
-        backend = LocalBackend(engine, speculative=not args.plain)
+        if args.slots > 1:  # the SPS(B) table of an adaptive batch is measured (or read) right here
+            engine = BatchEngine(target, drafter, slots=args.slots, max_draft=args.max_draft, exact=exact_of(args),
+                                 schedule=args.schedule, confidence_threshold=args.confidence_threshold)
+            backend = BatchBackend(engine, speculative=not args.plain)
+        else:
+            engine = Engine(target, drafter, max_draft=args.max_draft, exact=exact_of(args), schedule=args.schedule,
+                            confidence_threshold=args.confidence_threshold)
+            if drafter is not None and engine.schedule in ("adaptive",):
+                engine.steps_per_second()  # at start-up (or from the cache): never inside a request
+            backend = LocalBackend(engine, speculative=not args.plain)
         app = create_app(backend, model_name=model_name, api_key=api_key, default_max_tokens=args.default_max_tokens,
-                         max_body_bytes=args.max_body_bytes)
+                         max_body_bytes=args.max_body_bytes, max_queued=args.max_queued)
     finally:
         if reserved is not None:
             reserved.close()  # handed over: uvicorn binds the same address right below
 
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"agentspark: serving {model_name!r} ({backend.name}) at http://{host}:{args.port}/v1"
+    print(f"agentspark: serving {model_name!r} ({backend.name}, {args.slots} at once) at http://{host}:{args.port}/v1"
           f"{' (API key required)' if api_key else ''}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,7 +1,10 @@
 """create_app: an OpenAI-compatible HTTP server (``/v1/models``, ``/v1/chat/completions``) for any Backend.
 
-Generations run one at a time on a worker thread (runner.py); a client that disconnects
-cancels its generation, queued or running. Defaults follow OpenAI where the engine's differ:
+Generations run on worker threads (runner.py): one at a time for a single-request backend, all at
+once for a concurrent one (the batch backend); a client that disconnects cancels its generation,
+queued or running, and with the batch backend frees only its slot. Admission is bounded: past the
+backend's concurrency plus ``max_queued`` waiting, 429 with Retry-After. A stream's headers go out
+as soon as its request is checked, queued or not. ``GET /metrics``: Prometheus text (metrics.py). Defaults follow OpenAI where the engine's differ:
 temperature 1.0 when the request names none (send 0 for greedy), and ``max_tokens`` defaults to
 ``default_max_tokens``. Response extension: ``"agentspark": {"backend", "stats", "forced_prefix",
 "invalid_tool_calls"}`` on completions, and on the last chunks of a stream.
@@ -13,6 +16,7 @@ client without a key nor a big body holds up the event loop (and /health with it
 
 from __future__ import annotations
 
+import math
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,8 +31,12 @@ from . import schemas
 from .convert import parse_request, sampling, to_internal, tools_and_choice
 from .errors import APIError, install_error_handlers, translate
 from .guard import DEFAULT_MAX_BODY_BYTES, OPEN_PATHS, RequestGuard, check_api_key
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import RequestTimer, ServerMetrics
 from .runner import Runner
 from .streaming import ClientGone, DisconnectWatch, JobStreamingResponse, next_chunk, sse_events
+
+DEFAULT_MAX_QUEUED = 64
 
 
 def _call_ids(n: int) -> list[str]:
@@ -41,11 +49,27 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
-               default_max_tokens: int = 256, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               default_max_tokens: int = 256, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_queued: int = DEFAULT_MAX_QUEUED) -> FastAPI:
     """``api_key`` None serves without a key; with one, every path but /health needs it.
-    ``max_body_bytes`` caps request bodies (413 above it)."""
+    ``max_body_bytes`` caps request bodies (413 above it). Admission: as many requests as the
+    backend runs at once (a batch backend's slots, else 1) plus ``max_queued`` waiting; past that
+    429 with Retry-After."""
     check_api_key(api_key)  # "" must not quietly mean "no key"
-    runner = Runner()
+    if not isinstance(max_queued, int) or max_queued < 0:
+        raise ValueError(f"max_queued must be an integer >= 0, got {max_queued!r}")
+    concurrency = getattr(backend, "slots", 1) if backend.concurrent else 1
+    admission = Admission(concurrency + max_queued)
+    # a concurrent backend's requests each hold a lane that only relays; otherwise one lane runs them
+    runner = Runner(lanes=admission.limit if backend.concurrent else 1)
+
+    def load() -> tuple[int, int]:
+        own = backend.load()
+        if own is not None:
+            return own
+        return min(admission.count, 1), max(0, admission.count - 1)
+
+    metrics = ServerMetrics(load)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -59,6 +83,7 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
     app = FastAPI(title="agentspark", summary="OpenAI-compatible speculative decoding server", lifespan=lifespan,
                   **pages)
     app.state.backend, app.state.runner, app.state.model_name = backend, runner, model_name
+    app.state.metrics, app.state.admission = metrics, admission
     install_error_handlers(app)
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
     _complete_openapi(app, keyed=bool(api_key))
@@ -93,43 +118,55 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
         return req, messages, tools, choice, sampling(req, default_max_tokens)
 
     @v1.post("/chat/completions", response_model=None, openapi_extra=_CHAT_REQUEST_BODY,
-             responses={200: _CHAT_200, **_errors(400, 404, 413), **auth})
+             responses={200: _CHAT_200, **_errors(400, 404, 413, 429), **auth})
     async def chat_completions(request: Request) -> Response:
+        timer = RequestTimer(metrics)
         req, messages, tools, choice, params = await run_in_threadpool(prepare, await request.body())
-        job = runner.submit(lambda: backend.stream(messages, tools, params, choice))
+        if not admission.enter():
+            metrics.rejected.inc()
+            raise _busy(concurrency, max_queued, metrics.mean_request_s)
+        try:  # checked now (a bad request gets its status code), queued with the batch backend
+            chunks = await run_in_threadpool(backend.open, messages, tools, params, choice)
+            job = runner.submit(lambda: chunks, on_done=admission.leave)
+        except BaseException:
+            admission.leave()
+            raise
         completion_id = schemas.new_completion_id()
         watch = DisconnectWatch(request)
+        if req.stream:  # headers at once, queued or not; later errors travel as events
+            events = sse_events(
+                job, watch, timer, completion_id=completion_id, model=model_name,
+                parse_tools=bool(tools) and choice != "none",
+                include_usage=bool(req.stream_options and req.stream_options.include_usage), call_ids=_call_ids)
+            return JobStreamingResponse(events, job, timer)
+        final: BackendResponse | None = None
         try:
-            chunk = await next_chunk(job, watch)  # errors before the first chunk get a status code
-            if req.stream:
-                if chunk is None:
-                    raise RuntimeError(f"backend {backend.name} produced nothing")
-                events = sse_events(
-                    job, chunk, watch, completion_id=completion_id, model=model_name,
-                    parse_tools=bool(tools) and choice != "none",
-                    include_usage=bool(req.stream_options and req.stream_options.include_usage), call_ids=_call_ids)
-                return JobStreamingResponse(events, job)
-            final: BackendResponse | None = None
-            while chunk is not None:
+            while (chunk := await next_chunk(job, watch)) is not None:
+                timer.saw(chunk.delta)
                 final = chunk.response or final
-                chunk = await next_chunk(job, watch)
             if final is None:
                 raise RuntimeError(f"backend {backend.name} ended its stream without a response")
         except ClientGone:
             job.cancel()
+            timer.ended("cancelled")
             return Response(status_code=499)  # nobody reads it
-        except APIError:
-            job.cancel()
-            raise
         except Exception as exc:
             job.cancel()
+            timer.ended("error")
             return translate(exc).response()
         except BaseException:  # cancelled: the client or the server went away
             job.cancel()
+            timer.ended("cancelled")
             raise
+        timer.finished(final.stats, final.completion_tokens)
         body = schemas.completion_body(final, completion_id=completion_id, created=schemas.now(), model=model_name,
                                        call_ids=_call_ids(len(final.message.tool_calls)))
         return JSONResponse(body)
+
+    @app.get("/metrics", response_model=None, responses={200: {"description": "Prometheus text format",
+                                                               "content": {"text/plain": {}}}, **auth})
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     app.include_router(v1)
     return app
@@ -173,6 +210,28 @@ def _add_models(schema: dict[str, Any], *models: type) -> None:
     components.update(defs["$defs"])
     for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, answered 400 here
         components.pop(name, None)
+
+
+class Admission:
+    """Requests admitted and not yet ended (counted on the event loop's thread only)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
+
+    def enter(self) -> bool:
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
+
+
+def _busy(running: int, queued: int, mean_request_s: float) -> APIError:
+    wait = min(60, max(1, math.ceil(mean_request_s)))  # about one request's time frees a place
+    return APIError(429, f"The server is at capacity ({running} running and {queued} queued); retry in {wait} s.",
+                    type_="rate_limit_error", code="server_busy", headers={"Retry-After": str(wait)})
 
 
 def _unknown_model(name: str, served: str) -> APIError:

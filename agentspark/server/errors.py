@@ -2,7 +2,7 @@
 
 400 for anything about the request (bad JSON, schema violations, bad sampling values, any other
 AgentSparkError), 401 for a missing or wrong key, 404 for an unknown model or route, 413 for a
-body over the server's cap (guard.py), 500 with a generic message for bugs (the traceback goes to
+body over the server's cap (guard.py), 429 with Retry-After when admission is full, 500 with a generic message for bugs (the traceback goes to
 the log).
 """
 
@@ -30,15 +30,16 @@ class APIError(Exception):
     """An error response decided by the server itself."""
 
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, type_=self.type, param=self.param, code=self.code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def translate(exc: BaseException) -> APIError:

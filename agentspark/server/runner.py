@@ -1,7 +1,8 @@
-"""Runs backend generations one at a time on a single worker thread, with cancellation.
+"""Runs backend generations on worker threads (lanes), with cancellation.
 
-Our engine is single-sequence and synchronous, so every generation goes through one
-single-thread executor: requests queue in arrival order and the event loop stays free. A job
+A single-request backend (the local engine) gets one lane: requests queue in arrival order and the
+event loop stays free. A concurrent backend (the batch backend, whose own thread runs every
+request's rounds) gets a lane per admitted request, each only relaying its request's chunks. A job
 iterates the backend's stream on that thread and hands each chunk to the event loop through an
 asyncio queue. ``cancel()`` (client gone, server stopping) is checked between chunks; the
 backend generator is then closed, which stops the engine mid-request. A job cancelled while
@@ -82,27 +83,41 @@ class Job:
 
 
 class Runner:
-    """The one lane every generation of an app goes through."""
+    """The lanes every generation of an app goes through."""
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: int = 1) -> None:
+        self.lanes = lanes
         self._executor: ThreadPoolExecutor | None = None
         self._jobs: set[Job] = set()
         self.start()
+
+    @property
+    def active(self) -> int:
+        """Jobs submitted and not yet done (running or queued for a lane)."""
+        return len(self._jobs)
 
     def start(self) -> None:
         """Open the lane (again): an app's lifespan may run more than once, as test clients
         start and stop it per test, and each run must serve, not fail on a closed executor."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentspark-generate")
+            self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="agentspark-generate")
 
-    def submit(self, start: Callable[[], Iterator[BackendChunk]]) -> Job:
+    def submit(self, start: Callable[[], Iterator[BackendChunk]], on_done: Callable[[], None] | None = None) -> Job:
+        """Run ``start()``'s stream on a lane; ``on_done`` is called on the event loop once the job
+        is done (finished, failed or cancelled)."""
         if self._executor is None:
             raise RuntimeError("the runner is shut down (the app's lifespan has ended)")
         loop = asyncio.get_running_loop()
         job = Job(start, loop)
         self._jobs.add(job)
         future = loop.run_in_executor(self._executor, job.run)
-        future.add_done_callback(lambda _: self._jobs.discard(job))
+
+        def done(_: object) -> None:
+            self._jobs.discard(job)
+            if on_done is not None:
+                on_done()
+
+        future.add_done_callback(done)
         return job
 
     def shutdown(self) -> None:

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from ..backends.base import BackendChunk, BackendResponse
 from . import schemas
 from .errors import translate
+from .metrics import RequestTimer
 from .runner import Job
 
 log = logging.getLogger("agentspark.server")
@@ -96,8 +97,10 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def sse_events(job: Job, first: BackendChunk, watch: DisconnectWatch, *, completion_id: str, model: str,
+async def sse_events(job: Job, watch: DisconnectWatch, timer: RequestTimer, *, completion_id: str, model: str,
                      parse_tools: bool, include_usage: bool, call_ids: Callable[[int], list[str]]) -> AsyncIterator[str]:
+    """The stream's events; the first (the assistant role) goes out before the request has made
+    a token, so a queued request's client sees its headers and the role at once."""
     created = schemas.now()
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
@@ -107,23 +110,25 @@ async def sse_events(job: Job, first: BackendChunk, watch: DisconnectWatch, *, c
     yield chunk({"role": "assistant", "content": ""})
     filt = ContentFilter(parse_tools)
     final: BackendResponse | None = None
-    current: BackendChunk | None = first
     try:
-        while current is not None:
+        while (current := await next_chunk(job, watch)) is not None:
+            timer.saw(current.delta)
             piece = filt.feed(current.delta) if current.delta else ""
             if piece:
                 yield chunk({"content": piece})
             final = current.response or final
-            current = await next_chunk(job, watch)
         if final is None:
             raise RuntimeError("the backend ended its stream without a response")
     except ClientGone:
         job.cancel()
+        timer.ended("cancelled")
         return
     except Exception as exc:  # headers are gone already: the error travels as an event
         job.cancel()
+        timer.ended("error")
         yield _sse(translate(exc).body())
         return
+    timer.finished(final.stats, final.completion_tokens)
     message = final.message
     rest = filt.finish(message.content)
     if rest:
@@ -141,13 +146,14 @@ async def sse_events(job: Job, first: BackendChunk, watch: DisconnectWatch, *, c
 class JobStreamingResponse(StreamingResponse):
     """A StreamingResponse that cancels its job however the response ends (done, disconnect, error)."""
 
-    def __init__(self, content: AsyncIterator[str], job: Job) -> None:
+    def __init__(self, content: AsyncIterator[str], job: Job, timer: RequestTimer) -> None:
         super().__init__(content, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.job = job
+        self.job, self.timer = job, timer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self.job.cancel()
+            self.timer.ended("cancelled")  # a no-op when the stream reached its end
