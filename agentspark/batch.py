@@ -36,8 +36,11 @@ drafters read the target features of their own rows of the batched forward. A le
 drafts eagerly here (the batch-1 engine's device drafting binds one request).
 
 SPS(B): ``schedule="adaptive"`` without ``sps_table`` measures the table at construction (while
-no request holds a slot), B = 1 .. slots x (max_draft + 1) total tokens per forward, each B run as
-a round of min(slots, B) rows, and caches it per model and machine (sps_cache.py).
+no request holds a slot) and caches it per model and machine (sps_cache.py). B is what a round's
+forward computes (``ModelRunner.round_tokens``): on the CPU the rows' own tokens; on CUDA the row
+bucket times the longest row (exact mode: times max_draft + 1), since every row of a graph runs
+that many; the Θ rule prices each admission at that B, so in exact mode, where lengths cost
+nothing more, it verifies whatever raises the expected tokens.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, new_
 from .errors import InvalidRequestError
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
-from .model.runner import RowWork, make_runner, pick_token
+from .model.runner import RowWork, batch_sizes, make_runner, pick_token  # noqa: F401 (batch_sizes: the benchmark reads it here)
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_lengths, choose_lengths_no_early_stop, threshold_length
@@ -65,17 +68,6 @@ from .stats import RequestStats, RoundStats
 log = logging.getLogger("agentspark")
 BATCH_SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")  # the last: a negative control for tests
 _GREEDY = SamplingParams(temperature=0.0)
-
-
-def batch_sizes(max_tokens: int) -> list[int]:
-    """The total token counts an SPS(B) measurement times: 1, 2, 3, the powers of two below the
-    largest, and the largest (the rest is interpolated between them)."""
-    sizes = {1, min(2, max_tokens), min(3, max_tokens), max_tokens}
-    b = 4
-    while b < max_tokens:
-        sizes.add(b)
-        b *= 2
-    return sorted(sizes)
 
 
 @dataclass
@@ -236,11 +228,14 @@ class BatchEngine:
         return [h.result for h in handles]
 
     def steps_per_second(self) -> list[float]:
-        """SPS(B) at B = 1 .. slots x (max_draft + 1): from the cache, else measured now (all slots
+        """SPS(B) at B = 1 .. the most tokens a round computes (slots x (max_draft + 1), padding
+        included on CUDA: ModelRunner.round_tokens): from the cache, else measured now (all slots
         must be free: the probes write into them) and cached."""
-        tokens = self.slots * (self.max_draft + 1)
+        shapes = self.runner.probe_shapes(self.slots)
+        tokens = max(shapes)
         key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
-                      f"{self.runner.kind}-batch{self.slots}", tokens)
+                      f"{self.runner.kind}{'-exact' if getattr(self.runner, 'exact', False) else ''}-batch{self.slots}",
+                      tokens)
         cached = load_sps(key)
         if cached is not None:
             log.info("target speed at 1..%d tokens per batched forward: from the cache", tokens)
@@ -250,20 +245,19 @@ class BatchEngine:
         log.info("measuring the target's speed at 1..%d tokens per batched forward (once per model and machine)…", tokens)
         t0 = time.perf_counter()
         with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
-            table = SpsTable.measure(self._probe, tokens, repeats=3, sizes=batch_sizes(tokens), spikes=False, fixed=True)
+            table = SpsTable.measure(lambda b: self._probe(*shapes[b]), tokens, repeats=3, sizes=sorted(shapes),
+                                     spikes=False, fixed=True)
         self.slot_ids = [[] for _ in range(self.slots)]  # the probes overwrote what the slots held
         where = save_sps(key, table.values())
         log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
         return table.values()
 
     # ---- internals --------------------------------------------------------------------------
-    def _probe(self, tokens: int) -> None:
-        """One greedy round of ``tokens`` tokens in all, over min(slots, tokens) rows as even as
-        they go (what a round of that size runs), at a fixed position; synced by the round."""
-        rows = min(self.slots, tokens)
-        per, extra = divmod(tokens, rows)
-        start = min(64, self.runner.capacity - per - 2)
-        work = [RowWork(r, start, [0] * (per + (r < extra)), _GREEDY, None, capture=bool(self.capture))
+    def _probe(self, rows: int, per_row: int) -> None:
+        """One greedy round of ``rows`` rows of ``per_row`` tokens at a fixed position (what a round
+        of that size runs); synced by the round. Rows past the slots reuse them (timing only)."""
+        start = min(64, self.runner.capacity - per_row - 2)
+        work = [RowWork(r % self.slots, start, [0] * per_row, _GREEDY, None, capture=bool(self.capture))
                 for r in range(rows)]
         self.runner.round(work)
 
@@ -358,7 +352,7 @@ class BatchEngine:
         if self.schedule == "threshold":
             return [threshold_length(c, self.confidence_threshold) for c in confidences]
         choose = choose_lengths if self.schedule == "adaptive" else choose_lengths_no_early_stop
-        return choose(confidences, self.sps)
+        return choose(confidences, self.sps, self.runner.round_tokens)
 
     def _release(self, h: BatchRequest) -> None:
         """h leaves its slot, which keeps the K/V of its committed sequence but its last token

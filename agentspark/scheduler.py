@@ -100,49 +100,70 @@ def _candidates(confidences: Sequence[Sequence[float]], limit: int) -> list[tupl
     return out
 
 
-def choose_lengths(confidences: Sequence[Sequence[float]], steps_per_second: Sequence[float]) -> list[int]:
+RoundTokens = Callable[[int, int, int], int]  # (rows, longest row, total tokens) -> tokens the forward computes
+
+
+def _total_tokens(rows: int, longest: int, total: int) -> int:
+    return total
+
+
+def choose_lengths(confidences: Sequence[Sequence[float]], steps_per_second: Sequence[float],
+                   round_tokens: RoundTokens = _total_tokens) -> list[int]:
     """DESIGN.md's Θ rule across R requests: l_r for each, l_r in 0..len(confidences[r]).
 
-    Θ = (Σ_r (1 + Σ_{j<=l_r} a_{r,j})) · SPS(Σ_r (1 + l_r)), with steps_per_second[B-1] the SPS at B
-    tokens in the forward (B past the table: never admitted). Candidates (r, j) are admitted in
-    descending a_{r,j}, one at a time, and the first admission that does not raise Θ ends the
-    schedule. Whether d_{r,j} is verified then depends only on candidates at least as likely,
-    which are d_{r,<j} and other requests' drafts, never on what request r drafted after d_{r,j}:
-    the early stop that keeps it lossless. One request: ``choose_length``.
+    Θ = (Σ_r (1 + Σ_{j<=l_r} a_{r,j})) · SPS(B), with steps_per_second[B-1] the SPS at B tokens in
+    the forward (B past the table: never admitted). B is what the forward computes for the chosen
+    rows: ``round_tokens(R, 1 + max l_r, Σ_r (1 + l_r))`` (the total by default; a runner that
+    pads every row to the longest says so, ModelRunner.round_tokens). Candidates (r, j) are
+    admitted in descending a_{r,j}, one at a time, and the first admission that does not raise Θ
+    ends the schedule. Whether d_{r,j} is verified then depends only on candidates at least as
+    likely, which are d_{r,<j} and other requests' drafts, never on what request r drafted after
+    d_{r,j}: the early stop that keeps it lossless. One request: ``choose_length``.
     """
-    lengths = [0] * len(confidences)
-    tokens = len(confidences)  # the anchors: one token per request is always in the forward
-    if not confidences or tokens > len(steps_per_second):
+    rows = len(confidences)
+    lengths = [0] * rows
+    if not confidences:
         return lengths
-    expected = float(tokens)
+    total, longest = rows, 1  # the anchors: one token per request is always in the forward
+    tokens = round_tokens(rows, longest, total)
+    if tokens > len(steps_per_second):
+        return lengths
+    expected = float(rows)
     best = expected * steps_per_second[tokens - 1]
     for survival, r, j in _candidates(confidences, len(steps_per_second)):
-        if tokens + 1 > len(steps_per_second):
+        after = round_tokens(rows, max(longest, 1 + j), total + 1)
+        if after > len(steps_per_second):
             break
-        throughput = (expected + survival) * steps_per_second[tokens]
+        throughput = (expected + survival) * steps_per_second[after - 1]
         if throughput <= best:
             break
-        expected, best, tokens = expected + survival, throughput, tokens + 1
+        expected, best, total, longest = expected + survival, throughput, total + 1, max(longest, 1 + j)
         lengths[r] = j
     return lengths
 
 
-def choose_lengths_no_early_stop(confidences: Sequence[Sequence[float]], steps_per_second: Sequence[float]) -> list[int]:
+def choose_lengths_no_early_stop(confidences: Sequence[Sequence[float]], steps_per_second: Sequence[float],
+                                 round_tokens: RoundTokens = _total_tokens) -> list[int]:
     """NEGATIVE CONTROL ONLY: the Appendix-A variant across requests. It walks the same admission
     order to its end and keeps the prefix of it with the best Θ, so a likely d_{r,j+1} (whose
     confidence depends on d_{r,j}) can pull d_{r,j} in after the rule had stopped: biased."""
-    lengths = [0] * len(confidences)
-    tokens = len(confidences)
-    if not confidences or tokens > len(steps_per_second):
+    rows = len(confidences)
+    lengths = [0] * rows
+    if not confidences:
         return lengths
-    expected = float(tokens)
+    total, longest = rows, 1
+    tokens = round_tokens(rows, longest, total)
+    if tokens > len(steps_per_second):
+        return lengths
+    expected = float(rows)
     best, best_lengths = expected * steps_per_second[tokens - 1], list(lengths)
     for survival, r, j in _candidates(confidences, len(steps_per_second)):
-        if tokens + 1 > len(steps_per_second):
+        after = round_tokens(rows, max(longest, 1 + j), total + 1)
+        if after > len(steps_per_second):
             break
-        expected, tokens = expected + survival, tokens + 1
+        expected, total, longest = expected + survival, total + 1, max(longest, 1 + j)
         lengths[r] = j
-        throughput = expected * steps_per_second[tokens - 1]
+        throughput = expected * steps_per_second[after - 1]
         if throughput > best:
             best, best_lengths = throughput, list(lengths)
     return best_lengths

@@ -257,3 +257,21 @@ def test_learned_drafters_in_the_batch_are_lossless(family, method):  # noqa: F8
     again = batch.generate_many(follow, params)
     assert [r.token_ids for r in again] == refs
     assert all(r.stats.prefill_tokens < len(f) for r, f in zip(again, follow))  # their prefixes were reused
+
+
+def test_padded_rounds_are_priced_at_their_padded_size(tiny):
+    """On CUDA every row of a graph bucket runs the longest row's tokens (exact mode: all of
+    max_tokens): the Θ rule prices an admission at that size, and the SPS(B) probes run rounds
+    whose padded size is B."""
+    fast = DeviceRunner(tiny.model, graphs=False, capacity=96, slots=3, max_tokens=5)
+    exact = DeviceRunner(tiny.model, graphs=False, exact=True, capacity=96, slots=3, max_tokens=5)
+    assert fast.round_tokens(3, 2, 4) == 4 * 2 and exact.round_tokens(3, 2, 4) == 4 * 5
+    for runner in (fast, exact):
+        shapes = runner.probe_shapes(3)
+        assert 1 in shapes and max(shapes) == 4 * 5
+        assert all(runner.round_tokens(r, t, r * t) == b for b, (r, t) in shapes.items() if b > 1)
+    confidences = [[0.9, 0.2, 0.1], [0.3], [0.05, 0.05]]
+    sps = [100.0 / (1 + 0.1 * b) for b in range(20)]  # every token costs: lengths get cut...
+    assert choose_lengths(confidences, sps, fast.round_tokens) != [3, 1, 2]
+    # ...but where a round costs the same whatever the lengths, every draft token is worth verifying
+    assert choose_lengths(confidences, sps, exact.round_tokens) == [3, 1, 2]

@@ -442,6 +442,19 @@ class DeviceRunner(ModelRunner):
                 torch.cuda.current_stream(self.device).synchronize()  # the step in flight, if any
 
     @torch.inference_mode()
+    def round_tokens(self, rows: int, longest: int, total: int) -> int:
+        """Every row of a bucket runs the longest row's tokens (exact mode: max_tokens), padding rows too."""
+        return row_bucket(rows) * self._tokens(longest)
+
+    def probe_shapes(self, rows: int) -> dict[int, tuple[int, int]]:
+        """The row buckets up to ``rows`` x 1, 2, 3 and max_tokens per row (exact mode: max_tokens
+        only); B = 1 maps to the smallest round (in exact mode it computes max_tokens)."""
+        counts = sorted({b for b in ROW_BUCKETS if b < rows} | {rows})
+        per_row = sorted({self._tokens(t) for t in (1, 2, 3, self.max_tokens) if t <= self.max_tokens})
+        shapes = {self.round_tokens(r, t, r * t): (r, t) for r in counts for t in per_row}
+        shapes.setdefault(1, (1, 1))
+        return dict(sorted(shapes.items()))
+
     def probe(self, tokens: int) -> None:
         """A greedy round of ``tokens`` tokens on the scratch slot, as real rounds replay it."""
         b = self._bucket(BucketKey(1, self._tokens(tokens), True, False, False, bool(self.capture_layers)))

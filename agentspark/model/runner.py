@@ -101,9 +101,32 @@ class ModelRunner:
         slot, at a fixed position), waited for: what the SPS table times."""
         raise NotImplementedError
 
+    def round_tokens(self, rows: int, longest: int, total: int) -> int:
+        """Tokens a round's forward computes for ``rows`` rows of ``total`` tokens, the longest
+        ``longest``: what its cost follows (the batch scheduler's B). Here every row's own."""
+        return total
+
+    def probe_shapes(self, rows: int) -> dict[int, tuple[int, int]]:
+        """For a batch SPS(B) table over up to ``rows`` rows: B -> (rows, tokens per row) of a
+        round whose ``round_tokens`` is B, for the sizes worth timing (1 and the largest among
+        them; the rest is interpolated). Here 1, 2, 3, the powers of two and rows x max_tokens,
+        each as even rows as it goes."""
+        return {b: (min(rows, b), -(-b // min(rows, b))) for b in batch_sizes(rows * self.max_tokens)}
+
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def batch_sizes(largest: int) -> list[int]:
+    """The total token counts a batch SPS(B) measurement times: 1, 2, 3, the powers of two below
+    the largest, and the largest (the rest is interpolated between them)."""
+    sizes = {1, min(2, largest), min(3, largest), largest}
+    b = 4
+    while b < largest:
+        sizes.add(b)
+        b *= 2
+    return sorted(sizes)
 
 
 def pick_token(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
