@@ -143,11 +143,16 @@ class BatchEngine:
         self.waiting: deque[BatchRequest] = deque()
         self.running: list[BatchRequest] = []
         self._ids = 0
-        self.sps: list[float] | None = None
+        self._table: SpsTable | None = None
         if sps_table is not None:
-            self.sps = SpsTable(sps_table, fixed=True).values()
+            self._table = SpsTable(sps_table, fixed=True)
         elif schedule in ("adaptive", "no-early-stop") and self._prototype is not None:
-            self.sps = self.steps_per_second()
+            self._table = self._sps_table()
+
+    @property
+    def sps(self) -> list[float] | None:
+        """SPS(B) the adaptive schedule uses now (refreshed by the rounds' own timings), or None."""
+        return None if self._table is None else self._table.values()
 
     @property
     def drafter_name(self) -> str:
@@ -229,8 +234,15 @@ class BatchEngine:
 
     def steps_per_second(self) -> list[float]:
         """SPS(B) at B = 1 .. the most tokens a round computes (slots x (max_draft + 1), padding
-        included on CUDA: ModelRunner.round_tokens): from the cache, else measured now (all slots
-        must be free: the probes write into them) and cached."""
+        included on CUDA: ModelRunner.round_tokens): the table in use, else from the cache, else
+        measured now (all slots must be free: the probes write into them) and cached."""
+        if self._table is None:
+            self._table = self._sps_table()
+        return self._table.values()
+
+    def _sps_table(self) -> SpsTable:
+        """The batch's table as measured (or cached). It is refreshed from every round's own wall
+        time (drafting and committing included: what a round of that size really costs here)."""
         shapes = self.runner.probe_shapes(self.slots)
         tokens = max(shapes)
         key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
@@ -239,18 +251,18 @@ class BatchEngine:
         cached = load_sps(key)
         if cached is not None:
             log.info("target speed at 1..%d tokens per batched forward: from the cache", tokens)
-            return SpsTable(cached, fixed=True).values()
+            return SpsTable(cached, spikes=False)
         if not self.idle:
             raise InvalidRequestError("the batch's SPS table is measured while no request runs")
         log.info("measuring the target's speed at 1..%d tokens per batched forward (once per model and machine)…", tokens)
         t0 = time.perf_counter()
         with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
             table = SpsTable.measure(lambda b: self._probe(*shapes[b]), tokens, repeats=3, sizes=sorted(shapes),
-                                     spikes=False, fixed=True)
+                                     spikes=False)
         self.slot_ids = [[] for _ in range(self.slots)]  # the probes overwrote what the slots held
         where = save_sps(key, table.values())
         log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
-        return table.values()
+        return table
 
     # ---- internals --------------------------------------------------------------------------
     def _probe(self, rows: int, per_row: int) -> None:
@@ -310,11 +322,12 @@ class BatchEngine:
         t0 = time.perf_counter()
         live = list(self.running)
         drafts: list[Draft | None] = []
+        drafting = self._drafts_can_pay(len(live))
         for h in live:
             req = h._req
             start = len(req.tokens) - 1  # the anchor's position; the slot's cache holds [0, start)
             room = min(self.max_draft, req.budget - req.generated - 1, self.runner.capacity - 1 - start)
-            draft = h._drafter.propose(req.tokens, room) if h._drafter is not None and room > 0 else None
+            draft = h._drafter.propose(req.tokens, room) if drafting and h._drafter is not None and room > 0 else None
             drafts.append(None if draft is None else draft.truncate(max(0, min(len(draft), room))))
         lengths = self._lengths(drafts)
         rows, verified = [], []
@@ -340,7 +353,22 @@ class BatchEngine:
             h._stats.rounds.append(RoundStats(0 if draft is None else len(draft), len(d_tokens), a, len(committed),
                                               t1 - t0, t2 - t1, 0.0))
             self._emit(h, committed, delta)
+        if self._table is not None and not self._table.fixed:
+            longest = max(len(r.tokens) for r in rows)
+            total = sum(len(r.tokens) for r in rows)
+            self._table.observe(self.runner.round_tokens(len(rows), longest, total), time.perf_counter() - t0)
         return live
+
+    def _drafts_can_pay(self, rows: int) -> bool:
+        """Whether the adaptive schedule could verify anything this round: a draft token is worth
+        at most survival 1, so if one such token does not raise Θ at this many rows, no schedule
+        verifies one, and drafting is skipped (the round is a plain batched step, at plain's
+        cost). Decided from the table and the row count only, never from a draft: lossless."""
+        if self.schedule not in ("adaptive", "no-early-stop") or self._table is None:
+            return True
+        sps = self._table.values()
+        plain, spec = self.runner.round_tokens(rows, 1, rows), self.runner.round_tokens(rows, 2, rows + 1)
+        return spec <= len(sps) and (rows + 1) * sps[spec - 1] > rows * sps[plain - 1]
 
     def _lengths(self, drafts: list[Draft | None]) -> list[int]:
         """Every request's verified length, chosen together before the verify forward."""
@@ -352,7 +380,7 @@ class BatchEngine:
         if self.schedule == "threshold":
             return [threshold_length(c, self.confidence_threshold) for c in confidences]
         choose = choose_lengths if self.schedule == "adaptive" else choose_lengths_no_early_stop
-        return choose(confidences, self.sps, self.runner.round_tokens)
+        return choose(confidences, self._table.values(), self.runner.round_tokens)
 
     def _release(self, h: BatchRequest) -> None:
         """h leaves its slot, which keeps the K/V of its committed sequence but its last token

@@ -256,7 +256,7 @@ class SpsTable:
     until rounds are observed; from the first refit the whole rule applies to the mix.
     """
 
-    def __init__(self, values: Sequence[float], *, fixed: bool = False) -> None:
+    def __init__(self, values: Sequence[float], *, fixed: bool = False, spikes: bool = True) -> None:
         vals = list(values)
         if not vals or any(
             isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0 for v in vals
@@ -264,7 +264,7 @@ class SpsTable:
             raise InvalidRequestError(
                 f"an SPS table needs one finite positive steps/s value per tokens-per-forward 1..n, got {vals!r}"
             )
-        self.fixed = fixed
+        self.fixed, self.spikes = fixed, spikes
         self._measured = [1.0 / float(v) for v in vals]  # seconds per forward at 1..n tokens
         costs = list(self._measured)
         for i in range(len(costs) - 2, -1, -1):  # non-increasing SPS, as the scheduler assumes
@@ -307,12 +307,12 @@ class SpsTable:
                 times[t].append(clock() - t0)
         low = {t: _low(ts) for t, ts in times.items()}
         raw = [low[t] if t in low else _between(low, t) for t in range(1, max_tokens + 1)]
-        return cls([1.0 / c for c in _monotone_costs(raw, spikes)], fixed=fixed)
+        return cls([1.0 / c for c in _monotone_costs(raw, spikes)], fixed=fixed, spikes=spikes)
 
     def merged(self, other: SpsTable) -> SpsTable:
         """Two measurements of the same machine as one: per size the faster (load only ever adds
         time, so the lower cost is the better estimate). Observations start afresh."""
-        return SpsTable([max(a, b) for a, b in zip(self.values(), other.values())], fixed=self.fixed)
+        return SpsTable([max(a, b) for a, b in zip(self.values(), other.values())], fixed=self.fixed, spikes=self.spikes)
 
     def values(self) -> list[float]:
         """Steps per second at 1..n tokens per forward: positive, finite, non-increasing."""
@@ -338,7 +338,7 @@ class SpsTable:
             return
         load = statistics.median(ratios)
         raw = [m * load if o is None else o for o, m in zip(observed, self._measured)]
-        self._values = [1.0 / c for c in _monotone_costs(raw)]
+        self._values = [1.0 / c for c in _monotone_costs(raw, self.spikes)]
 
 
 def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 5) -> list[float]:
