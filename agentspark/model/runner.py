@@ -103,8 +103,9 @@ class ModelRunner:
 
     def round_tokens(self, rows: int, longest: int, total: int) -> int:
         """Tokens a round's forward computes for ``rows`` rows of ``total`` tokens, the longest
-        ``longest``: what its cost follows (the batch scheduler's B). Here every row's own."""
-        return total
+        ``longest``: what its cost follows (the batch scheduler's B). On the CPU in float32 every
+        row is padded to the longest (``row_forwards``); elsewhere each row runs its own."""
+        return rows * longest if shares_forwards(self, rows) else total
 
     def probe_shapes(self, rows: int) -> dict[int, tuple[int, int]]:
         """For a batch SPS(B) table over up to ``rows`` rows: B -> (rows, tokens per row) of a
@@ -152,28 +153,42 @@ def greedy_verdict(logits: Tensor, tokens: list[int]) -> tuple[int, int]:
     return accepted, best[accepted]
 
 
+def shares_forwards(runner: ModelRunner, rows: int) -> bool:
+    """Whether ``row_forwards`` runs these rows as one padded forward (the CPU in float32)."""
+    return rows > 1 and cpu_float32_inference(runner.model.embed.weight)
+
+
 def row_forwards(runner: ModelRunner, rows: list[RowWork]) -> list[tuple[Tensor, Tensor | None]]:
-    """(logits [l+1, V], features [l+1, m*H] | None) of every row's tokens. On the CPU in float32,
-    rows of the same length (and the same features request) share one forward through
-    ``forward_host_rows``, each row's bits those of its own forward, the weights read once for
-    all (a batch of plain steps costs about one step); elsewhere one forward per row."""
+    """(logits [l+1, V], features [l+1, m*H] | None) of every row's tokens. On the CPU in float32
+    the rows share one forward through ``forward_host_rows``, each padded to the longest row
+    (padding after a row's tokens changes none of its results: causal attention, row-invariant
+    matmuls; its K/V land past the row's end, where a rejected draft's would, and are written
+    again before they are read), so the weights are read once for all: a batch of plain steps
+    costs about one step. A row that cannot be padded inside the cache, or rows that want
+    features when others do not, get forwards of their own. Elsewhere one forward per row."""
     model = runner.model
     out: list[tuple[Tensor, Tensor | None] | None] = [None] * len(rows)
     groups: dict[tuple[int, bool], list[int]] = {}
-    shared = len(rows) > 1 and cpu_float32_inference(model.embed.weight)
+    shared = shares_forwards(runner, len(rows))
+    longest = max(len(r.tokens) for r in rows)
     for i, row in enumerate(rows):
-        groups.setdefault((len(row.tokens), row.capture) if shared else (i, row.capture), []).append(i)
+        fits = row.start + longest <= runner.capacity
+        groups.setdefault((-1 if shared and fits else i, row.capture), []).append(i)
     for (_, capture), members in groups.items():
         layers = runner.capture_layers if capture else ()
-        x = torch.tensor([rows[i].tokens for i in members], dtype=torch.long, device=runner.device)  # [R, l+1]
         if len(members) == 1:
             row = rows[members[0]]
+            x = torch.tensor([row.tokens], dtype=torch.long, device=runner.device)  # [1, l+1]
             fwd = model(x, runner.cache, row.start, slot=row.slot, row_invariant=True, capture_layers=layers)
         else:
+            width = max(len(rows[i].tokens) for i in members)
+            x = torch.tensor([rows[i].tokens + [0] * (width - len(rows[i].tokens)) for i in members],
+                             dtype=torch.long, device=runner.device)  # [R, T] padded
             fwd = model.forward_host_rows(x, runner.cache, [rows[i].slot for i in members],
                                           [rows[i].start for i in members], capture_layers=layers)
         for k, i in enumerate(members):
-            out[i] = (fwd.logits[k], None if fwd.hidden is None else fwd.hidden[k])
+            n = len(rows[i].tokens)
+            out[i] = (fwd.logits[k, :n], None if fwd.hidden is None else fwd.hidden[k, :n])
     return out
 
 
