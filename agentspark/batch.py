@@ -246,7 +246,7 @@ class BatchEngine:
         shapes = self.runner.probe_shapes(self.slots)
         tokens = max(shapes)
         key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
-                      f"{self.runner.kind}{'-exact' if getattr(self.runner, 'exact', False) else ''}-batch{self.slots}",
+                      f"{self.runner.kind}{'-exact' if getattr(self.runner, 'exact', False) else ''}-batch{self.slots}-padded",
                       tokens)
         cached = load_sps(key)
         if cached is not None:

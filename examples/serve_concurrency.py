@@ -7,7 +7,7 @@ waits for /health, then:
   chats     --chats N greedy chat requests (eval prompts' first turns, --max-tokens each): N
             threads at once, then the same N in turn; wall times, ratio, and each concurrent
             output equal to its sequential one
-  sessions  --sessions N agent sessions of the demo's three tasks (tool calls through the openai
+  sessions  --sessions N agent sessions of the demo's three tasks, each its own sum (tool calls through the openai
             client's tools/tool_choice, the tools run here: calculator, read_file on the demo's
             notes): N threads at once, then in turn; wall times, ratio, identical transcripts
 
@@ -86,12 +86,15 @@ def run_tool(name: str, args: dict) -> str:
     return f"error: no tool {name}"
 
 
-def session(client: OpenAI, model: str, max_tokens: int) -> list[str]:
-    """The demo's tasks as one conversation; up to 3 model rounds per task, tools run here. The
-    transcript: every assistant message and tool result, in order."""
+def session(client: OpenAI, model: str, max_tokens: int, index: int) -> list[str]:
+    """The demo's tasks as one conversation (session ``index`` asks its own sum, so no session's
+    conversation is another's: prefix reuse across sessions gets the shared system prompt and tools
+    only, concurrent or not); up to 3 model rounds per task, tools run here. The transcript: every
+    assistant message and tool result, in order."""
     messages: list[dict] = [{"role": "system", "content": SYSTEM}]
     transcript: list[str] = []
-    for task, choice in TASKS:
+    tasks = [(TASKS[0][0].replace("91011", str(91011 + index)), TASKS[0][1]), *TASKS[1:]]
+    for task, choice in tasks:
         messages.append({"role": "user", "content": task})
         for round_index in range(3):
             forced = choice != "auto" and round_index == 0
@@ -155,7 +158,7 @@ def main() -> int:
         if args.chats:
             result["chats"] = compare("chats", args.chats, lambda i: chat(client, model, questions[i], args.max_tokens))
         if args.sessions:
-            result["sessions"] = compare("sessions", args.sessions, lambda i: session(client, model, args.max_tokens))
+            result["sessions"] = compare("sessions", args.sessions, lambda i: session(client, model, args.max_tokens, i))
         result["metrics"] = [line for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines()
                              if line.startswith(("agentspark_tau", "agentspark_requests_total",
                                                  "agentspark_prefill_tokens_reused_total", "agentspark_prompt_tokens_total"))]
