@@ -95,6 +95,36 @@ class BatchRequest:
         return self.result is not None or self.cancelled or self.error is not None
 
 
+class DraftingRates:
+    """Per row count: a running mean of committed tokens per second of rounds that drafted and of
+    rounds that did not. ``choose`` drafts when drafting rounds did at least as well; a mode with
+    no rate yet gets tried, and the losing mode once every ``PROBE_EVERY`` rounds (costs change
+    as contexts grow and rows come and go)."""
+
+    PROBE_EVERY = 32
+    WEIGHT = 0.2
+
+    def __init__(self) -> None:
+        self.rate: dict[tuple[int, bool], float] = {}
+        self.since_probe: dict[int, int] = {}
+
+    def observe(self, rows: int, drafted: bool, rate: float) -> None:
+        key = (rows, drafted)
+        old = self.rate.get(key)
+        self.rate[key] = rate if old is None else old + self.WEIGHT * (rate - old)
+
+    def choose(self, rows: int) -> bool:
+        spec, plain = self.rate.get((rows, True)), self.rate.get((rows, False))
+        if spec is None:
+            return True
+        if plain is None:
+            return False
+        better = spec >= plain
+        n = self.since_probe.get(rows, 0) + 1
+        self.since_probe[rows] = 0 if n >= self.PROBE_EVERY else n
+        return (not better) if n >= self.PROBE_EVERY else better
+
+
 class BatchEngine:
     def __init__(
         self,
@@ -110,13 +140,16 @@ class BatchEngine:
         graphs: bool | None = None,
         exact: bool | None = None,
         reuse_prefix: bool = True,
+        skip_drafting: bool = True,
     ) -> None:
         """drafter: a prototype (each slot gets a ``sibling`` of it) or a callable that makes one
         drafter per slot; None for plain batched decoding. slots: requests running at once (more
         wait in order). sps_table: target steps per second at B = 1, 2, ... total tokens per
         forward, which ``adaptive`` schedules with (None: measured now, or cached); B past its
         end is never scheduled. reuse_prefix: keep each slot's conversation for the next request
-        that shares its prefix (module docstring)."""
+        that shares its prefix (module docstring). skip_drafting: ``adaptive`` may skip drafting
+        in a round where rounds of as many rows did better without (``DraftingRates``); False
+        drafts every round (tests of the Θ rule itself)."""
         if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise InvalidRequestError(f"slots must be a positive integer, got {slots!r}")
         if not isinstance(max_draft, int) or isinstance(max_draft, bool) or not 0 <= max_draft <= 64:
@@ -143,6 +176,8 @@ class BatchEngine:
         self.waiting: deque[BatchRequest] = deque()
         self.running: list[BatchRequest] = []
         self._ids = 0
+        self._rates = DraftingRates()
+        self.skip_drafting = skip_drafting
         self._table: SpsTable | None = None
         if sps_table is not None:
             self._table = SpsTable(sps_table, fixed=True)
@@ -322,7 +357,7 @@ class BatchEngine:
         t0 = time.perf_counter()
         live = list(self.running)
         drafts: list[Draft | None] = []
-        drafting = self._drafts_can_pay(len(live))
+        drafting = self._drafts_can_pay(len(live)) and self._drafting_pays(len(live))
         for h in live:
             req = h._req
             start = len(req.tokens) - 1  # the anchor's position; the slot's cache holds [0, start)
@@ -343,6 +378,7 @@ class BatchEngine:
         t1 = time.perf_counter()
         results = self.runner.round(rows)  # one forward for every request; the round's one host sync
         t2 = time.perf_counter()
+        produced = 0
         for h, row, draft, d_tokens, res in zip(live, rows, drafts, verified, results):
             a = res.accepted
             if h._drafter is not None:
@@ -350,14 +386,28 @@ class BatchEngine:
                 if row.capture:
                     h._drafter.observe(res.hidden[: a + 1], row.start)  # x0, d_1..d_a: what was committed
             committed, delta = commit_tokens(h._req, d_tokens[:a] + [res.token])
+            produced += len(committed)
             h._stats.rounds.append(RoundStats(0 if draft is None else len(draft), len(d_tokens), a, len(committed),
                                               t1 - t0, t2 - t1, 0.0))
             self._emit(h, committed, delta)
+        seconds = time.perf_counter() - t0
         if self._table is not None and not self._table.fixed:
             longest = max(len(r.tokens) for r in rows)
             total = sum(len(r.tokens) for r in rows)
-            self._table.observe(self.runner.round_tokens(len(rows), longest, total), time.perf_counter() - t0)
+            self._table.observe(self.runner.round_tokens(len(rows), longest, total), seconds)
+        if self.schedule == "adaptive" and self._prototype is not None:
+            self._rates.observe(len(live), drafting, produced / max(seconds, 1e-9))
         return live
+
+    def _drafting_pays(self, rows: int) -> bool:
+        """Whether to draft at all this round, from how rounds of this many rows went: committed
+        tokens per second of the rounds that drafted against those that did not (drafting, host
+        work and the forward all in). The batch-1 engine's drafters keep their draft on the device;
+        here a learned drafter drafts each request eagerly, which at many rows can cost more than
+        its tokens bring. Past rounds decide, never this round's drafts: lossless."""
+        if self.schedule != "adaptive" or self._prototype is None or not self.skip_drafting:
+            return True
+        return self._rates.choose(rows)
 
     def _drafts_can_pay(self, rows: int) -> bool:
         """Whether the adaptive schedule could verify anything this round: a draft token is worth

@@ -184,10 +184,14 @@ def test_adaptive_batch_schedule_is_greedy_lossless(tiny):
     params = SamplingParams(max_new_tokens=18)
     refs = [Engine(tiny).generate(p, params, speculative=False).token_ids for p in ps]
     sps = [100.0 / (1 + 0.05 * b) for b in range(40)]
+    for skip in (False, True):  # the Θ rule on every round's drafts; and with rounds that skip drafting
+        batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, schedule="adaptive",
+                            sps_table=sps, reuse_prefix=False, skip_drafting=skip)
+        results = batch.generate_many(ps, params)
+        assert [r.token_ids for r in results] == refs
     batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, schedule="adaptive", sps_table=sps,
-                        reuse_prefix=False)
+                        reuse_prefix=False, skip_drafting=False)
     results = batch.generate_many(ps, params)
-    assert [r.token_ids for r in results] == refs
     rounds = [x for r in results for x in r.stats.rounds]
     assert any(x.verified < x.drafted for x in rounds) and any(x.verified for x in rounds)  # cut some, kept some
 
@@ -275,3 +279,16 @@ def test_padded_rounds_are_priced_at_their_padded_size(tiny):
     assert choose_lengths(confidences, sps, fast.round_tokens) != [3, 1, 2]
     # ...but where a round costs the same whatever the lengths, every draft token is worth verifying
     assert choose_lengths(confidences, sps, exact.round_tokens) == [3, 1, 2]
+
+
+def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
+    from agentspark.batch import DraftingRates
+
+    rates = DraftingRates()
+    assert rates.choose(4)  # nothing known: draft
+    rates.observe(4, True, 100.0)
+    assert not rates.choose(4)  # drafting known, plain not: try plain
+    rates.observe(4, False, 300.0)  # plain did better at 4 rows
+    picks = [rates.choose(4) for _ in range(2 * DraftingRates.PROBE_EVERY)]
+    assert picks.count(True) == 2 and not picks[0]  # only the probes draft
+    assert rates.choose(1)  # another row count knows nothing yet

@@ -75,7 +75,7 @@ def batched(models, schedule: str, c1: float, seed_base: int) -> tuple[list[tupl
     target, draft = models
     pool = itertools.cycle([KeyedConfidenceDrafter(DraftModelDrafter(draft, 6), c1) for _ in range(2)])
     engine = BatchEngine(target, lambda: next(pool), slots=2, max_draft=2, schedule=schedule, sps_table=SPS,
-                         max_seq_len=32)
+                         max_seq_len=32, skip_drafting=False)  # the Θ rule on every round's drafts
     outs, first_round = [], Counter()
     for i in range(N):
         pair = [engine.submit(PROMPT, params(seed_base + 2 * i + k)) for k in range(2)]

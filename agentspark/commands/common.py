@@ -181,7 +181,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-mode", default=None, choices=["exact", "fast"],
                    help="on CUDA: exact runs every decode-phase forward at one shape, so greedy speculative output "
                    "equals plain decoding bit for bit (costs the (max-draft+1)-token forward per plain step); fast "
-                   "runs each at its own size, equal up to near-ties (default: the runtime's; the CPU is exact anyway)")
+                   "runs each at its own size, equal up to near-ties (default: exact, or $AGENTSPARK_GPU_MODE; the CPU is exact anyway)")
 
 
 def add_drafter_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
