@@ -96,33 +96,38 @@ class BatchRequest:
 
 
 class DraftingRates:
-    """Per row count: a running mean of committed tokens per second of rounds that drafted and of
-    rounds that did not. ``choose`` drafts when drafting rounds did at least as well; a mode with
-    no rate yet gets tried, and the losing mode once every ``PROBE_EVERY`` rounds (costs change
-    as contexts grow and rows come and go)."""
+    """Per row count: committed tokens per second over the last ``WINDOW`` rounds that drafted and
+    the last ``WINDOW`` that did not (sums over the window: one round that accepted nothing does
+    not flip the choice). ``choose`` drafts unless drafting rounds did worse than plain ones by
+    more than ``MARGIN``; each mode gets ``MIN_ROUNDS`` rounds before they are compared, and the
+    losing mode one round in ``PROBE_EVERY`` (costs change as contexts grow and rows come and go)."""
 
-    PROBE_EVERY = 32
-    WEIGHT = 0.2
+    WINDOW, MIN_ROUNDS, PROBE_EVERY, MARGIN = 16, 4, 16, 0.05
 
     def __init__(self) -> None:
-        self.rate: dict[tuple[int, bool], float] = {}
+        self.rounds: dict[tuple[int, bool], deque[tuple[int, float]]] = {}
         self.since_probe: dict[int, int] = {}
 
-    def observe(self, rows: int, drafted: bool, rate: float) -> None:
-        key = (rows, drafted)
-        old = self.rate.get(key)
-        self.rate[key] = rate if old is None else old + self.WEIGHT * (rate - old)
+    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
+        self.rounds.setdefault((rows, drafted), deque(maxlen=self.WINDOW)).append((tokens, seconds))
+
+    def rate(self, rows: int, drafted: bool) -> float | None:
+        window = self.rounds.get((rows, drafted))
+        if not window or len(window) < self.MIN_ROUNDS:
+            return None
+        seconds = sum(s for _, s in window)
+        return sum(t for t, _ in window) / seconds if seconds > 0 else None
 
     def choose(self, rows: int) -> bool:
-        spec, plain = self.rate.get((rows, True)), self.rate.get((rows, False))
+        spec, plain = self.rate(rows, True), self.rate(rows, False)
         if spec is None:
             return True
         if plain is None:
             return False
-        better = spec >= plain
+        drafting = spec >= (1.0 - self.MARGIN) * plain
         n = self.since_probe.get(rows, 0) + 1
         self.since_probe[rows] = 0 if n >= self.PROBE_EVERY else n
-        return (not better) if n >= self.PROBE_EVERY else better
+        return (not drafting) if n >= self.PROBE_EVERY else drafting
 
 
 class BatchEngine:
@@ -396,7 +401,7 @@ class BatchEngine:
             total = sum(len(r.tokens) for r in rows)
             self._table.observe(self.runner.round_tokens(len(rows), longest, total), seconds)
         if self.schedule == "adaptive" and self._prototype is not None:
-            self._rates.observe(len(live), drafting, produced / max(seconds, 1e-9))
+            self._rates.observe(len(live), drafting, produced, seconds)
         return live
 
     def _drafting_pays(self, rows: int) -> bool:

@@ -285,10 +285,16 @@ def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
     from agentspark.batch import DraftingRates
 
     rates = DraftingRates()
-    assert rates.choose(4)  # nothing known: draft
-    rates.observe(4, True, 100.0)
-    assert not rates.choose(4)  # drafting known, plain not: try plain
-    rates.observe(4, False, 300.0)  # plain did better at 4 rows
+    picks = []
+    for _ in range(2 * DraftingRates.MIN_ROUNDS):  # each mode gets its rounds before they are compared
+        drafted = rates.choose(4)
+        picks.append(drafted)
+        rates.observe(4, drafted, 2 if drafted else 3, 0.01)  # plain commits more per second here
+    assert picks == [True] * DraftingRates.MIN_ROUNDS + [False] * DraftingRates.MIN_ROUNDS
     picks = [rates.choose(4) for _ in range(2 * DraftingRates.PROBE_EVERY)]
     assert picks.count(True) == 2 and not picks[0]  # only the probes draft
+    rates.observe(4, True, 1, 0.01)  # one bad drafting round among good ones changes nothing
+    for _ in range(DraftingRates.WINDOW):
+        rates.observe(4, True, 8, 0.01)
+    assert rates.choose(4)
     assert rates.choose(1)  # another row count knows nothing yet
