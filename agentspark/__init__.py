@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Agent": "agentspark.agent.loop",
     "AgentResult": "agentspark.agent.loop",
+    "BatchBackend": "agentspark.backends.batched",
     "ChatAgentSpark": "agentspark.langchain_chat",
     "LocalBackend": "agentspark.backends.local",
     "RemoteBackend": "agentspark.backends.remote",
@@ -51,6 +52,7 @@ __all__ = [
     "Agent",
     "AgentResult",
     "AgentSparkError",
+    "BatchBackend",
     "BatchEngine",
     "BatchRequest",
     "ChatAgentSpark",

@@ -60,7 +60,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # The device runner's mode when the engine does not say (module docstring): exact. Measured on the
 # H200 (examples/results/gpu_runtime_h200.json, exact_mode) it costs plain decoding 3.8% at the 8B
 # shape, under the 10% at which issue 15 makes it the default, and the GPU suite passes with it as
-# the default (examples/results/gpu_runtime_runs/run16_gpu_tests_exact_default.log). Fast mode
+# the default (examples/results/gpu_runtime_runs/run14_gpu_tests_exact_default.log). Fast mode
 # (each forward at its own size: bf16 greedy output may differ from plain at near-ties) is the
 # option: Engine(exact=False), --gpu-mode fast, or AGENTSPARK_GPU_MODE=fast for a process.
 _MODE = os.environ.get("AGENTSPARK_GPU_MODE", "exact").strip().lower()
