@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .drafters.base import Draft, Drafter
-from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, new_request, reusable_prefix
+from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, first_logits, new_request, reusable_prefix
 from .errors import InvalidRequestError
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
@@ -337,7 +337,7 @@ class BatchEngine:
                 if capture:  # the drafter must hold the features of what is not prefilled again
                     keep = min(keep, h._drafter.reusable_context())
             out = self.runner.prefill(h._slot, req.prompt_ids[keep:], keep, capture=capture)
-            first = pick_token(out.logits, h.params, h._generator)  # host sync: the first token
+            first = pick_token(first_logits(req, out.logits), h.params, h._generator)  # host sync: the first token
             if capture:
                 h._drafter.observe(out.hidden, keep)
             h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
@@ -377,8 +377,9 @@ class BatchEngine:
             q = None if kept is None or kept.probs is None else kept.probs.to(self.device)
             req = h._req
             capture = h._drafter is not None and bool(h._drafter.capture_layers)
+            mask = None if req.constraint is None else req.constraint.masks(d_tokens)  # [l+1, W]
             rows.append(RowWork(h._slot, len(req.tokens) - 1, [req.tokens[-1], *d_tokens], h.params, h._generator, q,
-                                capture=capture))
+                                capture=capture, mask=mask))
             verified.append(d_tokens)
         t1 = time.perf_counter()
         results = self.runner.round(rows)  # one forward for every request; the round's one host sync

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
+from .constraints import Constraint, masked_logits
 from .detokenize import TextTracker
 from .drafters.base import DeviceDraft, DeviceSchedule, Draft, Drafter
 from .errors import InvalidDraftLengthError, InvalidRequestError, PromptTooLongError
@@ -73,6 +75,7 @@ class _Request:
     tracker: TextTracker
     tokens: list[int] = field(default_factory=list)  # prompt + generated
     finish_reason: str = ""
+    constraint: Constraint | None = None  # the grammar's state, when the request has one
 
     def commit(self, token: int) -> str:
         self.tokens.append(token)
@@ -105,8 +108,11 @@ def new_request(target: LoadedModel, capacity: int, prompt_ids: list[int], param
     if params.stop and target.tokenizer is None:
         raise InvalidRequestError("stop strings need a tokenizer; this model has none")
     budget = min(params.max_new_tokens, capacity - len(prompt_ids))
+    constraint = None
+    if params.grammar is not None:
+        constraint = Constraint(params.grammar, target.tokenizer, vocab, target.eos_token_ids)
     return _Request(prompt_ids=prompt_ids, params=params, budget=budget, eos=target.eos_token_ids,
-                    tracker=TextTracker(target.tokenizer, params.stop), tokens=list(prompt_ids))
+                    tracker=TextTracker(target.tokenizer, params.stop), tokens=list(prompt_ids), constraint=constraint)
 
 
 def reusable_prefix(cached_ids: list[int], prompt_ids: list[int]) -> int:
@@ -119,6 +125,11 @@ def reusable_prefix(cached_ids: list[int], prompt_ids: list[int]) -> int:
     return n
 
 
+def first_logits(req: _Request, logits: Tensor) -> Tensor:
+    """A prefill's last logits [1, V], masked by the request's grammar if it has one."""
+    return logits if req.constraint is None else masked_logits(logits, req.constraint.masks([]))
+
+
 def commit_tokens(req: _Request, new: list[int]) -> tuple[list[int], str]:
     """Commit tokens one at a time; a stop inside an accepted block cuts there."""
     committed: list[int] = []
@@ -129,6 +140,8 @@ def commit_tokens(req: _Request, new: list[int]) -> tuple[list[int], str]:
         if req.done:
             delta += req.tracker.flush()  # release what was held back for a stop string
             break
+    if req.constraint is not None:
+        req.constraint.commit(committed)
     return committed, delta
 
 
@@ -325,7 +338,7 @@ class Engine:
                 keep = min(keep, drafter.reusable_context())
             self.reset()  # until this request ends cleanly, the cache content is unknown
             out = self.runner.prefill(self._slot, req.prompt_ids[keep:], keep, capture=bool(capture))
-            first = pick_token(out.logits, params, generator)  # host sync: the first token
+            first = pick_token(first_logits(req, out.logits), params, generator)  # host sync: the first token
             if drafter and capture:
                 drafter.observe(out.hidden, keep)
             stats.prefill_tokens, stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - t_start
@@ -370,8 +383,11 @@ class Engine:
         The runner streams the steps (on CUDA with the next one in flight); a round's time is the
         time between two tokens."""
         start = len(req.tokens) - 1  # the pending token's position; the cache holds [0, start)
-        steps = self.runner.plain_stream(self._slot, start, req.tokens[-1], req.params, generator,
-                                         req.budget - req.generated)
+        if req.constraint is not None:
+            steps = self._constrained_steps(req, generator)
+        else:
+            steps = self.runner.plain_stream(self._slot, start, req.tokens[-1], req.params, generator,
+                                             req.budget - req.generated)
         observe = self._sps is not None and self.runner.kind == "host"  # one forward per token there
         try:
             t0 = time.perf_counter()
@@ -383,6 +399,14 @@ class Engine:
                 t0 = time.perf_counter()
         finally:
             steps.close()
+
+    def _constrained_steps(self, req: _Request, generator: torch.Generator | None) -> Iterator[int]:
+        """Plain decoding under a grammar: one round per token, its logits masked at the grammar's
+        state after everything committed (which the caller commits before asking for the next)."""
+        while True:
+            row = RowWork(self._slot, len(req.tokens) - 1, [req.tokens[-1]], req.params, generator,
+                          mask=req.constraint.masks([]))
+            yield self.runner.round([row], self.verifier)[0].token
 
     def _schedule_length(self, draft: Draft) -> int:
         """How many leading draft tokens to verify under this engine's schedule."""
@@ -438,7 +462,12 @@ class Engine:
             self._sync_device_sps()
         draft = drafter.propose(req.tokens, room) if room > 0 else Draft.empty(self.device)
         if isinstance(draft, DeviceDraft):
-            return self._device_round(req, drafter, draft, generator, t0)
+            if req.constraint is None:
+                return self._device_round(req, drafter, draft, generator, t0)
+            # under a grammar the round runs eagerly (masks per row): the device draft's tokens and q
+            # are verified as host drafts (the device drafter then reads features the eager round
+            # did not write: weaker drafts, never a different output)
+            draft = Draft(tokens=draft.tokens[: draft.drafted], probs=None if draft.probs is None else draft.probs[: draft.drafted])
         draft = draft.truncate(max(0, min(len(draft), room)))
         # Schedule: trim *before* the verify forward, never after it.
         length = self._schedule_length(draft)  # the confidences are host values here (n-gram's)
@@ -465,7 +494,9 @@ class Engine:
         d_tokens = verified.tokens.tolist()
         t1 = time.perf_counter()
         q = None if verified.probs is None else verified.probs.to(self.device)
-        row = RowWork(self._slot, start, [req.tokens[-1], *d_tokens], req.params, generator, q, capture=bool(capture))
+        mask = None if req.constraint is None else req.constraint.masks(d_tokens)  # [l+1, W]: row k after d_1..d_k
+        row = RowWork(self._slot, start, [req.tokens[-1], *d_tokens], req.params, generator, q, capture=bool(capture),
+                      mask=mask)
         result = self.runner.round([row], self.verifier)[0]  # the round's one host sync
         t2 = time.perf_counter()
         if self._sps is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .constraints import Grammar
 from .errors import InvalidSamplingError
 
 
@@ -47,6 +48,7 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh random seed per generation
     max_new_tokens: int = 256
     stop: tuple[str, ...] = field(default=())  # stop strings: the text is cut before them
+    grammar: Grammar | None = None  # constrained decoding (constraints.py): the output must match it
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -67,6 +69,8 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         if not isinstance(self.stop, (tuple, list)) or any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            raise InvalidSamplingError(f"grammar must be an agentspark.constraints.Grammar, got {type(self.grammar).__name__}")
 
     @property
     def greedy(self) -> bool:

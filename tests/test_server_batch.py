@@ -142,3 +142,36 @@ def test_many_threads_share_one_batch_backend_directly(default_model, solo):
         t.join(120)
     backend.close()
     assert [out[i] for i in range(4)] == solo
+
+
+def test_response_format_constrains_the_reply(default_model):
+    """response_format json_schema / json_object: the reply is what the grammar allows (it parses,
+    with the schema's keys), speculative and plain alike; a schema the grammar library refuses is
+    a 400, and so is response_format together with tools."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+              "required": ["city", "country"], "additionalProperties": False}
+    ask = {"model": "m", "temperature": 0, "max_tokens": 40,
+           "messages": [{"role": "user", "content": "Where is the Eiffel Tower? Answer as JSON."}]}
+    spec = BatchBackend(BatchEngine(default_model, NgramDrafter(), slots=2, max_draft=4))
+    plain = BatchBackend(BatchEngine(default_model, None, slots=2))
+    replies = []
+    for backend in (spec, plain):
+        with serve_in_thread(create_app(backend, model_name="m")) as url:
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                **ask, "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}})
+            assert r.status_code == 200, r.text
+            replies.append(r.json()["choices"][0])
+            any_json = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                                  json={**ask, "response_format": {"type": "json_object"}, "max_tokens": 24})
+            assert any_json.status_code == 200 and any_json.json()["choices"][0]["message"]["content"].startswith("{")
+            bad = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+                **ask, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}}})
+            assert bad.status_code == 400 and "grammar" in bad.json()["error"]["message"]
+            both = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+                **ask, "response_format": {"type": "json_object"},
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]})
+            assert both.status_code == 400 and both.json()["error"]["param"] == "response_format"
+        backend.close()
+    assert replies[0]["message"]["content"] == replies[1]["message"]["content"]
+    if replies[0]["finish_reason"] == "stop":
+        assert set(json.loads(replies[0]["message"]["content"])) == {"city", "country"}

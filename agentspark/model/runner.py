@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..constraints import masked_logits
 from ..sampling import SamplingParams, probs_from_logits, sample
 from ..verify import Verifier, verify_chain
 from .decoder import DecoderModel
@@ -44,6 +45,7 @@ class RowWork:
     generator: torch.Generator | None
     q: Tensor | None = None  # [l, V] the drafter's distributions; None = deterministic (or greedy)
     capture: bool = False  # return the target features of the row's tokens (learned drafters)
+    mask: Tensor | None = None  # [l+1, W] int32 grammar bitmasks per row position (constraints.py); None = free
 
 
 @dataclass
@@ -198,6 +200,7 @@ def eager_round(runner: ModelRunner, rows: list[RowWork], verifier: Verifier) ->
     drafts: their verdict, ``greedy_verdict``); one host sync per row."""
     results = []
     for row, (logits, hidden) in zip(rows, row_forwards(runner, rows)):
+        logits = masked_logits(logits, row.mask)  # the grammar's mask, as plain decoding applies it
         if len(row.tokens) == 1 and row.q is None and verifier is verify_chain:
             # plain decoding: the reference rule (the same draws as verify_chain with l = 0)
             results.append(RowResult(0, pick_token(logits, row.params, row.generator), hidden))

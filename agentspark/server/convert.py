@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from ..backends.base import ToolChoice
+from ..constraints import Grammar
 from ..sampling import SamplingParams
 from .errors import APIError, validation_error
 from .schemas import ChatCompletionRequest, ChatMessage, Content, ToolDef
@@ -208,6 +209,23 @@ def _check_unique(names: list[str]) -> None:
         seen.add(name)
 
 
+def response_grammar(req: ChatCompletionRequest) -> Grammar | None:
+    """response_format as the grammar decoding is constrained to (None for text or none)."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if req.tools and req.tool_choice != "none":
+        raise APIError(400, "response_format json_object/json_schema together with tools is not supported yet: "
+                       "send one or the other (or tool_choice 'none')", param="response_format")
+    if fmt.type == "json_object":
+        return Grammar("json")
+    schema = fmt.json_schema.json_schema if fmt.json_schema is not None else None
+    if not isinstance(schema, dict):
+        raise APIError(400, "response_format.json_schema.schema: a JSON schema object is required for type "
+                       "'json_schema'", param="response_format.json_schema.schema")
+    return Grammar.json_schema(schema)
+
+
 def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingParams:
     """Raises InvalidSamplingError (-> 400) for values the engine refuses."""
     if req.n not in (None, 1):
@@ -217,6 +235,7 @@ def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingPar
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     return SamplingParams(
+        grammar=response_grammar(req),
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=req.top_k or 0,

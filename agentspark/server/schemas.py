@@ -76,6 +76,18 @@ class StreamOptions(_Lenient):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(_Lenient):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")  # "schema" shadows pydantic's own
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatCompletionRequest(_Lenient):
     model: str | None = None  # absent means the served model
     messages: list[ChatMessage] = Field(min_length=1)
@@ -93,6 +105,8 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     n: StrictInt | None = None
     logprobs: StrictBool | None = None
+    # json_object / json_schema: decoding constrained to it (agentspark/constraints.py)
+    response_format: ResponseFormat | None = None
 
 
 # ---- response shapes, for the OpenAPI schema only ----------------------------------------
