@@ -34,7 +34,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .commands import register_all
 
+    from . import __version__
+
     parser = _Parser(prog="agentspark", description="Lossless speculative decoding for agent loops.")
+    parser.add_argument("--version", action="version", version=f"agentspark {__version__}")
     register_all(parser.add_subparsers(dest="command", required=True))
     return parser
 

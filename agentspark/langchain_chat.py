@@ -46,6 +46,7 @@ from .agent.tool_prompt import RAW_TEXT_KEY
 from .backends.base import Backend, BackendResponse
 from .lc.messages import check_tool_choice, normalize_tool_choice, to_backend_messages
 from .lc.streaming import Gate, iterate_in_thread, reads_as_object
+from .lc.structured import grammar_of, structured_output
 from .sampling import SamplingParams
 
 __all__ = ["ChatAgentSpark", "normalize_tool_choice", "to_backend_messages"]
@@ -73,6 +74,7 @@ class ChatAgentSpark(BaseChatModel):
     top_k: int = 0
     seed: int | None = None
     stop: list[str] | None = None
+    model_name: str | None = None  # what traces name (LangSmith's ls_model_name); default: the backend's name
 
     @property
     def _llm_type(self) -> str:
@@ -80,8 +82,35 @@ class ChatAgentSpark(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"backend": self.backend.name, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed, "stop": self.stop}
+        return {"backend": self.backend.name, "model_name": self.model_name or self.backend.name,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
+                "top_k": self.top_k, "seed": self.seed, "stop": self.stop}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_model_name"] = self.model_name or self.backend.name
+        return params
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids from the backend's own tokenizer (a local engine's); never fetched from a hub.
+        A backend without one (remote) gets a stand-in of one id per 4 UTF-8 bytes, which is
+        what LangChain's token counting needs (an estimate), said here rather than hidden."""
+        engine = getattr(self.backend, "engine", None)
+        tokenizer = getattr(engine, "tokenizer", None)
+        if tokenizer is not None:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        return list(range(max(1, -(-len(text.encode()) // 4)) if text else 0))
+
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False, method: str = "function_calling",
+                               **kwargs: Any) -> Any:
+        """``function_calling`` (LangChain's: a forced call of a tool with the schema),
+        ``json_schema`` (decoding constrained to the schema: the reply is that JSON) or
+        ``json_mode`` (constrained to any JSON object; the schema only parses it)."""
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method not in ("json_schema", "json_mode"):
+            raise ValueError(f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}")
+        return structured_output(self, schema, include_raw=include_raw, json_mode=method == "json_mode")
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, strict: bool | None = None,
                    **kwargs: Any) -> Any:
@@ -99,6 +128,7 @@ class ChatAgentSpark(BaseChatModel):
         choice = normalize_tool_choice(kwargs.pop("tool_choice", None))
         check_tool_choice(choice, tools)
         params = {k: kwargs.pop(k) for k in ("temperature", "max_tokens", "top_p", "top_k", "seed") if k in kwargs}
+        grammar = grammar_of(kwargs.pop("response_format", None))
         unknown = [k for k in kwargs if k != "parallel_tool_calls" and not k.startswith("ls_")]
         if unknown:
             raise TypeError(f"ChatAgentSpark got unexpected keyword arguments: {unknown}")
@@ -106,7 +136,7 @@ class ChatAgentSpark(BaseChatModel):
         sampling = SamplingParams(
             temperature=params.get("temperature", self.temperature), top_k=params.get("top_k", self.top_k),
             top_p=params.get("top_p", self.top_p), seed=params.get("seed", self.seed),
-            max_new_tokens=params.get("max_tokens", self.max_tokens), stop=tuple(stop or ()),
+            max_new_tokens=params.get("max_tokens", self.max_tokens), stop=tuple(stop or ()), grammar=grammar,
         )
         return {"messages": to_backend_messages(messages), "tools": tools, "sampling": sampling, "tool_choice": choice}
 

@@ -23,7 +23,8 @@ import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..agent.tool_prompt import RAW_TEXT_KEY
-from ..errors import AgentSparkError
+from ..constraints import Grammar
+from ..errors import AgentSparkError, InvalidRequestError
 from ..sampling import SamplingParams
 from .base import (
     AssistantMessage,
@@ -39,6 +40,17 @@ from .base import (
 
 _CUT = "the reply reached the token limit before this tool call was complete"
 _SHORTER = "so the call was not made; write it again with shorter arguments"
+
+
+def response_format(grammar: Grammar) -> dict[str, Any]:
+    """A request's grammar as OpenAI's response_format (what vLLM, SGLang and our server take);
+    grammars it cannot say (Lark, regex) are refused rather than dropped."""
+    if grammar.kind == "json":
+        return {"type": "json_object"}
+    if grammar.kind == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": json.loads(grammar.source)}}
+    raise InvalidRequestError(f"the remote backend sends JSON grammars only (response_format); "
+                              f"a {grammar.kind} grammar needs a local backend")
 
 
 class RemoteBackendError(AgentSparkError):
@@ -158,6 +170,8 @@ class RemoteBackend(Backend):
             body["seed"] = sampling.seed
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.grammar is not None:
+            body["response_format"] = response_format(sampling.grammar)
         if tools:
             body["tools"] = tools
             body["tool_choice"] = tool_choice if tool_choice in ("auto", "none", "required") else {

@@ -511,3 +511,19 @@ def test_non_streaming_disconnect_cancels_running_and_queued_generations(serve):
     backend.n = 2
     r = client(url).chat.completions.create(model=MODEL, messages=user("short"))
     assert r.choices[0].message.content == "w0 w1 "
+
+
+def test_fields_it_would_ignore_are_refused_by_name(serve):
+    """A client must not believe it got what it asked for: penalties, logit_bias, unknown fields
+    are a 400 naming them; their neutral values and bookkeeping fields pass."""
+    url = serve(ScriptedBackend(["ok"] * 3))
+    base = {"model": MODEL, "messages": user("x")}
+    for extra, param in (({"presence_penalty": 0.5}, "presence_penalty"), ({"frequency_penalty": -1}, "frequency_penalty"),
+                         ({"logit_bias": {"42": 5}}, "logit_bias"), ({"top_logprobs": 3}, "top_logprobs"),
+                         ({"best_of": 2}, "best_of")):
+        err = _assert_openai_error(_post(url, json.dumps({**base, **extra}).encode()), 400, param=param)
+        assert param in err["message"] and err["code"] == "unsupported_parameter"
+    fine = {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "user": "u-1", "metadata": {"a": "b"},
+            "parallel_tool_calls": True, "store": False}
+    r = _post(url, json.dumps({**base, **fine}).encode())
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"

@@ -209,6 +209,29 @@ def _check_unique(names: list[str]) -> None:
         seen.add(name)
 
 
+# Fields of OpenAI's API this server takes without acting on them: they change nothing a reply
+# contains (who asked, bookkeeping), or only a value that changes nothing is accepted.
+_HARMLESS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+             "safety_identifier")
+_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "top_logprobs": 0,
+            "modalities": ["text"]}
+
+
+def refuse_unsupported(req: ChatCompletionRequest) -> None:
+    """Every field the server would otherwise ignore: a 400 naming it, unless harmless or neutral
+    (a penalty of 0, an empty logit_bias): a client must not believe it got what it asked for."""
+    for name, value in (req.model_extra or {}).items():
+        if name in _HARMLESS:
+            continue
+        if name in _NEUTRAL:
+            if value is None or value == _NEUTRAL[name]:
+                continue
+            raise APIError(400, f"{name} is not supported by this server (only {json.dumps(_NEUTRAL[name])} or null)",
+                           param=name, code="unsupported_parameter")
+        raise APIError(400, f"{name!r} is not a parameter this server supports", param=name,
+                       code="unsupported_parameter")
+
+
 def response_grammar(req: ChatCompletionRequest) -> Grammar | None:
     """response_format as the grammar decoding is constrained to (None for text or none)."""
     fmt = req.response_format
@@ -232,6 +255,7 @@ def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingPar
         raise APIError(400, f"n={req.n} is not supported; this server returns exactly one choice (n=1)", param="n")
     if req.logprobs:
         raise APIError(400, "logprobs are not supported", param="logprobs")
+    refuse_unsupported(req)
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     return SamplingParams(
