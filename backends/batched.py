@@ -27,13 +27,15 @@ from .local import PreparedRequest, prepare_request, relay
 class BatchBackend(Backend):
     concurrent = True  # stream() may be called from many threads at once
 
-    def __init__(self, engine: BatchEngine, *, speculative: bool = True, close_forced_calls: bool = False) -> None:
+    def __init__(self, engine: BatchEngine, *, speculative: bool = True, close_forced_calls: bool = False,
+                 constrain_tool_calls: bool = False) -> None:
         if engine.tokenizer is None:
             raise InvalidRequestError("a batch backend needs a model with a tokenizer and a chat template")
         self.engine = engine
         self.worker = BatchWorker(engine)
         self.speculative = speculative and engine.drafter_name != "none"
         self.close_forced_calls = close_forced_calls
+        self.constrain_tool_calls = constrain_tool_calls
         self.name = f"batch-{engine.drafter_name if self.speculative else 'plain'}"
 
     @property
@@ -48,7 +50,8 @@ class BatchBackend(Backend):
                 sampling: SamplingParams | None = None, tool_choice: ToolChoice = "auto", *,
                 close_forced_call: bool | None = None) -> PreparedRequest:
         close = self.close_forced_calls if close_forced_call is None else close_forced_call
-        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice, close_forced_call=close)
+        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice, close_forced_call=close,
+                               constrain_tool_calls=self.constrain_tool_calls)
 
     def open(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
              sampling: SamplingParams | None = None, tool_choice: ToolChoice = "auto") -> Iterator[BackendChunk]:

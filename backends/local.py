@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..agent.tool_prompt import apply_chat_template_with_tools
+from ..constraints import Grammar
 from ..engine import Engine, StreamChunk
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
@@ -93,7 +94,8 @@ class PreparedRequest:
 
 class LocalBackend(Backend):
     def __init__(
-        self, engine: Engine, *, speculative: bool = True, reuse_cache: bool = True, close_forced_calls: bool = False
+        self, engine: Engine, *, speculative: bool = True, reuse_cache: bool = True, close_forced_calls: bool = False,
+        constrain_tool_calls: bool = False,
     ) -> None:
         if engine.tokenizer is None:
             raise InvalidRequestError("a local backend needs a model with a tokenizer and a chat template")
@@ -101,6 +103,7 @@ class LocalBackend(Backend):
         self.speculative = speculative and engine.drafter is not None
         self.reuse_cache = reuse_cache
         self.close_forced_calls = close_forced_calls
+        self.constrain_tool_calls = constrain_tool_calls
         self.name = f"local-{engine.drafter.name if self.speculative else 'plain'}"
 
     def reset(self) -> None:
@@ -119,7 +122,8 @@ class LocalBackend(Backend):
         and sampling parameters; ``close_forced_call`` overrides ``close_forced_calls`` (audits
         reproduce a recorded round with it)."""
         close = self.close_forced_calls if close_forced_call is None else close_forced_call
-        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice, close_forced_call=close)
+        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice, close_forced_call=close,
+                               constrain_tool_calls=self.constrain_tool_calls)
 
     def open(
         self,
@@ -150,12 +154,50 @@ class LocalBackend(Backend):
         yield from relay(chunks, prepared, offered, self.name)
 
 
+def tool_call_grammar(tools: list[dict[str, Any]], tool_choice: ToolChoice) -> Grammar:
+    """The reply a ``required`` or named tool_choice allows: one Hermes-style call
+    (``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``, the markup our parser reads)
+    naming an offered tool (the named one) with arguments of its schema (only the declared ones,
+    unless the schema says otherwise), then the end."""
+    names = [t["function"]["name"] for t in tools or []]
+    if tool_choice == "required" and not names:
+        raise InvalidRequestError("tool_choice 'required' needs at least one tool")
+    if tool_choice != "required" and tool_choice not in names:
+        raise InvalidRequestError(f"tool_choice {tool_choice!r} names no offered tool; offered: {names}")
+    calls = []
+    for t in tools or []:
+        fn = t["function"]
+        if tool_choice != "required" and fn["name"] != tool_choice:
+            continue
+        params = fn.get("parameters")
+        _first_required_argument(fn["name"], params)  # the same checks of the schema's shape
+        arguments = dict(params) if isinstance(params, dict) and params else {"type": "object", "properties": {}}
+        arguments.setdefault("additionalProperties", False)  # only the declared arguments, as OpenAI's strict mode
+        calls.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                      "properties": {"name": {"const": fn["name"]}, "arguments": arguments}})
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    lark = "\n".join([
+        "start: call",  # one call (parallel calls: not yet)
+        r'call: "<tool_call>\n" body "\n</tool_call>"',  # Lark's own escapes
+        f"body: %json {json.dumps(schema)}",
+    ])
+    return Grammar("lark", lark)
+
+
 def prepare_request(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                     sampling: SamplingParams | None, tool_choice: ToolChoice, *,
-                    close_forced_call: bool) -> PreparedRequest:
+                    close_forced_call: bool, constrain_tool_calls: bool = False) -> PreparedRequest:
     """A chat request as the engine runs it: prompt ids (ending with the forced prefix, if any) and
-    sampling parameters (module docstring: tool_choice, closing forced calls)."""
+    sampling parameters (module docstring: tool_choice, closing forced calls). With
+    ``constrain_tool_calls`` a ``required`` or named tool_choice is a grammar instead of a forced
+    prefix: the model writes the whole call, only as the offered tools allow, and the grammar ends it."""
     offered = tools if tool_choice != "none" else None
+    if constrain_tool_calls and tool_choice not in ("auto", "none"):
+        params = sampling or SamplingParams()
+        if params.grammar is not None:
+            raise InvalidRequestError("a tool_choice that forces a call and a grammar (response_format) exclude each other")
+        prompt_ids = apply_chat_template_with_tools(tokenizer, messages, offered)
+        return PreparedRequest(prompt_ids, "", replace(params, grammar=tool_call_grammar(offered, tool_choice)), "")
     prefix = forced_prefix(tool_choice, offered)
     prompt_ids = apply_chat_template_with_tools(tokenizer, messages, offered)
     if prefix:

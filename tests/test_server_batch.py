@@ -175,3 +175,37 @@ def test_response_format_constrains_the_reply(default_model):
     assert replies[0]["message"]["content"] == replies[1]["message"]["content"]
     if replies[0]["finish_reason"] == "stop":
         assert set(json.loads(replies[0]["message"]["content"])) == {"city", "country"}
+
+
+def test_tool_choice_is_a_grammar_of_the_offered_tools(default_model):
+    """Through the app serve builds (--tool-calls constrained, the default): tool_choice required
+    and a named tool give a call of an offered tool with arguments of its schema, closed by the
+    grammar (finish_reason tool_calls, no text after it), speculative output equal to plain."""
+    tools = [{"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic.",
+                                               "parameters": {"type": "object", "required": ["expression"],
+                                                              "properties": {"expression": {"type": "string"}}}}},
+             {"type": "function", "function": {"name": "read_file", "description": "Read a file.",
+                                               "parameters": {"type": "object", "required": ["path"],
+                                                              "properties": {"path": {"type": "string"}}}}}]
+    got = {}
+    for name, drafter in (("spec", NgramDrafter()), ("plain", None)):
+        backend = BatchBackend(BatchEngine(default_model, drafter, slots=2, max_draft=4), constrain_tool_calls=True)
+        with serve_in_thread(create_app(backend, model_name="m")) as url:
+            for choice, ask in (("required", "Read the file notes.txt."),
+                                ({"type": "function", "function": {"name": "calculator"}}, "What is 12 * 7?")):
+                r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                    "model": "m", "temperature": 0, "max_tokens": 60, "tools": tools, "tool_choice": choice,
+                    "messages": [{"role": "user", "content": ask}]})
+                assert r.status_code == 200, r.text
+                got[(name, ask)] = r.json()["choices"][0]
+        backend.close()
+    for ask, tool in (("Read the file notes.txt.", "read_file"), ("What is 12 * 7?", "calculator")):
+        choice = got[("spec", ask)]
+        same = [(c["function"], got[("plain", ask)]["message"]["tool_calls"][i]["function"])
+                for i, c in enumerate(choice["message"]["tool_calls"])]
+        assert all(a == b for a, b in same) and choice["finish_reason"] == got[("plain", ask)]["finish_reason"]
+        assert choice["finish_reason"] == "tool_calls" and not choice["message"]["content"]
+        (call,) = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == tool
+        args = json.loads(call["function"]["arguments"])
+        assert set(args) == {"path" if tool == "read_file" else "expression"}

@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "1 serves one at a time on the single-request engine")
     p.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
                    help=f"requests that may wait for a slot; past that 429 with Retry-After (default: {DEFAULT_MAX_QUEUED})")
+    p.add_argument("--tool-calls", default="constrained", choices=["constrained", "forced"],
+                   help="tool_choice required or a tool's name: constrained (the default: a grammar of the offered "
+                        "tools' names and argument schemas; the model writes the whole call and the grammar ends it) "
+                        "or forced (the call's opening is put in the model's mouth as text)")
     p.add_argument("--close-forced-calls", action="store_true",
                    help="with tool_choice naming a tool, the model writes only its first argument's value and the "
                         "server closes the call (small models; what the demo does)")
@@ -142,13 +146,15 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.slots > 1:  # the SPS(B) table of an adaptive batch is measured (or read) right here
             engine = BatchEngine(target, drafter, slots=args.slots, max_draft=args.max_draft, exact=exact_of(args),
                                  schedule=args.schedule, confidence_threshold=args.confidence_threshold)
-            backend = BatchBackend(engine, speculative=not args.plain, close_forced_calls=args.close_forced_calls)
+            backend = BatchBackend(engine, speculative=not args.plain, close_forced_calls=args.close_forced_calls,
+                                   constrain_tool_calls=args.tool_calls == "constrained")
         else:
             engine = Engine(target, drafter, max_draft=args.max_draft, exact=exact_of(args), schedule=args.schedule,
                             confidence_threshold=args.confidence_threshold)
             if drafter is not None and engine.schedule in ("adaptive",):
                 engine.steps_per_second()  # at start-up (or from the cache): never inside a request
-            backend = LocalBackend(engine, speculative=not args.plain, close_forced_calls=args.close_forced_calls)
+            backend = LocalBackend(engine, speculative=not args.plain, close_forced_calls=args.close_forced_calls,
+                                   constrain_tool_calls=args.tool_calls == "constrained")
         app = create_app(backend, model_name=model_name, api_key=api_key, default_max_tokens=args.default_max_tokens,
                          max_body_bytes=args.max_body_bytes, max_queued=args.max_queued)
     finally:
