@@ -527,3 +527,17 @@ def test_fields_it_would_ignore_are_refused_by_name(serve):
             "parallel_tool_calls": True, "store": False}
     r = _post(url, json.dumps({**base, **fine}).encode())
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
+
+
+def test_served_model_aliases(serve):
+    """More names for the served model: /v1/models lists them, requests may name any; others 404."""
+    from agentspark.server import create_app, serve_in_thread
+
+    app = create_app(ScriptedBackend(["ok", "ok"]), model_name=MODEL, aliases=["gpt-4o-mini", MODEL])
+    with serve_in_thread(app) as url:
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == [MODEL, "gpt-4o-mini"]
+        assert httpx.get(f"{url}/v1/models/gpt-4o-mini").status_code == 200
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": user("x")})
+        assert r.status_code == 200 and r.json()["model"] == MODEL
+        bad = httpx.post(f"{url}/v1/chat/completions", json={"model": "other", "messages": user("x")})
+        assert bad.status_code == 404 and "gpt-4o-mini" in bad.json()["error"]["message"]

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, else no key)")
+    p.add_argument("--served-model-name", action="append", default=[], metavar="NAME",
+                   help="another name clients may use for the model (repeatable; /v1/models lists them all)")
     p.add_argument("--model-name", default=None,
                    help="the model id clients name (default: agentspark-default, or derived from --model)")
     p.add_argument("--plain", action="store_true", help="serve plain target decoding instead of speculative")
@@ -156,7 +158,8 @@ def run_serve(args: argparse.Namespace) -> int:
             backend = LocalBackend(engine, speculative=not args.plain, close_forced_calls=args.close_forced_calls,
                                    constrain_tool_calls=args.tool_calls == "constrained")
         app = create_app(backend, model_name=model_name, api_key=api_key, default_max_tokens=args.default_max_tokens,
-                         max_body_bytes=args.max_body_bytes, max_queued=args.max_queued)
+                         max_body_bytes=args.max_body_bytes, max_queued=args.max_queued,
+                         aliases=args.served_model_name)
     finally:
         if reserved is not None:
             reserved.close()  # handed over: uvicorn binds the same address right below

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,11 +51,12 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
                default_max_tokens: int = 256, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_queued: int = DEFAULT_MAX_QUEUED) -> FastAPI:
+               max_queued: int = DEFAULT_MAX_QUEUED, aliases: Sequence[str] = ()) -> FastAPI:
     """``api_key`` None serves without a key; with one, every path but /health needs it.
     ``max_body_bytes`` caps request bodies (413 above it). Admission: as many requests as the
     backend runs at once (a batch backend's slots, else 1) plus ``max_queued`` waiting; past that
-    429 with Retry-After."""
+    429 with Retry-After. ``aliases``: more names the served model answers to (listed by /v1/models;
+    replies name ``model_name``)."""
     check_api_key(api_key)  # "" must not quietly mean "no key"
     if not isinstance(max_queued, int) or max_queued < 0:
         raise ValueError(f"max_queued must be an integer >= 0, got {max_queued!r}")
@@ -91,7 +93,8 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
     auth = _errors(401) if api_key else {}
 
     v1 = APIRouter(prefix="/v1")
-    model_card = {"id": model_name, "object": "model", "owned_by": "agentspark", "created": created}
+    names = list(dict.fromkeys([model_name, *aliases]))  # in order, each once
+    cards = {name: {"id": name, "object": "model", "owned_by": "agentspark", "created": created} for name in names}
 
     @app.get("/health", response_model=None, responses={200: {"model": schemas.HealthBody}})
     async def health() -> dict[str, Any]:
@@ -99,20 +102,20 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
 
     @v1.get("/models", response_model=None, responses={200: {"model": schemas.ModelListBody}, **auth})
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card]}
+        return {"object": "list", "data": list(cards.values())}
 
     @v1.get("/models/{model_id:path}", response_model=None,
             responses={200: {"model": schemas.ModelBody}, **_errors(404), **auth})
     async def get_model(model_id: str) -> dict[str, Any]:
-        if model_id != model_name:
-            raise _unknown_model(model_id, model_name)
-        return model_card
+        if model_id not in cards:
+            raise _unknown_model(model_id, names)
+        return cards[model_id]
 
     def prepare(body: bytes) -> tuple[schemas.ChatCompletionRequest, list[dict[str, Any]], Any, Any, Any]:
         """From the body to the backend's arguments: CPU-bound for big bodies, so run on a worker thread."""
         req = parse_request(body)
-        if req.model is not None and req.model != model_name:
-            raise _unknown_model(req.model, model_name)
+        if req.model is not None and req.model not in cards:
+            raise _unknown_model(req.model, names)
         messages = to_internal(req.messages)
         tools, choice = tools_and_choice(req)
         return req, messages, tools, choice, sampling(req, default_max_tokens)
@@ -234,6 +237,7 @@ def _busy(running: int, queued: int, mean_request_s: float) -> APIError:
                     type_="rate_limit_error", code="server_busy", headers={"Retry-After": str(wait)})
 
 
-def _unknown_model(name: str, served: str) -> APIError:
-    return APIError(404, f"The model {name!r} does not exist; this server serves {served!r}.",
+def _unknown_model(name: str, served: list[str]) -> APIError:
+    listed = " or ".join(map(repr, served))
+    return APIError(404, f"The model {name!r} does not exist; this server serves {listed}.",
                     param="model", code="model_not_found")
