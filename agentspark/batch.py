@@ -3,11 +3,13 @@
 Each request owns a KV slot of the model runner; requests join (their prefill) and leave (their
 end) between rounds. One round serves every running request:
 
-  1. each request's own drafter proposes after its committed tokens (host drafters: n-gram);
+  1. each request's own drafter proposes after its committed tokens (its slot's drafter: n-gram,
+     or a learned one drafting eagerly from its rows' target features);
   2. the schedule picks every request's verified length together (``schedule="adaptive"``:
-     scheduler.choose_lengths, DESIGN.md's Θ rule over SPS at the forward's total tokens B);
+     scheduler.choose_lengths, DESIGN.md's Θ rule over SPS at the B the forward computes);
   3. one ``runner.round`` verifies all rows: on CUDA one replay of the (R rows, T tokens) graph
-     bucket with the fused verifier per row; on the CPU row by row (row-invariant, exact);
+     bucket with the fused verifier per row; on the CPU one row-invariant forward with the rows
+     padded to the longest (exact);
   4. each request commits its own tokens, stops on its own EOS, stop strings and budget, and
      streams its own deltas (``BatchRequest.chunks``).
 
@@ -17,8 +19,9 @@ Lossless, request by request: a row is verified against the target's distributio
 sampling parameters and generator, drawing in the order it draws alone, and its length is chosen
 before its verify from candidates at least as likely as its own tokens (the Θ rule's early stop).
 So each request's output is distributed as plain decoding of it alone. Greedy it is the very
-tokens it gets alone wherever rows are computed independently of each other: the CPU in float32,
-and the GPU's exact mode for the lengths it runs. With the ``full`` or ``threshold`` schedule a
+tokens it gets alone wherever rows are computed independently of each other: the CPU in float32
+(on CUDA that needs issue 15's route a: exact mode fixes one shape per row bucket, but rows in
+different buckets still round differently). With the ``full`` or ``threshold`` schedule a
 request's lengths do not depend on the others either, so even its sampled output for a seed is
 the one it gets alone; ``adaptive`` trades that for throughput (the same distribution).
 
