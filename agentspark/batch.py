@@ -71,6 +71,7 @@ from .stats import RequestStats, RoundStats
 log = logging.getLogger("agentspark")
 BATCH_SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")  # the last: a negative control for tests
 _GREEDY = SamplingParams(temperature=0.0)
+MAX_DEVICE_SLOTS = 64  # graph_runner.ROW_BUCKETS[-1] (a test keeps them equal)
 
 
 @dataclass
@@ -176,6 +177,9 @@ class BatchEngine:
         self.max_draft, self.schedule, self.slots = max_draft, schedule, slots
         self.confidence_threshold = float(confidence_threshold)
         self.device = self.model.device
+        if (graphs is None and self.device.type == "cuda" or graphs) and slots > MAX_DEVICE_SLOTS:
+            raise InvalidRequestError(f"slots must be at most {MAX_DEVICE_SLOTS} on CUDA (the runner's largest row "
+                                      f"bucket), got {slots}")
         self.runner = make_runner(self.model, capacity=max_seq_len, slots=slots, max_tokens=max_draft + 1,
                                   capture_layers=self.capture, graphs=graphs, exact=exact)
         self.free = list(range(slots))  # least recently used first

@@ -298,3 +298,12 @@ def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
         rates.observe(4, True, 8, 0.01)
     assert rates.choose(4)
     assert rates.choose(1)  # another row count knows nothing yet
+
+
+def test_slots_past_the_largest_row_bucket_are_refused_on_the_device_runner(tiny):
+    from agentspark.batch import MAX_DEVICE_SLOTS
+    from agentspark.model.graph_runner import ROW_BUCKETS
+
+    assert MAX_DEVICE_SLOTS == ROW_BUCKETS[-1]
+    with pytest.raises(InvalidRequestError, match="at most 64"):
+        BatchEngine(tiny, slots=65, graphs=True)
