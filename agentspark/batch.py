@@ -48,7 +48,6 @@ nothing more, it verifies whatever raises the expected tokens.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -57,18 +56,17 @@ from dataclasses import dataclass, field
 import torch
 
 from .drafters.base import Draft, Drafter
-from .engine import GenerationResult, StreamChunk, _Request, commit_tokens, first_logits, new_request, reusable_prefix
+from .request import GenerationResult, StreamChunk, _Request, commit_tokens, first_logits, new_request, reusable_prefix
 from .errors import InvalidRequestError
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
-from .model.runner import RowWork, batch_sizes, make_runner, pick_token  # noqa: F401 (batch_sizes: the benchmark reads it here)
+from .model.runner import RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_lengths, choose_lengths_no_early_stop, threshold_length
-from .sps_cache import load_sps, save_sps, sps_key
+from .sps_cache import cached_or_measured, sps_key
 from .stats import RequestStats, RoundStats
 
-log = logging.getLogger("agentspark")
 BATCH_SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")  # the last: a negative control for tests
 _GREEDY = SamplingParams(temperature=0.0)
 MAX_DEVICE_SLOTS = 64  # graph_runner.ROW_BUCKETS[-1] (a test keeps them equal)
@@ -167,11 +165,12 @@ class BatchEngine:
             raise InvalidRequestError(f"schedule must be one of {', '.join(map(repr, BATCH_SCHEDULES[:3]))}, got {schedule!r}")
         self.target, self.model = target, target.model
         self.tokenizer = target.tokenizer
+        # a prototype's slots get siblings of it; a factory makes each slot's drafter itself
+        self._make: Callable[[], Drafter] | None = None
         if drafter is None or isinstance(drafter, Drafter):
             self._prototype = drafter
         else:
-            self._prototype = drafter()
-            self._make = drafter
+            self._prototype, self._make = drafter(), drafter
         self.slot_drafters: list[Drafter | None] = [self._prototype] + [None] * (slots - 1)
         self.capture = self._prototype.capture_layers if self._prototype is not None else ()
         self.max_draft, self.schedule, self.slots = max_draft, schedule, slots
@@ -292,24 +291,20 @@ class BatchEngine:
         time (drafting and committing included: what a round of that size really costs here)."""
         shapes = self.runner.probe_shapes(self.slots)
         tokens = max(shapes)
+        # the runner's kind names graphs or not and exact mode; "padded": B as round_tokens counts it
         key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
-                      f"{self.runner.kind}{'-exact' if getattr(self.runner, 'exact', False) else ''}-batch{self.slots}-padded",
-                      tokens)
-        cached = load_sps(key)
-        if cached is not None:
-            log.info("target speed at 1..%d tokens per batched forward: from the cache", tokens)
-            return SpsTable(cached, spikes=False)
-        if not self.idle:
-            raise InvalidRequestError("the batch's SPS table is measured while no request runs")
-        log.info("measuring the target's speed at 1..%d tokens per batched forward (once per model and machine)…", tokens)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
-            table = SpsTable.measure(lambda b: self._probe(*shapes[b]), tokens, repeats=3, sizes=sorted(shapes),
-                                     spikes=False)
-        self.slot_ids = [[] for _ in range(self.slots)]  # the probes overwrote what the slots held
-        where = save_sps(key, table.values())
-        log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
-        return table
+                      f"{self.runner.kind}-batch{self.slots}-padded", tokens)
+
+        def measure() -> SpsTable:
+            if not self.idle:
+                raise InvalidRequestError("the batch's SPS table is measured while no request runs")
+            with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
+                table = SpsTable.measure(lambda b: self._probe(*shapes[b]), tokens, repeats=3, sizes=sorted(shapes),
+                                         spikes=False)
+            self.slot_ids = [[] for _ in range(self.slots)]  # the probes overwrote what the slots held
+            return table
+
+        return cached_or_measured(key, tokens, "batched forward", measure, lambda v: SpsTable(v, spikes=False))
 
     # ---- internals --------------------------------------------------------------------------
     def _probe(self, rows: int, per_row: int) -> None:
@@ -323,8 +318,7 @@ class BatchEngine:
     def _slot_drafter(self, slot: int) -> Drafter:
         d = self.slot_drafters[slot]
         if d is None:
-            make = getattr(self, "_make", None)
-            d = self.slot_drafters[slot] = make() if make is not None else self._prototype.sibling()
+            d = self.slot_drafters[slot] = self._make() if self._make is not None else self._prototype.sibling()
         return d
 
     def _admit(self) -> list[BatchRequest]:

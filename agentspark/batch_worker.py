@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 
 from .batch import BatchEngine, BatchRequest
-from .engine import StreamChunk
+from .request import StreamChunk
 from .errors import AgentSparkError
 from .prompts import Prompt
 from .sampling import SamplingParams

@@ -1,7 +1,7 @@
 """Engine: plain target decoding (the reference) and speculative decoding (chain), one request at a time.
 
-Both paths share prefill, the request bookkeeping (``_Request``: budget, EOS, stop strings, text
-deltas) and the statistics; they differ only in how a round produces tokens. Plain: one target
+Both paths share prefill, the request bookkeeping (request.py's ``_Request``: budget, EOS, stop
+strings, text deltas, the grammar) and the statistics; they differ only in how a round produces tokens. Plain: one target
 step, one token. Speculative (DESIGN.md, "One speculative round"): draft, schedule, one verify
 forward over [x0, d_1..d_l], accept a prefix with the verifier, roll the KV cache back to what was
 committed. Everything the speculative path emits must equal (greedy) or be distributed as (sampling)
@@ -14,15 +14,11 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
-from .constraints import Constraint, masked_logits
-from .detokenize import TextTracker
 from .drafters.base import DeviceDraft, DeviceSchedule, Draft, Drafter
-from .errors import InvalidDraftLengthError, InvalidRequestError, PromptTooLongError
+from .errors import InvalidDraftLengthError, InvalidRequestError
 from .model.kv_cache import StaticKVCache
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
@@ -30,7 +26,8 @@ from .model.runner import ModelRunner, RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_length, choose_length_no_early_stop, quick_sizes, threshold_length
-from .sps_cache import load_sps, save_sps, sps_key
+from .request import GenerationResult, StreamChunk, _Request, commit_tokens, first_logits, new_request, reusable_prefix
+from .sps_cache import cached_or_measured, save_sps, sps_key
 from .stats import RequestStats, RoundStats
 from .verify import Verifier, verify_chain
 
@@ -43,106 +40,6 @@ _NEEDS_SPS = ("adaptive", "no-early-stop")
 PROBE_AFTER = 32  # rounds cut to no verification before one draft token is verified anyway
 RECHECK_AFTER = 12  # such rounds before the SPS table is measured again (once per RECHECK_EVERY rounds)
 RECHECK_EVERY = 512
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]  # generated tokens only
-    prompt_ids: list[int]
-    stats: RequestStats
-
-    @property
-    def finish_reason(self) -> str:
-        return self.stats.finish_reason
-
-
-@dataclass
-class StreamChunk:
-    delta: str  # text released by this chunk
-    token_ids: list[int]  # tokens committed by this chunk
-    result: GenerationResult | None = None  # set on the last chunk only
-
-
-@dataclass
-class _Request:
-    """Commit bookkeeping shared by both paths: every token passes ``commit`` one at a time."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    budget: int  # max new tokens, already clipped to the cache
-    eos: frozenset[int]
-    tracker: TextTracker
-    tokens: list[int] = field(default_factory=list)  # prompt + generated
-    finish_reason: str = ""
-    constraint: Constraint | None = None  # the grammar's state, when the request has one
-
-    def commit(self, token: int) -> str:
-        self.tokens.append(token)
-        delta = self.tracker.push(token)
-        if token in self.eos or self.tracker.stopped:
-            self.finish_reason = "stop"
-        elif self.generated >= self.budget:
-            self.finish_reason = "length"
-        return delta
-
-    @property
-    def generated(self) -> int:
-        return len(self.tokens) - len(self.prompt_ids)
-
-    @property
-    def done(self) -> bool:
-        return bool(self.finish_reason)
-
-
-def new_request(target: LoadedModel, capacity: int, prompt_ids: list[int], params: SamplingParams) -> _Request:
-    """A request's bookkeeping, its prompt checked against the model and a cache of ``capacity``."""
-    vocab = target.model.cfg.vocab_size
-    if any(not 0 <= t < vocab for t in prompt_ids):
-        raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})")
-    if len(prompt_ids) >= capacity:
-        raise PromptTooLongError(
-            f"the prompt has {len(prompt_ids)} tokens; the context holds {capacity} "
-            "(prompt + new tokens): shorten the prompt or raise max_seq_len"
-        )
-    if params.stop and target.tokenizer is None:
-        raise InvalidRequestError("stop strings need a tokenizer; this model has none")
-    budget = min(params.max_new_tokens, capacity - len(prompt_ids))
-    constraint = None
-    if params.grammar is not None:
-        constraint = Constraint(params.grammar, target.tokenizer, vocab, target.eos_token_ids)
-    return _Request(prompt_ids=prompt_ids, params=params, budget=budget, eos=target.eos_token_ids,
-                    tracker=TextTracker(target.tokenizer, params.stop), tokens=list(prompt_ids), constraint=constraint)
-
-
-def reusable_prefix(cached_ids: list[int], prompt_ids: list[int]) -> int:
-    """How many leading prompt tokens a cache holding K/V of ``cached_ids`` can keep: their common
-    prefix, short of the prompt's last token (its logits are needed, so it is always fed)."""
-    limit = min(len(cached_ids), len(prompt_ids) - 1)
-    n = 0
-    while n < limit and cached_ids[n] == prompt_ids[n]:
-        n += 1
-    return n
-
-
-def first_logits(req: _Request, logits: Tensor) -> Tensor:
-    """A prefill's last logits [1, V], masked by the request's grammar if it has one."""
-    return logits if req.constraint is None else masked_logits(logits, req.constraint.masks([]))
-
-
-def commit_tokens(req: _Request, new: list[int]) -> tuple[list[int], str]:
-    """Commit tokens one at a time; a stop inside an accepted block cuts there."""
-    committed: list[int] = []
-    delta = ""
-    for token in new:
-        delta += req.commit(token)
-        committed.append(token)
-        if req.done:
-            delta += req.tracker.flush()  # release what was held back for a stop string
-            break
-    if req.constraint is not None:
-        req.constraint.commit(committed)
-    return committed, delta
 
 
 class Engine:
@@ -252,16 +149,7 @@ class Engine:
             tokens = self.max_draft + 1
             key = self._sps_key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
                                           self.runner.kind, tokens)
-            cached = load_sps(key)
-            if cached is not None:
-                self._sps = SpsTable(cached)
-                log.info("target speed at 1..%d tokens per forward: from the cache", tokens)
-            else:
-                log.info("measuring the target's speed at 1..%d tokens per forward (once per model and machine)…", tokens)
-                t0 = time.perf_counter()
-                self._sps = self._measure_sps()
-                where = save_sps(key, self._sps.values())
-                log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
+            self._sps = cached_or_measured(key, tokens, "forward", self._measure_sps, SpsTable)
         return self._sps.values()
 
     def _measure_sps(self, warmup: bool = True) -> SpsTable:

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .model.default_model import cache_dir
+
+if TYPE_CHECKING:
+    from .scheduler import SpsTable
+
+log = logging.getLogger("agentspark")  # the CLI shows these as progress lines
 
 
 def _machine() -> dict[str, Any]:
@@ -79,3 +86,19 @@ def save_sps(key: dict[str, Any] | None, values: list[float]) -> Path | None:
     except OSError:
         return None
     return path
+
+
+def cached_or_measured(key: dict[str, Any] | None, tokens: int, what: str, measure: Callable[[], SpsTable],
+                       from_values: Callable[[list[float]], SpsTable]) -> SpsTable:
+    """The table of ``key`` from the cache (``from_values`` makes it), else ``measure()``d now and
+    cached; either way said in the log, since a measurement takes seconds (``what``: what B counts)."""
+    cached = load_sps(key)
+    if cached is not None:
+        log.info("target speed at 1..%d tokens per %s: from the cache", tokens, what)
+        return from_values(cached)
+    log.info("measuring the target's speed at 1..%d tokens per %s (once per model and machine)…", tokens, what)
+    t0 = time.perf_counter()
+    table = measure()
+    where = save_sps(key, table.values())
+    log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
+    return table

@@ -69,7 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agentspark import SamplingParams  # noqa: E402
-from agentspark.batch import BatchEngine, BatchRequest, batch_sizes  # noqa: E402
+from agentspark.batch import BatchEngine, BatchRequest  # noqa: E402
+from agentspark.model.runner import batch_sizes  # noqa: E402
 from agentspark.drafters.factory import build_drafter  # noqa: E402
 from agentspark.model.loading import LoadedModel  # noqa: E402
 from agentspark.model.runner import RowWork  # noqa: E402
