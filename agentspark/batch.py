@@ -145,7 +145,7 @@ class BatchEngine:
         confidence_threshold: float = 0.5,
         sps_table: Sequence[float] | None = None,
         graphs: bool | None = None,
-        exact: bool | None = None,
+        exact: bool | str | None = None,
         reuse_prefix: bool = True,
         skip_drafting: bool = True,
     ) -> None:

@@ -55,7 +55,7 @@ class Engine:
         confidence_threshold: float = 0.5,
         sps_table: list[float] | None = None,
         graphs: bool | None = None,
-        exact: bool | None = None,
+        exact: bool | str | None = None,
     ) -> None:
         """schedule, how much of each draft is verified (trimmed before the verify forward):
         "adaptive": the causal prefix scheduler over the drafter's confidences and the SPS table
@@ -69,10 +69,12 @@ class Engine:
 
         graphs: run decode and verify steps as CUDA graphs (model/graph_runner.py); None = on CUDA.
 
-        exact: on a CUDA device, run every decode-phase forward at one shape (graph_runner.py, exact
-        mode) so that greedy speculative output equals plain decoding bit for bit in any dtype, at
-        the cost of a (max_draft+1)-token forward for each plain step; None = the runner's default.
-        The CPU in float32 is exact by construction either way.
+        exact: on a CUDA device, compute every decode-phase forward so that a verify row gets the
+        bits of the plain step at its position (graph_runner.py, exact mode): greedy speculative
+        output equals plain decoding bit for bit in any dtype. True takes the default route ("a",
+        row-invariant kernels, where Triton runs; AGENTSPARK_EXACT_ROUTE), "a" or "b" (every step
+        at max_draft+1 tokens) names one; False is fast mode; None = the runner's default. The CPU
+        in float32 is exact by construction either way.
         """
         if not isinstance(max_draft, int) or not 1 <= max_draft <= MAX_DRAFT_LIMIT:
             raise InvalidDraftLengthError(f"max_draft must be an integer in 1..{MAX_DRAFT_LIMIT}, got {max_draft}")

@@ -13,11 +13,15 @@ Parts (``--parts``, comma-separated, run in this order):
   whatif   the speculative loop at the 8B shape replaying the acceptance recorded by ``default``'s
            auto run (costs real, acceptance real, weights random)
   agent    the demo's agent tasks: wall time with auto vs plain vs HF generate re-prefilling
-  exact    exact mode (graph_runner.py): default-model greedy identity for n-gram, DSpark and auto
-           against plain in the same mode, beside fast mode; its plain cost at the 8B shape
+  exact    exact mode (graph_runner.py), routes a and b: default-model greedy identity for n-gram,
+           DSpark and auto against plain in the same mode, beside fast mode; plain and speculative
+           tok/s of each; the plain cost at the 8B shape of each route
+  exact_batch  route a under batching: 20 eval prompts through BatchEngine at 4 and 16 slots
+           (plain, n-gram, DSpark, auto; adaptive schedule), each output against plain decoding of
+           it alone; fast mode's count beside it (the control)
 
-Every part but ``exact`` runs the engine in fast mode (``exact=False``: each forward at its own
-size), the mode the runtime's speed figures were first taken in; ``exact`` measures both.
+Every part but ``exact`` and ``exact_batch`` runs the engine in fast mode (``exact=False``: each forward at its own
+size), the mode the runtime's speed figures were first taken in; those two measure both.
 
     PYTHONPATH=. python3 examples/gpu_runtime.py --parts shapes,hf,default,whatif,agent
 Writes $OUT/gpu_runtime_h200.json (or ./gpu-out/) and prints a summary table last.
@@ -424,11 +428,14 @@ def part_hostprofile(res: dict, state: dict, n_prompts: int = 5, new: int = 128)
         print(f"[hostprofile] {r['tottime_ms']:8.1f} ms {r['calls']:7d}x {r['function']}", flush=True)
 
 
+EXACT_MODES = (("exact_a", "a"), ("exact_b", "b"), ("fast", False))  # (name, Engine's exact)
+
+
 def part_exact(res: dict, n_prompts: int, new: int, shape: str = "8b") -> None:
-    """Exact mode (graph_runner.py: every decode-phase forward at one shape): on the default model
-    with its real weights, bf16 greedy speculative output against plain decoding in the same mode,
-    token for token, for n-gram, DSpark and auto, next to fast mode's count on the same prompts;
-    and its cost at the 8B shape, plain decoding ms per token exact vs fast (random weights)."""
+    """Exact mode (graph_runner.py), both routes: on the default model with its real weights, bf16
+    greedy speculative output against plain decoding in the same mode, token for token, for
+    n-gram, DSpark and auto, next to fast mode's count on the same prompts, with each engine's
+    median tok/s; and the cost at the 8B shape, plain decoding ms per token per mode (random weights)."""
     from agentspark.drafters.factory import build_drafter
     from agentspark.model.loading import load_model
 
@@ -436,7 +443,7 @@ def part_exact(res: dict, n_prompts: int, new: int, shape: str = "8b") -> None:
     prompts = eval_prompts(target.tokenizer, n_prompts)
     params = SamplingParams(max_new_tokens=new)
     out: dict = {"prompts": len(prompts), "new_tokens": new}
-    for mode, exact in (("exact", True), ("fast", False)):
+    for mode, exact in EXACT_MODES:
         plain = Engine(target, exact=exact)
         engines = {name: Engine(target, build_drafter(name, target), exact=exact) for name in ("ngram", "default", "auto")}
         for e in (plain, *engines.values()):
@@ -458,25 +465,68 @@ def part_exact(res: dict, n_prompts: int, new: int, shape: str = "8b") -> None:
                 speeds.append(r.stats.tokens_per_second)
             identical[name] = same
             tok_s[name] = speeds
-        out[mode] = {"identical": identical, "tok_s": {k: statistics.median(v) for k, v in tok_s.items()}}
+        out[mode] = {"runner": plain.runner.kind, "identical": identical,
+                     "tok_s": {k: statistics.median(v) for k, v in tok_s.items()}}
         print(f"[exact] {mode}: {json.dumps(out[mode])}", flush=True)
         del plain, engines
         torch.cuda.empty_cache()
-    out["identical"] = min(out["exact"]["identical"].values())
+    out["identical"] = min(min(out[m]["identical"].values()) for m in ("exact_a", "exact_b"))
     loaded = random_loaded(shape)
     prompt = torch.randint(0, loaded.config.vocab_size, (CONTEXT,), generator=torch.Generator().manual_seed(1)).tolist()
     ms = {}
-    for mode, exact in (("exact", True), ("fast", False)):
+    for mode, exact in EXACT_MODES:
         engine = Engine(loaded, max_seq_len=CONTEXT + NEW_TOKENS + 16, exact=exact)
         ms[mode] = decode_ms_per_token(engine, prompt, NEW_TOKENS)["ms_per_token"]
         del engine
         torch.cuda.empty_cache()
     out[f"plain_{shape}_ms_per_token"] = ms
-    out["speed_cost"] = 1.0 - ms["fast"] / ms["exact"]  # 1 - exact tok/s / fast tok/s
+    # 1 - exact tok/s / fast tok/s, per route; speed_cost: the faster route's (the one used at batch 1)
+    out["speed_cost_by_route"] = {m: 1.0 - ms["fast"] / ms[m] for m in ("exact_a", "exact_b")}
+    out["faster_route"] = min(("exact_a", "exact_b"), key=lambda m: ms[m])[-1]
+    out["speed_cost"] = min(out["speed_cost_by_route"].values())
     res["exact_mode"] = out
-    print(f"[exact] {json.dumps({k: v for k, v in out.items() if k not in ('exact', 'fast')})}", flush=True)
+    print(f"[exact] {json.dumps({k: v for k, v in out.items() if k not in ('exact_a', 'exact_b', 'fast')})}", flush=True)
     del loaded
     torch.cuda.empty_cache()
+
+
+def part_exact_batch(res: dict, n_prompts: int, new: int, slots: tuple[int, ...] = (4, 16)) -> None:
+    """Route a under batching: every prompt's greedy output through BatchEngine (the adaptive
+    schedule, no prefix reuse: each request computed from its own prefill) with 4 and 16 slots,
+    for plain batched decoding, n-gram, DSpark and auto, against plain decoding of it alone (Engine,
+    batch 1, the same mode); fast mode beside it, where cuBLAS sees each row bucket's shapes."""
+    from agentspark.batch import BatchEngine
+    from agentspark.drafters.factory import build_drafter
+    from agentspark.model.loading import load_model
+
+    target = load_model("default", dtype=DTYPE, device=DEVICE)
+    prompts = eval_prompts(target.tokenizer, n_prompts)
+    params = SamplingParams(max_new_tokens=new)
+    out: dict = {"prompts": len(prompts), "new_tokens": new, "slots": list(slots)}
+    for mode, exact in (("exact_a", "a"), ("fast", False)):
+        alone = Engine(target, exact=exact)
+        refs = [alone.generate(ids, params, speculative=False).token_ids for ids in prompts]
+        del alone
+        cells = {}
+        for name in ("plain", "ngram", "default", "auto"):
+            for n in slots:
+                drafter = None if name == "plain" else build_drafter(name, target)
+                batch = BatchEngine(target, drafter, slots=n, exact=exact, schedule="adaptive", reuse_prefix=False)
+                batch.generate_many(prompts[:n], SamplingParams(max_new_tokens=16))  # graph captures
+                t0 = time.perf_counter()
+                results = batch.generate_many(prompts, params)
+                wall = time.perf_counter() - t0
+                same = sum(r.token_ids == ref for r, ref in zip(results, refs))
+                cells[f"{name}@{n}"] = {"identical": same, "wall_s": wall,
+                                        "tok_s": sum(len(r.token_ids) for r in results) / wall,
+                                        "runner": batch.runner.kind}
+                print(f"[exact_batch] {mode} {name}@{n}: {json.dumps(cells[f'{name}@{n}'])}", flush=True)
+                del batch
+                torch.cuda.empty_cache()
+        out[mode] = cells
+    out["identical"] = min(c["identical"] for c in out["exact_a"].values())
+    res["exact_batch"] = out
+    print(f"[exact_batch] identical in route a: {out['identical']}/{len(prompts)} in every cell", flush=True)
 
 
 def part_whatif(res: dict, record: list[tuple[int, int, str]], shape: str = "8b") -> None:
@@ -665,7 +715,9 @@ def main() -> int:
         try:
             if part == "tests":
                 proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "300",
-                                       "tests/test_kernels.py", "tests/test_runner.py", "tests/test_gpu_runtime.py"],
+                                       "tests/test_kernels.py", "tests/test_runner.py", "tests/test_gpu_runtime.py",
+                                       "tests/test_gemv_kernel.py", "tests/test_row_invariant_kernels.py",
+                                       "tests/test_route_a.py"],
                                       capture_output=True, text=True)
                 (out_dir / "gpu_tests.log").write_text(proc.stdout + proc.stderr)
                 res["tests"] = {"exit": proc.returncode, "tail": proc.stdout[-1500:]}
@@ -682,6 +734,8 @@ def main() -> int:
                 state = part_default(res, args.prompts, args.new_tokens)
             elif part == "exact":
                 part_exact(res, args.prompts, args.new_tokens)
+            elif part == "exact_batch":
+                part_exact_batch(res, args.prompts, args.new_tokens)
             elif part == "hostprofile":
                 part_hostprofile(res, state)
             elif part == "whatif":

@@ -11,6 +11,11 @@ per (row, kv head, chunk) computes a partial softmax over its chunk for all the 
 group and all T tokens at once (GQA: the keys are read once per group), and a second launch merges
 the chunks. The chunk size is fixed, not chosen from the batch, so a row's keys are always reduced
 in the same order whatever else runs in the launch. Chunks past a row's length do nothing.
+
+``block_tokens`` (exact mode's route a): the query tile is sized for this many tokens per row
+whatever T is, so a token's scores and softmax run in the same tile layout (the same reduction
+tree along the keys) in a plain step (T = 1) as in a verify (T = 1 + drafts). Its keys past its
+own position are masked to exact zeros, so it then gets the bits of its own plain step.
 """
 
 from __future__ import annotations
@@ -161,8 +166,11 @@ if triton is not None:
 
 
 def decode_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, starts: Tensor, causal: bool = True
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, starts: Tensor, causal: bool = True,
+    block_tokens: int = 1,
 ) -> Tensor:
+    """q [R, T, Hq, D] over cache slots ``slots`` [R] from positions ``starts`` [R] -> [R, T, Hq, D]
+    (module docstring); ``block_tokens``: the tokens per row the query tile is sized for (>= T counts)."""
     if not kernels_run_on(q, k_cache):
         return decode_attention_reference(q, k_cache, v_cache, slots, starts, causal)
     R, T, Hq, D = q.shape
@@ -176,7 +184,7 @@ def decode_attention(
         check_contiguous(name, t)
     check_same_device(q=q, k_cache=k_cache, slots=slots, starts=starts)
     G = Hq // Hkv
-    BLOCK_M = max(16, next_power_of_2(T * G))
+    BLOCK_M = max(16, next_power_of_2(max(T, block_tokens) * G))
     BLOCK_D = max(16, next_power_of_2(D))
     num_splits = triton.cdiv(S, SPLIT)
     part_o = torch.empty((R, Hkv, num_splits, BLOCK_M, BLOCK_D), dtype=torch.float32, device=q.device)

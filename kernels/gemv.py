@@ -1,5 +1,5 @@
 """gemv: the skinny matrix product of decode and verify steps, x [M, K] @ weight_t [K, N] (+ bias),
-M = 1..16 rows, streaming the weight once for all rows; each row's bits independent of M.
+each row's bits independent of M and of the row's place in the call.
 
 At batch 1 a decode step (and a verify step of up to 16 tokens) is a chain of products whose cost
 is reading the weight: 2*K*N bytes against 2*M*K*N flops, M <= 16. cuBLAS picks its kernel by
@@ -8,13 +8,17 @@ shape, M included, so a row's result can depend on how many rows share the call:
 bits in a call of 9 rows than in a call of 1, so a verify forward does not give that row what a
 plain step gives. This kernel is row-invariant on every shape and config measured there, at the
 speed of cuBLAS (the 8B step's products: 4.11 ms against 4.17 ms, cold L2; copy floor 3.62 ms).
+Under batching (exact mode's route a, DESIGN.md) the rows of many requests share one call, up to
+64 requests x 9 tokens: the rows go in tiles of 16, each tile its own programs with the same
+arithmetic, so a row computes the same bits in a call of 1 row as in one of 576.
 
 Design (one tiling for every M, fixed by (K, N) and the config alone):
 
-    grid (cdiv(N, BLOCK_N), SPLIT_K); program (j, s) owns columns [j*BLOCK_N, +BLOCK_N) and the
-    s-th contiguous slice of K (a whole number of BLOCK_K blocks, the same slices whatever M is)
+    grid (cdiv(M, 16), cdiv(N, BLOCK_N), SPLIT_K); program (i, j, s) owns rows [16i, 16i+16),
+    columns [j*BLOCK_N, +BLOCK_N) and the s-th contiguous slice of K (a whole number of BLOCK_K
+    blocks, the same slices whatever M is)
       acc [16, BLOCK_N] fp32 = 0
-      for k0 over its slice, BLOCK_K at a time (in order):   # the weight tile is read once
+      for k0 over its slice, BLOCK_K at a time (in order):   # the weight tile is read once per tile
           x tile [16, BLOCK_K]        rows >= M masked to 0  # tiny, from L2
           w tile [BLOCK_K, BLOCK_N]   coalesced along N      # the stream; num_stages in flight
           acc = tl.dot(x, w, acc)     tensor cores, fp32 accumulation
@@ -22,7 +26,10 @@ Design (one tiling for every M, fixed by (K, N) and the config alone):
     SPLIT_K  > 1: acc -> partial [SPLIT_K, M, N] fp32; a second small launch sums the slices
                   in the order s = 0, 1, ... per element, adds the bias, casts. No atomics.
 
-Why this is row-invariant: the rows always sit in one 16-row tile (padded with zeros, never a
+The row tiles are the grid's first (fastest-launched) dimension, so the programs that read one
+weight tile run together, and those after the first can find it in L2.
+
+Why this is row-invariant: the rows always sit in 16-row tiles (padded with zeros, never a
 different tile shape for a different M), a dot product's k-order is fixed by BLOCK_K and the
 loop, the K slices by (K, BLOCK_K, SPLIT_K), and the split reduction is one fixed sequential sum:
 nothing row m computes reads another row's values or depends on M. ``pick_config`` therefore
@@ -62,7 +69,8 @@ try:
 except Exception:  # pragma: no cover - the reference serves where Triton is missing
     triton = None
 
-MAX_ROWS = 16  # rows of the one tile every call uses (tl.dot's smallest M); M <= MAX_ROWS
+MAX_ROWS = 16  # rows of a tile (tl.dot's smallest M): every call computes its rows in tiles of this many
+MAX_CALL_ROWS = 1 << 15  # rows of one call (64 requests x 9 tokens is 576; the reduction's grid holds M)
 REDUCE_BLOCK = 1024  # columns per program of the split-K reduction
 TARGET_PROGRAMS = 256  # pick_config splits K until there are this many programs (~2 per H100/H200 SM)
 MIN_K_PER_SPLIT = 256  # ... but never into slices shorter than this
@@ -149,9 +157,10 @@ if triton is not None:
         HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        pid_n = tl.program_id(0)
-        pid_k = tl.program_id(1)
-        rm = tl.arange(0, BLOCK_M)  # [BLOCK_M] rows (the call's M of them are real)
+        pid_m = tl.program_id(0)  # the row tile: fastest, so one weight tile's readers run together
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of this tile (those < M are real)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output columns
         rk = tl.arange(0, BLOCK_K)  # [BLOCK_K]
         row_ok = rm < M
@@ -203,15 +212,15 @@ def split_layout(K: int, cfg: GemvConfig) -> tuple[int, int]:
 
 
 def gemv(x: Tensor, weight_t: Tensor, bias: Tensor | None = None, *, config: GemvConfig | None = None) -> Tensor:
-    """x [M, K] @ weight_t [K, N] (+ bias [N]) -> [M, N], M <= 16: the kernel where it runs (CUDA,
-    or the interpreter), else ``gemv_reference``. ``config`` None: ``pick_config``."""
+    """x [M, K] @ weight_t [K, N] (+ bias [N]) -> [M, N], any M (in tiles of 16 rows): the kernel
+    where it runs (CUDA, or the interpreter), else ``gemv_reference``. ``config`` None: ``pick_config``."""
     if not kernels_run_on(x, weight_t):
         return gemv_reference(x, weight_t, bias)
     check(x.dim() == 2 and weight_t.dim() == 2, f"x and weight_t must be 2-D, got {tuple(x.shape)} and {tuple(weight_t.shape)}")
     M, K = x.shape
     K2, N = weight_t.shape
     check(K == K2, f"x [{M}, {K}] does not fit weight_t [{K2}, {N}]")
-    check(1 <= M <= MAX_ROWS, f"gemv takes 1..{MAX_ROWS} rows, got {M}")
+    check(1 <= M <= MAX_CALL_ROWS, f"gemv takes 1..{MAX_CALL_ROWS} rows, got {M}")
     check(K >= 1 and N >= 1, f"empty product: K {K}, N {N}")
     check_dtype("x", x, torch.bfloat16, torch.float16, torch.float32)
     check(weight_t.dtype == x.dtype, f"weight_t dtype {weight_t.dtype} must equal x's {x.dtype}")
@@ -227,13 +236,14 @@ def gemv(x: Tensor, weight_t: Tensor, bias: Tensor | None = None, *, config: Gem
     cfg = config if config is not None else pick_config(M, K, N)
     check(isinstance(cfg, GemvConfig), f"config must be a GemvConfig, got {type(cfg).__name__}")
     splits, k_per_split = split_layout(K, cfg)
-    check(cfg.block_k * N < 2**31 and splits * MAX_ROWS * N < 2**31 and MAX_ROWS * K < 2**31,
+    tiles = _cdiv(M, MAX_ROWS)
+    check(cfg.block_k * N < 2**31 and splits * tiles * MAX_ROWS * N < 2**31 and tiles * MAX_ROWS * K < 2**31,
           f"offsets of K {K}, N {N} with {cfg.name} overflow int32")
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)  # [M, N]
     split = splits > 1
     part = torch.empty((splits, M, N), dtype=torch.float32, device=x.device) if split else out  # [S, M, N]
     b = bias if bias is not None else out  # a placeholder pointer, never read
-    _gemv_kernel[(triton.cdiv(N, cfg.block_n), splits)](
+    _gemv_kernel[(tiles, triton.cdiv(N, cfg.block_n), splits)](
         x, weight_t, b, out, part, M, K, N, k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, DOT_F32=interpreting() or x.dtype == torch.float32,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,

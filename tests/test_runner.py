@@ -182,8 +182,9 @@ def test_chunked_prefill_equals_the_eager_prefill(tiny, capacity):
 
 @pytest.mark.parametrize("params", PARAMS[:2], ids=["greedy", "filtered"])
 def test_exact_mode_runs_every_step_at_one_shape_and_keeps_the_output(tiny, params):
-    """Exact mode: plain steps and verifies all run with T = max_draft + 1 tokens per row (padding
-    after a row's own tokens), and the output is still the host path's, plain and speculative."""
+    """Exact mode's route b (what exact mode takes where the kernels cannot run, as on the CPU
+    outside the interpreter): plain steps and verifies all run with T = max_draft + 1 tokens per row
+    (padding after a row's own tokens), and the output is still the host path's, plain and speculative."""
     host = {plain: Engine(tiny, None if plain else NgramDrafter(), max_draft=4, schedule="full", max_seq_len=128)
             .generate(PROMPT, params, speculative=not plain).token_ids for plain in (True, False)}
     for plain in (True, False):
@@ -191,7 +192,7 @@ def test_exact_mode_runs_every_step_at_one_shape_and_keeps_the_output(tiny, para
         engine.runner = DeviceRunner(tiny.model, graphs=False, exact=True, capacity=128, max_tokens=5)
         assert engine.generate(PROMPT, params, speculative=not plain).token_ids == host[plain]
         assert {k.tokens for k in engine.runner.buckets} == {5}
-        assert engine.runner.kind == "device-eager-exact"
+        assert engine.runner.kind == "device-eager-exact-b" and engine.runner.route == "b"
 
 
 def test_exact_mode_keeps_headroom_for_its_padding(tiny):

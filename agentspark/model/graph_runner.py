@@ -26,15 +26,22 @@ reads a window of the cache that holds its context (256, 512, ... positions, par
 not the whole capacity. Where the padding would run past the cache's capacity, the rest of the
 prompt is prefilled eagerly.
 
-Exact mode (``exact=True``, DESIGN.md's route b for batch 1): every decode-phase forward runs at
-one shape, T = γ+1 tokens per row, plain steps and verifies alike; the rows past a round's own
-tokens are padding (their K/V land past the sequence, where a later step overwrites them before
-anything reads them; their logits are ignored). The products, norms and attention then see the
-same launch shapes in plain and speculative decoding, and a row's arithmetic does not depend on
-where in the launch it sits (attention's key chunks are absolute positions), so a verify row gets
-the bits the plain step at its position gets: greedy speculative output equals plain in bf16 too.
-Its price is T(γ+1)/T(1) - 1 of plain decoding. The cache keeps γ positions of headroom for the
-padding, which ``capacity`` does not offer to requests.
+Exact mode (``exact=True``): greedy speculative output equals plain in bf16 too, because a verify
+row gets the bits the plain step at its position gets. Two routes (DESIGN.md), ``exact_route``:
+
+- ``"a"`` (where the Triton kernels run): every decode-phase forward is row-invariant
+  (``DecoderModel.forward_rows(row_invariant=True)``): the products go through kernels/gemv.py in
+  fixed 16-row tiles, attention's query tile is sized for max_tokens whatever T is, and the norms,
+  activation, RoPE and verifier are one program per row. A row's bits then depend neither on T nor
+  on how many rows, of how many requests, share the launch: exact at batch 1 and under batching,
+  with each forward at its own size.
+- ``"b"`` (batch 1 only): every decode-phase forward runs at one shape, T = γ+1 tokens per row,
+  plain steps and verifies alike, through cuBLAS; the rows past a round's own tokens are padding
+  (their K/V land past the sequence, where a later step overwrites them before anything reads
+  them; their logits are ignored). The products, norms and attention then see the same launch
+  shapes in plain and speculative decoding. Its price is T(γ+1)/T(1) - 1 of plain decoding, and
+  the cache keeps γ positions of headroom for the padding, which ``capacity`` does not offer to
+  requests. Under batching the row bucket still changes cuBLAS's shapes, so it is not exact there.
 
 Host syncs, all of them: ``round`` (one, reading the results), ``prefill`` callers reading the
 first token, and ``probe`` (timing, on purpose).
@@ -50,6 +57,7 @@ import torch
 from torch import Tensor
 
 from ..drafters.base import DeviceDraft
+from ..kernels.support import kernels_run_on
 from ..kernels.verify import verify_rows
 from ..sampling import SamplingParams, probs_rows
 from ..verify import Verifier, verify_chain
@@ -67,6 +75,20 @@ _MODE = os.environ.get("AGENTSPARK_GPU_MODE", "exact").strip().lower()
 if _MODE not in ("exact", "fast"):
     raise ValueError(f"AGENTSPARK_GPU_MODE must be 'exact' or 'fast', got {_MODE!r}")
 EXACT_BY_DEFAULT = _MODE == "exact"
+# Exact mode's route where the engine does not say (module docstring): a where the kernels run.
+_ROUTE = os.environ.get("AGENTSPARK_EXACT_ROUTE", "a").strip().lower()
+if _ROUTE not in ("a", "b"):
+    raise ValueError(f"AGENTSPARK_EXACT_ROUTE must be 'a' or 'b', got {_ROUTE!r}")
+
+
+def exact_route_for(device: torch.device, route: str | None = None) -> str:
+    """The route exact mode takes on ``device``: ``route`` (or AGENTSPARK_EXACT_ROUTE, default a),
+    except that route a needs the Triton kernels (CUDA, or the interpreter on the CPU): else b."""
+    route = _ROUTE if route is None else route
+    if route not in ("a", "b"):
+        raise ValueError(f"exact_route must be 'a' or 'b', got {route!r}")
+    probe = torch.empty(0, device=device)
+    return route if route == "b" or kernels_run_on(probe) else "b"
 PREFILL_TOKENS = (32, 128)  # tokens per prefill chunk: a session's appended turn, and a prompt's bulk
 
 
@@ -165,8 +187,10 @@ def prefill_chunks(n: int) -> list[int]:
 
 class DeviceRunner(ModelRunner):
     def __init__(self, model: DecoderModel, *, graphs: bool = True, exact: bool = False, capacity: int,
-                 max_tokens: int = 9, **kwargs) -> None:
-        headroom = max_tokens - 1 if exact else 0  # exact mode's padding rows write past the sequence
+                 max_tokens: int = 9, exact_route: str | None = None, **kwargs) -> None:
+        # exact mode's route (module docstring); None when not exact
+        self.route = exact_route_for(model.device, exact_route) if exact else None
+        headroom = max_tokens - 1 if self.route == "b" else 0  # route b's padding rows write past the sequence
         super().__init__(model, capacity=capacity + headroom, max_tokens=max_tokens, **kwargs)
         self._capacity = self.cache.capacity - headroom
         if self._capacity < 1:
@@ -175,7 +199,7 @@ class DeviceRunner(ModelRunner):
             raise ValueError("CUDA graphs need a model on a CUDA device; pass graphs=False")
         self.graphs = graphs
         self.exact = exact
-        self.kind = ("cuda-graphs" if graphs else "device-eager") + ("-exact" if exact else "")
+        self.kind = ("cuda-graphs" if graphs else "device-eager") + (f"-exact-{self.route}" if exact else "")
         self.buckets: dict[BucketKey, _Bucket] = {}
         self.prefill_buckets: dict[PrefillKey, _PrefillBucket] = {}
         # Where every round leaves its rows' target features (one buffer for all buckets, so a
@@ -189,12 +213,12 @@ class DeviceRunner(ModelRunner):
 
     @property
     def capacity(self) -> int:
-        """Positions a request may use (exact mode keeps its padding's headroom out of it)."""
+        """Positions a request may use (route b keeps its padding's headroom out of it)."""
         return self._capacity
 
     def _tokens(self, T: int) -> int:
-        """Tokens per row of a decode-phase forward that needs ``T``: exact mode runs them all at one shape."""
-        return self.max_tokens if self.exact else T
+        """Tokens per row of a decode-phase forward that needs ``T``: route b runs them all at one shape."""
+        return self.max_tokens if self.route == "b" else T
 
     # ---- capture --------------------------------------------------------------------------
     def _bucket(self, key: BucketKey) -> _Bucket:
@@ -219,7 +243,8 @@ class DeviceRunner(ModelRunner):
             b.ids[:, 0].copy_(b.chain[0])
             b.starts.copy_(b.chain[1])
         out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts,
-                                      capture_layers=self.capture_layers if key.capture else ())
+                                      capture_layers=self.capture_layers if key.capture else (),
+                                      row_invariant=self.route == "a", block_tokens=self.max_tokens)
         draft = b.ids[:, 1:]  # [R, T-1]
         if key.greedy:
             accepted, token = verify_rows(out.logits, draft, b.n, greedy=True)
@@ -450,12 +475,12 @@ class DeviceRunner(ModelRunner):
 
     @torch.inference_mode()
     def round_tokens(self, rows: int, longest: int, total: int) -> int:
-        """Every row of a bucket runs the longest row's tokens (exact mode: max_tokens), padding rows too."""
+        """Every row of a bucket runs the longest row's tokens (route b: max_tokens), padding rows too."""
         return row_bucket(rows) * self._tokens(longest)
 
     def probe_shapes(self, rows: int) -> dict[int, tuple[int, int]]:
-        """The row buckets up to ``rows`` x 1, 2, 3 and max_tokens per row (exact mode: max_tokens
-        only); B = 1 maps to the smallest round (in exact mode it computes max_tokens)."""
+        """The row buckets up to ``rows`` x 1, 2, 3 and max_tokens per row (route b: max_tokens
+        only); B = 1 maps to the smallest round (in route b it computes max_tokens)."""
         counts = sorted({b for b in ROW_BUCKETS if b < rows} | {rows})
         per_row = sorted({self._tokens(t) for t in (1, 2, 3, self.max_tokens) if t <= self.max_tokens})
         shapes = {self.round_tokens(r, t, r * t): (r, t) for r in counts for t in per_row}

@@ -26,6 +26,12 @@ yields the very bits plain decoding computes one row at a time. Two routes (``RO
 - ``"rows"`` (no oneDNN, or to compare): each row its own vector-matrix product over ~8 MB
   column panels of the weight, which stay in the last-level cache while every row reads them.
 
+On CUDA, row-invariant mode is exact mode's route a (DESIGN.md, model/graph_runner.py): the
+products go through the Triton kernel of kernels/gemv.py, whose rows are computed in fixed 16-row
+tiles with one reduction order, so a row's bits do not depend on how many rows (of how many
+requests) share the call. Where the kernels cannot run, torch's matmul serves and the mode is
+not exact (the runner then takes route b).
+
 Threads (``CPU_THREADS``, ``blas_owns_the_cores``): a CPU float32 forward runs its matmuls on one
 thread unless ``OPENBLAS_NUM_THREADS`` asks for more. Measured on the 2-core machine with two
 other busy processes, two threads made a step 4-5x slower than one (a thread that loses its core
@@ -42,6 +48,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..kernels.gemv import gemv
+from ..kernels.support import kernels_run_on
 
 
 PANEL_BYTES = 8 << 20  # a column panel of the weight that stays in the last-level cache
@@ -111,6 +120,9 @@ def linear_t(x: Tensor, weight_t: Tensor, bias: Tensor | None = None, *, row_inv
             out = torch.from_numpy(_rows_matmul(flat_np, w) if row_invariant else np.matmul(flat_np, w))
         out = out.view(*x.shape[:-1], weight_t.shape[1])
         return out if bias is None else out.add_(bias)  # the bias after the product: one rule for both routes
+    if row_invariant and kernels_run_on(x, weight_t):  # CUDA (or the interpreter): the row-invariant kernel
+        out = gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight_t, bias)  # [N, out], the bias before rounding
+        return out.view(*x.shape[:-1], weight_t.shape[1])
     out = torch.matmul(x, weight_t)
     return out if bias is None else out + bias
 

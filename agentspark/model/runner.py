@@ -232,15 +232,20 @@ class HostRunner(ModelRunner):
 
 def make_runner(model: DecoderModel, *, capacity: int, slots: int = 1, max_tokens: int = 9,
                 capture_layers: tuple[int, ...] = (), graphs: bool | None = None,
-                exact: bool | None = None) -> ModelRunner:
+                exact: bool | str | None = None) -> ModelRunner:
     """The device runner with CUDA graphs on CUDA (unless ``graphs=False``), else the host runner.
-    ``exact``: the device runner's exact mode (graph_runner.py); None = ``EXACT_BY_DEFAULT``. The host
-    runner is exact by construction on the CPU in float32 and ignores it."""
+    ``exact``: the device runner's exact mode (graph_runner.py): True (its default route), "a" or
+    "b" (that route), False (fast mode); None = ``EXACT_BY_DEFAULT``. The host runner is exact by
+    construction on the CPU in float32 and ignores it."""
+    if exact not in (None, True, False, "a", "b"):
+        raise ValueError(f"exact must be True, False, 'a', 'b' or None, got {exact!r}")
     if graphs is None:
         graphs = model.device.type == "cuda"
     if graphs:
         from .graph_runner import EXACT_BY_DEFAULT, DeviceRunner
 
+        exact = EXACT_BY_DEFAULT if exact is None else exact
+        route = exact if isinstance(exact, str) else None
         return DeviceRunner(model, capacity=capacity, slots=slots, max_tokens=max_tokens,
-                            capture_layers=capture_layers, exact=EXACT_BY_DEFAULT if exact is None else exact)
+                            capture_layers=capture_layers, exact=bool(exact), exact_route=route)
     return HostRunner(model, capacity=capacity, slots=slots, max_tokens=max_tokens, capture_layers=capture_layers)

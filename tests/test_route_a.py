@@ -1,0 +1,145 @@
+"""Issue 15, route a: a row-invariant decode-phase forward gives every token of every row the bits
+its own one-row plain step gives, however many rows (of how many requests) and tokens share the
+launch. That is what makes greedy speculation exact under batching on the GPU (graph_runner.py).
+
+The check: prefill a context into each of R slots (each its own length), run one-row, one-token
+plain steps over the next tokens (the reference: what plain decoding computes), then launches of
+R rows x T tokens over the same tokens; each token's logits must equal its plain step's, bit for
+bit. On the CPU the kernels run under Triton's interpreter, in bfloat16 so that the products take
+the gemv kernel (float32 on the CPU has its own row-invariant route, linear.py): that checks the
+wiring (every product and the attention of a row-invariant forward go through the invariant
+kernels, the tile sized for ``block_tokens``). On the GPU the same check runs on a tiny shape and
+on the default model's shape with launches of 1..64 rows, beside a negative control: the same
+launches through cuBLAS (fast mode) must differ somewhere, or the check could not fail.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentspark.model.config import DecoderConfig
+
+from test_kernels import DEVICE, kernels, pytestmark  # noqa: F401  (where the kernels run, and when they can)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from gpu_shapes import random_model  # noqa: E402
+
+TINY = DecoderConfig(family="qwen3", vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=1e4,
+                     max_position_embeddings=256, qk_norm=True)
+# SmolLM2-135M's shape (the default target): 30 layers, 9 query heads over 3 KV heads
+DEFAULT_SHAPE = DecoderConfig(family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                              num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5,
+                              rope_theta=1e5, max_position_embeddings=2048)
+
+
+class Setup:
+    """R slots, slot s holding a context of contexts[s] tokens, and the plain steps' logits at the
+    next ``tokens`` positions of each: ref[s][t] [V]."""
+
+    def __init__(self, cfg: DecoderConfig, slots: int, tokens: int, seed: int = 0) -> None:
+        self.model = random_model(cfg, device=DEVICE, dtype=torch.bfloat16, seed=seed)
+        self.tokens = tokens
+        g = torch.Generator().manual_seed(seed + 1)
+        self.contexts = [int(x) for x in torch.randint(5, 40, (slots,), generator=g)]
+        self.seq = torch.randint(0, cfg.vocab_size, (slots, 40 + tokens), generator=g).to(DEVICE)
+        self.cache = self.model.new_cache(64 + tokens, batch_size=slots)
+        self.ref: list[list[torch.Tensor]] = []
+        with torch.inference_mode(), kernels():
+            for s, n in enumerate(self.contexts):
+                self.model(self.seq[s : s + 1, :n], self.cache, 0, slot=s)  # the prefix: a prefill
+                self.ref.append([self.step(s, n + t, 1, row_invariant=True)[0, 0] for t in range(tokens)])
+
+    def step(self, s: int, start: int, T: int, row_invariant: bool) -> torch.Tensor:
+        return self.launch([s], T, row_invariant, [start])[0:1]
+
+    def launch(self, slots: list[int], T: int, row_invariant: bool, starts: list[int] | None = None) -> torch.Tensor:
+        """Logits [R, T, V] of one forward_rows over ``slots``, each at its context's end (or ``starts``)."""
+        starts = starts if starts is not None else [self.contexts[s] for s in slots]
+        ids = torch.stack([self.seq[s, p : p + T] for s, p in zip(slots, starts)])  # [R, T]
+        with torch.inference_mode(), kernels():
+            return self.model.forward_rows(
+                ids, self.cache, torch.tensor(slots, device=DEVICE), torch.tensor(starts, device=DEVICE),
+                row_invariant=row_invariant, block_tokens=self.tokens if row_invariant else 1,
+            ).logits
+
+    def mismatches(self, slots: list[int], T: int, row_invariant: bool = True) -> int:
+        logits = self.launch(slots, T, row_invariant)
+        return sum(not torch.equal(logits[r, t], self.ref[s][t]) for r, s in enumerate(slots) for t in range(T))
+
+
+def order(n: int, seed: int) -> list[int]:
+    """n slots in a shuffled order: a slot's row sits elsewhere in the launch than in another."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the GPU runs the larger test below")
+def test_route_a_rows_equal_plain_steps_under_the_interpreter():
+    setup = Setup(TINY, slots=5, tokens=3)
+    for R, T in ((1, 3), (3, 1), (3, 2), (5, 3)):
+        assert setup.mismatches(order(5, R * T)[:R], T) == 0, (R, T)
+    # the control: the same launches through torch's bfloat16 matmul give other bits
+    assert setup.mismatches(order(5, 15), 3, row_invariant=False) > 0
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the GPU suite runs the engines on real weights (test_gpu_runtime.py)")
+def test_batched_route_a_equals_each_request_alone_under_the_interpreter():
+    """Three greedy requests speculating side by side through the device runner's body in route a
+    (bfloat16, the kernels under the interpreter) get the tokens each gets from plain decoding
+    alone: the rows' bits depend neither on the verify length nor on the rows beside them."""
+    from agentspark import Engine, NgramDrafter, SamplingParams
+    from agentspark.batch import BatchEngine
+    from agentspark.model.graph_runner import DeviceRunner
+    from agentspark.model.loading import LoadedModel
+
+    target = LoadedModel(random_model(TINY, device=DEVICE, dtype=torch.bfloat16, seed=3), tokenizer=None, source="tiny")
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 96, (int(n),), generator=g).tolist() * 2 for n in (5, 8, 11)]
+    params = SamplingParams(max_new_tokens=8)
+
+    def runner(slots: int) -> DeviceRunner:
+        return DeviceRunner(target.model, graphs=False, exact=True, exact_route="a", capacity=64, slots=slots,
+                            max_tokens=4)
+
+    with kernels():
+        refs = []
+        for p in prompts:
+            engine = Engine(target, max_draft=3, schedule="full", max_seq_len=64)
+            engine.runner = runner(1)
+            refs.append(engine.generate(p, params, speculative=False).token_ids)
+        batch = BatchEngine(target, NgramDrafter, slots=3, max_draft=3, max_seq_len=64, reuse_prefix=False)
+        batch.runner = runner(3)
+        assert batch.runner.kind == "device-eager-exact-a"
+        results = batch.generate_many(prompts, params)
+    assert [r.token_ids for r in results] == refs
+    assert sum(x.accepted for r in results for x in r.stats.rounds) > 0  # drafts were verified and kept
+
+
+def test_forward_rows_refuses_what_route_a_cannot_promise():
+    model = random_model(TINY, device=DEVICE, dtype=torch.bfloat16)
+    cache = model.new_cache(32)
+    ids = torch.zeros(1, 4, dtype=torch.long, device=DEVICE)
+    where = torch.zeros(1, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match="exceed the 2"):
+        model.forward_rows(ids, cache, where, where, row_invariant=True, block_tokens=2)
+    with pytest.raises(ValueError, match="prefill chunk"):
+        model.forward_rows(ids, cache, where, where, logit_index=where, key_window=32, row_invariant=True,
+                           block_tokens=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="bitwise bfloat16 on the GPU")
+@pytest.mark.parametrize("cfg", [TINY, DEFAULT_SHAPE], ids=["tiny", "default-shape"])
+def test_route_a_rows_equal_plain_steps_in_launches_of_1_to_64_rows(cfg):
+    setup = Setup(cfg, slots=64, tokens=9)
+    cases = [(R, T) for R in (1, 2, 3, 8, 16, 33, 64) for T in (1, 2, 5, 9)]
+    bad = {(R, T): setup.mismatches(order(64, R * 10 + T)[:R], T) for R, T in cases}
+    control = {(R, T): setup.mismatches(order(64, R * 10 + T)[:R], T, row_invariant=False) for R, T in cases}
+    print(f"route a mismatches {sum(bad.values())} of {sum(R * T for R, T in cases)} tokens; "
+          f"cuBLAS (the control) {sum(control.values())}")
+    assert not any(bad.values()), {k: v for k, v in bad.items() if v}
+    assert any(control.values())  # the check can fail: cuBLAS's shapes change a row's bits
