@@ -287,8 +287,9 @@ class BatchEngine:
         return self._table.values()
 
     def _sps_table(self) -> SpsTable:
-        """The batch's table as measured (or cached). It is refreshed from every round's own wall
-        time (drafting and committing included: what a round of that size really costs here)."""
+        """The batch's table as measured (or cached). It is refreshed from every round's runner
+        time (fill, forward, verifier, the sync: what the probes time), not the drafting before it,
+        which costs a round the same whatever lengths the table chooses (``_round``)."""
         shapes = self.runner.probe_shapes(self.slots)
         tokens = max(shapes)
         # the runner's kind names graphs or not and exact mode; "padded": B as round_tokens counts it
@@ -399,9 +400,14 @@ class BatchEngine:
             self._emit(h, committed, delta)
         seconds = time.perf_counter() - t0
         if self._table is not None and not self._table.fixed:
+            # The table prices lengths against each other, so it takes the runner's round alone (as
+            # its probes did): the drafting before it costs the same whatever the lengths, and
+            # charged to B > 1 only it made every verified token look dearer than a plain step
+            # (measured on the H200: adaptive verified 0.5 tokens a round where k7 paid with 3.5).
+            # Whether drafting pays at all is DraftingRates', from whole rounds.
             longest = max(len(r.tokens) for r in rows)
             total = sum(len(r.tokens) for r in rows)
-            self._table.observe(self.runner.round_tokens(len(rows), longest, total), seconds)
+            self._table.observe(self.runner.round_tokens(len(rows), longest, total), t2 - t1)
         if self.schedule == "adaptive" and self._prototype is not None:
             self._rates.observe(len(live), drafting, produced, seconds)
         return live

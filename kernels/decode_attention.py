@@ -12,10 +12,13 @@ group and all T tokens at once (GQA: the keys are read once per group), and a se
 the chunks. The chunk size is fixed, not chosen from the batch, so a row's keys are always reduced
 in the same order whatever else runs in the launch. Chunks past a row's length do nothing.
 
-``block_tokens`` (exact mode's route a): the query tile is sized for this many tokens per row
-whatever T is, so a token's scores and softmax run in the same tile layout (the same reduction
-tree along the keys) in a plain step (T = 1) as in a verify (T = 1 + drafts). Its keys past its
-own position are masked to exact zeros, so it then gets the bits of its own plain step.
+Query tiles of 16 rows, whatever T and G: a program walks the T x G query rows of its group 16 at
+a time, each tile with the same code (mma.sync's smallest M; a tile of 64 rows would take Hopper's
+wgmma, another accumulation). So a query token's scores and softmax run in one tile shape and
+reduction tree in a plain step (T = 1) as in a verify (T = 1 + drafts) of any length, and its keys
+past its own position are masked to exact zeros: it gets the bits of its own plain step (exact
+mode's route a, graph_runner.py). Measured on the H200: a tile sized by T*G (64 rows for
+Qwen2.5-1.5B's G = 6 at T = 8) broke that identity, which tiles of 16 keep.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ except Exception:  # pragma: no cover
 
 SPLIT = 256  # key positions per chunk (a multiple of BLOCK_N)
 BLOCK_N = 64  # keys per inner step
+TILE_M = 16  # query rows (token t, head g of the group) per tile
 
 
 def key_limits(starts: Tensor, T: int, causal: bool) -> Tensor:
@@ -69,8 +73,8 @@ if triton is not None:
         q_ptr, k_ptr, v_ptr, slot_ptr, start_ptr, part_o_ptr, part_lse_ptr,
         scale_log2, cache_slot_stride, cache_head_stride, cache_pos_stride,
         T: tl.constexpr, G: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
-        NUM_SPLITS: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr,
+        BLOCK_D: tl.constexpr, TILE_M: tl.constexpr, TILES: tl.constexpr, BLOCK_N: tl.constexpr,
+        SPLIT: tl.constexpr, NUM_SPLITS: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr,
     ):
         r = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
@@ -80,97 +84,100 @@ if triton is not None:
         lo = chunk * SPLIT
         if lo < kv_len:
             slot = tl.load(slot_ptr + r)
-            m = tl.arange(0, BLOCK_M)  # query row = token t, head g of the group
-            t = m // G
-            head = kvh * G + m % G
             d = tl.arange(0, BLOCK_D)
-            row_ok = m < T * G
             d_ok = d < D
-            q = tl.load(q_ptr + ((r * T + t) * HQ + head)[:, None] * D + d[None, :],
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-            if DOT_F32:
-                q = q.to(tl.float32)
-            if CAUSAL:
-                limit = start + t + 1  # [BLOCK_M] exclusive key bound
-            else:
-                limit = kv_len + t * 0
             hi = tl.minimum(lo + SPLIT, kv_len)
-            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-            l_i = tl.zeros([BLOCK_M], tl.float32)
-            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
             base = k_ptr + slot * cache_slot_stride + kvh * cache_head_stride
             vbase = v_ptr + slot * cache_slot_stride + kvh * cache_head_stride
-            for n0 in range(lo, hi, BLOCK_N):
-                n = n0 + tl.arange(0, BLOCK_N)
-                n_ok = n < hi
-                k = tl.load(base + n[:, None] * cache_pos_stride + d[None, :],
-                            mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-                v = tl.load(vbase + n[:, None] * cache_pos_stride + d[None, :],
-                            mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            for tile in range(TILES):  # the group's T*G query rows, TILE_M at a time, one code for all
+                m = tile * TILE_M + tl.arange(0, TILE_M)  # query row = token t, head g of the group
+                t = m // G
+                head = kvh * G + m % G
+                row_ok = m < T * G
+                q = tl.load(q_ptr + ((r * T + t) * HQ + head)[:, None] * D + d[None, :],
+                            mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [TILE_M, BLOCK_D]
                 if DOT_F32:
-                    k = k.to(tl.float32)
-                    v = v.to(tl.float32)
-                if DOT_F32:  # float32 activations (or the interpreter): no tf32 rounding
-                    s = tl.dot(q, tl.trans(k), input_precision="ieee")
+                    q = q.to(tl.float32)
+                if CAUSAL:
+                    limit = start + t + 1  # [TILE_M] exclusive key bound
                 else:
-                    s = tl.dot(q, tl.trans(k))
-                s = s * scale_log2  # [BLOCK_M, BLOCK_N] scores in log2 units
-                s = tl.where(n[None, :] < limit[:, None], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, axis=1))
-                m_base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
-                p = tl.exp2(s - m_base[:, None])
-                alpha = tl.exp2(m_i - m_base)
-                l_i = l_i * alpha + tl.sum(p, axis=1)
-                if DOT_F32:
-                    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-                else:
-                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
-            seen = l_i > 0
-            o = acc / tl.where(seen, l_i, 1.0)[:, None]
-            lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
-            part = ((r * HKV + kvh) * NUM_SPLITS + chunk) * BLOCK_M
-            tl.store(part_o_ptr + (part + m)[:, None] * BLOCK_D + d[None, :], o)
-            tl.store(part_lse_ptr + part + m, lse)
+                    limit = kv_len + t * 0
+                m_i = tl.full([TILE_M], float("-inf"), tl.float32)
+                l_i = tl.zeros([TILE_M], tl.float32)
+                acc = tl.zeros([TILE_M, BLOCK_D], tl.float32)
+                for n0 in range(lo, hi, BLOCK_N):
+                    n = n0 + tl.arange(0, BLOCK_N)
+                    n_ok = n < hi
+                    k = tl.load(base + n[:, None] * cache_pos_stride + d[None, :],
+                                mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+                    v = tl.load(vbase + n[:, None] * cache_pos_stride + d[None, :],
+                                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                    if DOT_F32:
+                        k = k.to(tl.float32)
+                        v = v.to(tl.float32)
+                    if DOT_F32:  # float32 activations (or the interpreter): no tf32 rounding
+                        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+                    else:
+                        s = tl.dot(q, tl.trans(k))
+                    s = s * scale_log2  # [TILE_M, BLOCK_N] scores in log2 units
+                    s = tl.where(n[None, :] < limit[:, None], s, float("-inf"))
+                    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+                    m_base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
+                    p = tl.exp2(s - m_base[:, None])
+                    alpha = tl.exp2(m_i - m_base)
+                    l_i = l_i * alpha + tl.sum(p, axis=1)
+                    if DOT_F32:
+                        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+                    else:
+                        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                    m_i = m_new
+                seen = l_i > 0
+                o = acc / tl.where(seen, l_i, 1.0)[:, None]
+                lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+                part = ((r * HKV + kvh) * NUM_SPLITS + chunk) * (TILES * TILE_M)
+                tl.store(part_o_ptr + (part + m)[:, None] * BLOCK_D + d[None, :], o)
+                tl.store(part_lse_ptr + part + m, lse)
 
     @triton.jit
     def _attention_merge_kernel(
         part_o_ptr, part_lse_ptr, start_ptr, out_ptr,
         T: tl.constexpr, G: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT: tl.constexpr, NUM_SPLITS: tl.constexpr,
+        BLOCK_D: tl.constexpr, TILE_M: tl.constexpr, TILES: tl.constexpr, SPLIT: tl.constexpr,
+        NUM_SPLITS: tl.constexpr,
     ):
         r = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
         used = (tl.load(start_ptr + r) + T + SPLIT - 1) // SPLIT  # chunks that hold keys of this row
-        m = tl.arange(0, BLOCK_M)
         d = tl.arange(0, BLOCK_D)
-        big = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        w_sum = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        for chunk in range(0, used):  # fixed order: chunk 0, 1, ... whatever the launch
-            part = ((r * HKV + kvh) * NUM_SPLITS + chunk) * BLOCK_M
-            lse = tl.load(part_lse_ptr + part + m)
-            o = tl.load(part_o_ptr + (part + m)[:, None] * BLOCK_D + d[None, :])
-            new_big = tl.maximum(big, lse)
-            base = tl.where(new_big == float("-inf"), 0.0, new_big)
-            scale_old = tl.exp2(big - base)
-            w = tl.exp2(lse - base)
-            acc = acc * scale_old[:, None] + o * w[:, None]
-            w_sum = w_sum * scale_old + w
-            big = new_big
-        out = acc / tl.where(w_sum > 0, w_sum, 1.0)[:, None]
-        t = m // G
-        head = kvh * G + m % G
-        ok = (m < T * G)[:, None] & (d < D)[None, :]
-        tl.store(out_ptr + ((r * T + t) * HQ + head)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=ok)
+        for tile in range(TILES):
+            m = tile * TILE_M + tl.arange(0, TILE_M)
+            big = tl.full([TILE_M], float("-inf"), tl.float32)
+            w_sum = tl.zeros([TILE_M], tl.float32)
+            acc = tl.zeros([TILE_M, BLOCK_D], tl.float32)
+            for chunk in range(0, used):  # fixed order: chunk 0, 1, ... whatever the launch
+                part = ((r * HKV + kvh) * NUM_SPLITS + chunk) * (TILES * TILE_M)
+                lse = tl.load(part_lse_ptr + part + m)
+                o = tl.load(part_o_ptr + (part + m)[:, None] * BLOCK_D + d[None, :])
+                new_big = tl.maximum(big, lse)
+                base = tl.where(new_big == float("-inf"), 0.0, new_big)
+                scale_old = tl.exp2(big - base)
+                w = tl.exp2(lse - base)
+                acc = acc * scale_old[:, None] + o * w[:, None]
+                w_sum = w_sum * scale_old + w
+                big = new_big
+            out = acc / tl.where(w_sum > 0, w_sum, 1.0)[:, None]
+            t = m // G
+            head = kvh * G + m % G
+            ok = (m < T * G)[:, None] & (d < D)[None, :]
+            tl.store(out_ptr + ((r * T + t) * HQ + head)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
+                     mask=ok)
 
 
 def decode_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, starts: Tensor, causal: bool = True,
-    block_tokens: int = 1,
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, starts: Tensor, causal: bool = True
 ) -> Tensor:
     """q [R, T, Hq, D] over cache slots ``slots`` [R] from positions ``starts`` [R] -> [R, T, Hq, D]
-    (module docstring); ``block_tokens``: the tokens per row the query tile is sized for (>= T counts)."""
+    (module docstring)."""
     if not kernels_run_on(q, k_cache):
         return decode_attention_reference(q, k_cache, v_cache, slots, starts, causal)
     R, T, Hq, D = q.shape
@@ -184,13 +191,14 @@ def decode_attention(
         check_contiguous(name, t)
     check_same_device(q=q, k_cache=k_cache, slots=slots, starts=starts)
     G = Hq // Hkv
-    BLOCK_M = max(16, next_power_of_2(max(T, block_tokens) * G))
+    tiles = triton.cdiv(T * G, TILE_M)
     BLOCK_D = max(16, next_power_of_2(D))
     num_splits = triton.cdiv(S, SPLIT)
-    part_o = torch.empty((R, Hkv, num_splits, BLOCK_M, BLOCK_D), dtype=torch.float32, device=q.device)
-    part_lse = torch.empty((R, Hkv, num_splits, BLOCK_M), dtype=torch.float32, device=q.device)
+    part_o = torch.empty((R, Hkv, num_splits, tiles * TILE_M, BLOCK_D), dtype=torch.float32, device=q.device)
+    part_lse = torch.empty((R, Hkv, num_splits, tiles * TILE_M), dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
-    meta = dict(T=T, G=G, HQ=Hq, HKV=Hkv, D=D, BLOCK_D=BLOCK_D, BLOCK_M=BLOCK_M, SPLIT=SPLIT, NUM_SPLITS=num_splits)
+    meta = dict(T=T, G=G, HQ=Hq, HKV=Hkv, D=D, BLOCK_D=BLOCK_D, TILE_M=TILE_M, TILES=tiles, SPLIT=SPLIT,
+                NUM_SPLITS=num_splits)
     _attention_chunk_kernel[(R, Hkv, num_splits)](
         q, k_cache, v_cache, slots, starts, part_o, part_lse,
         D**-0.5 * math.log2(math.e), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

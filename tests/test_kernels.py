@@ -107,7 +107,7 @@ def test_rope_cache_matches_reference_and_writes_only_its_positions(D, qk_norm, 
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("heads", [(4, 4), (6, 2), (9, 3)])
-@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("T", [1, 4, 9])  # 9 x 3 query rows a group: two tiles of 16
 def test_decode_attention_matches_reference(causal, heads, T):
     Hq, Hkv = heads
     D, S, n_slots = 32, 2 * SPLIT + 80, 3

@@ -7,10 +7,11 @@ plain steps over the next tokens (the reference: what plain decoding computes), 
 R rows x T tokens over the same tokens; each token's logits must equal its plain step's, bit for
 bit. On the CPU the kernels run under Triton's interpreter, in bfloat16 so that the products take
 the gemv kernel (float32 on the CPU has its own row-invariant route, linear.py): that checks the
-wiring (every product and the attention of a row-invariant forward go through the invariant
-kernels, the tile sized for ``block_tokens``). On the GPU the same check runs on a tiny shape and
-on the default model's shape with launches of 1..64 rows, beside a negative control: the same
-launches through cuBLAS (fast mode) must differ somewhere, or the check could not fail.
+wiring (every product of a row-invariant forward goes through the invariant kernel). On the GPU
+the same check runs on a tiny shape, on the default model's shape and on Qwen2.5-1.5B's attention
+(6 query heads a KV head: 54 query rows a verify of 9, where a tile sized by them once broke the
+identity) with launches of 1..64 rows, beside a negative control: the same launches through
+cuBLAS (fast mode) must differ somewhere, or the check could not fail.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ TINY = DecoderConfig(family="qwen3", vocab_size=96, hidden_size=64, intermediate
 DEFAULT_SHAPE = DecoderConfig(family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
                               num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5,
                               rope_theta=1e5, max_position_embeddings=2048)
+# Qwen2.5-1.5B's layer shape (12 query heads over 2 KV heads, head_dim 128), 4 layers, a smaller vocabulary
+GQA6_SHAPE = DecoderConfig(family="qwen2", vocab_size=32000, hidden_size=1536, intermediate_size=8960, num_layers=4,
+                           num_heads=12, num_kv_heads=2, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
+                           max_position_embeddings=2048, qkv_bias=True)
 
 
 class Setup:
@@ -64,7 +69,7 @@ class Setup:
         with torch.inference_mode(), kernels():
             return self.model.forward_rows(
                 ids, self.cache, torch.tensor(slots, device=DEVICE), torch.tensor(starts, device=DEVICE),
-                row_invariant=row_invariant, block_tokens=self.tokens if row_invariant else 1,
+                row_invariant=row_invariant,
             ).logits
 
     def mismatches(self, slots: list[int], T: int, row_invariant: bool = True) -> int:
@@ -124,16 +129,13 @@ def test_forward_rows_refuses_what_route_a_cannot_promise():
     cache = model.new_cache(32)
     ids = torch.zeros(1, 4, dtype=torch.long, device=DEVICE)
     where = torch.zeros(1, dtype=torch.long, device=DEVICE)
-    with pytest.raises(ValueError, match="exceed the 2"):
-        model.forward_rows(ids, cache, where, where, row_invariant=True, block_tokens=2)
     with pytest.raises(ValueError, match="prefill chunk"):
-        model.forward_rows(ids, cache, where, where, logit_index=where, key_window=32, row_invariant=True,
-                           block_tokens=4)
+        model.forward_rows(ids, cache, where, where, logit_index=where, key_window=32, row_invariant=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="bitwise bfloat16 on the GPU")
-@pytest.mark.parametrize("cfg", [TINY, DEFAULT_SHAPE], ids=["tiny", "default-shape"])
+@pytest.mark.parametrize("cfg", [TINY, DEFAULT_SHAPE, GQA6_SHAPE], ids=["tiny", "default-shape", "gqa6-shape"])
 def test_route_a_rows_equal_plain_steps_in_launches_of_1_to_64_rows(cfg):
     setup = Setup(cfg, slots=64, tokens=9)
     cases = [(R, T) for R in (1, 2, 3, 8, 16, 33, 64) for T in (1, 2, 5, 9)]
@@ -142,4 +144,5 @@ def test_route_a_rows_equal_plain_steps_in_launches_of_1_to_64_rows(cfg):
     print(f"route a mismatches {sum(bad.values())} of {sum(R * T for R, T in cases)} tokens; "
           f"cuBLAS (the control) {sum(control.values())}")
     assert not any(bad.values()), {k: v for k, v in bad.items() if v}
-    assert any(control.values())  # the check can fail: cuBLAS's shapes change a row's bits
+    if cfg is DEFAULT_SHAPE:  # the check can fail: there cuBLAS's shapes change a row's bits (2,143 of
+        assert any(control.values())  # 2,159 tokens on the H200; on the tiny shape none)

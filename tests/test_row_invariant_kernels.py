@@ -5,8 +5,9 @@ request's rows run beside other requests' in launches of varying size.
 Checked here for add_rms_norm, silu_mul and decode_attention (its key chunks are fixed positions,
 not a split chosen from the batch), bitwise, launches of 1..12 rows against each row alone; on
 the CPU under Triton's interpreter (the kernels' logic: one program per row, no reduction across
-rows), on the GPU as the kernels run there. The products' kernel (kernels/gemv.py) has its own
-invariance tests (test_gemv_kernel.py); wiring it into a batched exact decoder is not done yet.
+rows), on the GPU as the kernels run there; and for decode_attention, a verify token's bits against the
+plain step at its position. The products' kernel (kernels/gemv.py) has its own invariance tests
+(test_gemv_kernel.py); the whole row-invariant forward, all kernels wired, is test_route_a.py.
 """
 
 from __future__ import annotations
@@ -69,3 +70,21 @@ def test_decode_attention_rows_are_launch_invariant(T):
         order = torch.tensor([1, 2, 0], device=DEVICE)
         moved = decode_attention(q[order], k, v, slots[order], starts[order])
         assert torch.equal(moved[2], alone[0][0])
+
+
+@pytest.mark.parametrize("G", [1, 3, 6])
+def test_decode_attention_tokens_are_verify_length_invariant(G):
+    """Token t of a verify of 9 gets the bits of the plain step at its position (T = 1, start + t):
+    the query tiles have one shape whatever T is (9 x 6 = 54 query rows go in four tiles of 16)."""
+    g = torch.Generator().manual_seed(11 + G)
+    Hkv, D, S, T = 2, 32, SPLIT + 40, 9
+    k = torch.randn(2, Hkv, S, D, generator=g).to(DEVICE, torch.bfloat16)
+    v = torch.randn(2, Hkv, S, D, generator=g).to(DEVICE, torch.bfloat16)
+    q = torch.randn(1, T, G * Hkv, D, generator=g).to(DEVICE, torch.bfloat16)
+    slot = torch.tensor([1], device=DEVICE)
+    start = SPLIT - 4  # the verify's tokens straddle a key chunk's end
+    with kernels():
+        verify = decode_attention(q, k, v, slot, torch.tensor([start], device=DEVICE))  # [1, T, Hq, D]
+        for t in range(T):
+            plain = decode_attention(q[:, t : t + 1].contiguous(), k, v, slot, torch.tensor([start + t], device=DEVICE))
+            assert torch.equal(verify[0, t], plain[0, 0]), t

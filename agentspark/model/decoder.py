@@ -145,19 +145,18 @@ class DevicePlacement:
     up to its own length (kernels/decode_attention.py); without Triton, their references.
 
     ``row_invariant`` (exact mode's route a): the products go through the row-invariant kernel
-    (linear.py) and attention's query tile is sized for ``block_tokens`` tokens per row whatever T
-    is, so every token of every row gets the bits its own one-row plain step gets: the norms, the
-    activation, RoPE and the K/V write are one program per row already."""
+    (linear.py), so every token of every row gets the bits its own one-row plain step gets: the
+    attention computes every query token in tiles of one shape whatever T is, and the norms, the
+    activation, RoPE and the K/V write are one program per row."""
 
     norm = staticmethod(add_rms_norm)
     activation = staticmethod(silu_mul)
 
     def __init__(self, model: DecoderModel, cache: StaticKVCache, slots: Tensor, starts: Tensor, T: int,
-                 causal: bool = True, key_window: int | None = None, row_invariant: bool = False,
-                 block_tokens: int = 1) -> None:
+                 causal: bool = True, key_window: int | None = None, row_invariant: bool = False) -> None:
         R = slots.shape[0]
         self.model, self.cache, self.slots, self.starts, self.T, self.causal = model, cache, slots, starts, T, causal
-        self.row_invariant, self.block_tokens = row_invariant, block_tokens
+        self.row_invariant = row_invariant
         # a prefill chunk: T is large, attention goes through masked SDPA over keys [0, key_window)
         self.key_window = key_window
         self.positions = (starts[:, None] + torch.arange(T, device=starts.device)).reshape(R * T)  # [R*T]
@@ -176,8 +175,7 @@ class DevicePlacement:
             out = prefill_attention(q, k_cache[:, :, :window], v_cache[:, :, :window], self.slots,
                                     self.starts)  # [R, T, Hq, D]
         else:
-            out = decode_attention(q, k_cache, v_cache, self.slots, self.starts, self.causal,
-                                   self.block_tokens)  # [R, T, Hq, D]
+            out = decode_attention(q, k_cache, v_cache, self.slots, self.starts, self.causal)  # [R, T, Hq, D]
         return out.reshape(R, T, cfg.num_heads * cfg.head_dim)
 
 
@@ -339,7 +337,6 @@ class DecoderModel(nn.Module):
         logit_index: Tensor | None = None,
         key_window: int | None = None,
         row_invariant: bool = False,
-        block_tokens: int = 1,
     ) -> ForwardOutput:
         """R rows of T tokens, row r at positions starts[r] + [0, T) of cache slot slots[r] (device
         tensors [R] long; the caller keeps every position inside the cache). No host sync and no
@@ -348,16 +345,14 @@ class DecoderModel(nn.Module):
         logit_index, key_window: a prefill chunk. Logits only for that token of each row (device
         tensor [1] long: the chunk's last real one, the rest is padding), and attention for a long
         T over the keys [0, key_window), which must hold every row's positions.
-        row_invariant, block_tokens: exact mode's route a (DevicePlacement): every token's logits
-        are the bits of its own one-row step, for steps of up to ``block_tokens`` tokens a row."""
+        row_invariant: exact mode's route a (DevicePlacement): every token's logits are the bits
+        of its own one-row, one-token step."""
         if (logit_index is None) != (key_window is None):
             raise ValueError("a prefill chunk gives both logit_index and key_window")
         if row_invariant and key_window is not None:
             raise ValueError("a prefill chunk is not a row-invariant step (its attention is SDPA's)")
-        if input_ids.shape[1] > block_tokens and row_invariant:
-            raise ValueError(f"{input_ids.shape[1]} tokens a row exceed the {block_tokens} the attention tile is sized for")
         placement = DevicePlacement(self, cache, slots, starts, input_ids.shape[1], key_window=key_window,
-                                    row_invariant=row_invariant, block_tokens=block_tokens)
+                                    row_invariant=row_invariant)
         return self._run(input_ids, placement, None, capture_layers, logit_index)
 
     def _run(

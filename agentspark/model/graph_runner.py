@@ -31,7 +31,7 @@ row gets the bits the plain step at its position gets. Two routes (DESIGN.md), `
 
 - ``"a"`` (where the Triton kernels run): every decode-phase forward is row-invariant
   (``DecoderModel.forward_rows(row_invariant=True)``): the products go through kernels/gemv.py in
-  fixed 16-row tiles, attention's query tile is sized for max_tokens whatever T is, and the norms,
+  fixed 16-row tiles, attention computes every query in 16-row tiles whatever T is, and the norms,
   activation, RoPE and verifier are one program per row. A row's bits then depend neither on T nor
   on how many rows, of how many requests, share the launch: exact at batch 1 and under batching,
   with each forward at its own size.
@@ -244,7 +244,7 @@ class DeviceRunner(ModelRunner):
             b.starts.copy_(b.chain[1])
         out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts,
                                       capture_layers=self.capture_layers if key.capture else (),
-                                      row_invariant=self.route == "a", block_tokens=self.max_tokens)
+                                      row_invariant=self.route == "a")
         draft = b.ids[:, 1:]  # [R, T-1]
         if key.greedy:
             accepted, token = verify_rows(out.logits, draft, b.n, greedy=True)
