@@ -282,21 +282,32 @@ def test_padded_rounds_are_priced_at_their_padded_size(tiny):
 
 
 def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
+    """Each mode gets its rounds, the faster one wins; the loser is probed one round in 16, then
+    (while the probes confirm the choice) in 32, 64, ... up to 256; when recent probes beat the
+    winner the choice flips and the probing interval starts again at 16."""
     from agentspark.batch import DraftingRates
 
     rates = DraftingRates()
-    picks = []
-    for _ in range(2 * DraftingRates.MIN_ROUNDS):  # each mode gets its rounds before they are compared
-        drafted = rates.choose(4)
-        picks.append(drafted)
-        rates.observe(4, drafted, 2 if drafted else 3, 0.01)  # plain commits more per second here
-    assert picks == [True] * DraftingRates.MIN_ROUNDS + [False] * DraftingRates.MIN_ROUNDS
-    picks = [rates.choose(4) for _ in range(2 * DraftingRates.PROBE_EVERY)]
-    assert picks.count(True) == 2 and not picks[0]  # only the probes draft
+
+    def rounds(n: int, spec_tokens: int, plain_tokens: int) -> list[bool]:
+        picks = []
+        for _ in range(n):
+            drafted = rates.choose(4)
+            picks.append(drafted)
+            rates.observe(4, drafted, spec_tokens if drafted else plain_tokens, 0.01)
+        return picks
+
+    first = rounds(2 * DraftingRates.MIN_ROUNDS, 2, 3)  # plain commits more per second here
+    assert first == [True] * DraftingRates.MIN_ROUNDS + [False] * DraftingRates.MIN_ROUNDS
+    picks = rounds(16 + 32 + 64 + 128 + 256 + 256, 2, 3)
+    probes = [i + 1 for i, p in enumerate(picks) if p]
+    assert probes == [16, 48, 112, 240, 496, 752]  # only the probes draft, ever rarer
     rates.observe(4, True, 1, 0.01)  # one bad drafting round among good ones changes nothing
-    for _ in range(DraftingRates.WINDOW):
+    for _ in range(DraftingRates.MIN_ROUNDS):  # recent probes now beat plain clearly: the choice flips
         rates.observe(4, True, 8, 0.01)
     assert rates.choose(4)
+    picks = rounds(40, 8, 3)
+    assert [i + 1 for i, p in enumerate(picks) if not p] == [15]  # plain probed 16 rounds after the flip
     assert rates.choose(1)  # another row count knows nothing yet
 
 
