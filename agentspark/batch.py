@@ -98,15 +98,16 @@ class BatchRequest:
 
 
 class DraftingRates:
-    """Per row count: committed tokens per second of the rounds that drafted and of those that did
-    not (sums over a window: one round that accepted nothing does not flip the choice). ``choose``
-    drafts unless drafting rounds did worse than plain ones by more than ``MARGIN``; each mode
-    gets ``MIN_ROUNDS`` rounds before they are compared. The losing mode runs one round in
-    ``interval`` (costs change as contexts grow, rows come and go, text turns repetitive), and is
-    judged on its last ``MIN_ROUNDS`` such probes against the winner's last ``WINDOW`` rounds, so
-    a change shows within a few probes. Every probe that confirms the choice doubles the interval
-    (``PROBE_EVERY`` up to ``MAX_PROBE_EVERY``), and a flip resets it: on the H200, probing one
-    round in 16 left plain's regimes (C = 16, 64) several percent behind plain (run 20)."""
+    """Per row count: committed tokens per second over the last ``WINDOW`` rounds that drafted and
+    the last ``WINDOW`` that did not (sums over the window: one round that accepted nothing does
+    not flip the choice). ``choose`` drafts unless drafting rounds did worse than plain ones by
+    more than ``MARGIN``; each mode gets ``MIN_ROUNDS`` rounds before they are compared, and the
+    losing mode one round in ``interval`` (costs change as contexts grow, rows come and go, text
+    turns repetitive). Once the loser's window is full, every probe that confirms the choice
+    doubles the interval (``PROBE_EVERY`` up to ``MAX_PROBE_EVERY``); a flip resets it. Measured
+    on the H200 (runs 20, 21): probing one round in 16 forever left adaptive several percent
+    behind plain where plain wins (C = 16, 64); backing off before the loser's window was full
+    kept a wrong early choice (from 4 rounds each) for hundreds of rounds at C = 1."""
 
     WINDOW, MIN_ROUNDS, PROBE_EVERY, MAX_PROBE_EVERY, MARGIN = 16, 4, 16, 256, 0.05
 
@@ -114,41 +115,37 @@ class DraftingRates:
         self.rounds: dict[tuple[int, bool], deque[tuple[int, float]]] = {}
         self.since_probe: dict[int, int] = {}
         self.interval: dict[int, int] = {}
-        self.choice: dict[int, bool] = {}  # the winning mode at the last probe
+        self.choice: dict[int, bool] = {}  # the winning mode at the last comparison
 
     def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
         self.rounds.setdefault((rows, drafted), deque(maxlen=self.WINDOW)).append((tokens, seconds))
 
-    def rate(self, rows: int, drafted: bool, last: int | None = None) -> float | None:
-        """Tokens per second over the mode's last ``last`` rounds (default: its window)."""
-        window = list(self.rounds.get((rows, drafted), ()))[-(last or self.WINDOW):]
-        if len(window) < self.MIN_ROUNDS:
+    def rate(self, rows: int, drafted: bool) -> float | None:
+        window = self.rounds.get((rows, drafted))
+        if not window or len(window) < self.MIN_ROUNDS:
             return None
         seconds = sum(s for _, s in window)
         return sum(t for t, _ in window) / seconds if seconds > 0 else None
 
     def choose(self, rows: int) -> bool:
-        previous = self.choice.get(rows)
-        if previous is None:  # nothing compared yet: draft, then plain, MIN_ROUNDS each
-            spec, plain = self.rate(rows, True), self.rate(rows, False)
-            if spec is None:
-                return True
-            if plain is None:
-                return False
-        else:  # the loser on its recent probes, the winner on its window
-            spec = self.rate(rows, True, None if previous else self.MIN_ROUNDS)
-            plain = self.rate(rows, False, self.MIN_ROUNDS if previous else None)
+        spec, plain = self.rate(rows, True), self.rate(rows, False)
+        if spec is None:
+            return True
+        if plain is None:
+            return False
         drafting = spec >= (1.0 - self.MARGIN) * plain
-        interval = self.interval.get(rows, self.PROBE_EVERY)
-        if previous is not None and drafting != previous:
-            interval = self.PROBE_EVERY  # the probes overturned the choice: watch closely again
+        previous = self.choice.get(rows)
         self.choice[rows] = drafting
+        interval = self.interval.get(rows, self.PROBE_EVERY)
+        if previous is not None and drafting != previous:  # the probes overturned the choice:
+            interval, self.since_probe[rows] = self.PROBE_EVERY, 0  # watch closely again
         n = self.since_probe.get(rows, 0) + 1
         if n < interval:
             self.since_probe[rows], self.interval[rows] = n, interval
             return drafting
         self.since_probe[rows] = 0
-        self.interval[rows] = min(2 * interval, self.MAX_PROBE_EVERY) if drafting == previous else interval
+        settled = len(self.rounds[(rows, not drafting)]) >= self.WINDOW  # the loser's window is full
+        self.interval[rows] = min(2 * interval, self.MAX_PROBE_EVERY) if settled else interval
         return not drafting  # the probe: a round of the losing mode
 
 

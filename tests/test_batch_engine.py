@@ -282,9 +282,9 @@ def test_padded_rounds_are_priced_at_their_padded_size(tiny):
 
 
 def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
-    """Each mode gets its rounds, the faster one wins; the loser is probed one round in 16, then
-    (while the probes confirm the choice) in 32, 64, ... up to 256; when recent probes beat the
-    winner the choice flips and the probing interval starts again at 16."""
+    """Each mode gets its rounds, the faster one wins; the loser is probed one round in 16 until
+    its window is full, then (while the probes confirm the choice) in 32, 64, ... up to 256; when
+    the probes beat the winner the choice flips and the probing interval starts again at 16."""
     from agentspark.batch import DraftingRates
 
     rates = DraftingRates()
@@ -299,11 +299,14 @@ def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
 
     first = rounds(2 * DraftingRates.MIN_ROUNDS, 2, 3)  # plain commits more per second here
     assert first == [True] * DraftingRates.MIN_ROUNDS + [False] * DraftingRates.MIN_ROUNDS
-    picks = rounds(16 + 32 + 64 + 128 + 256 + 256, 2, 3)
+    full = DraftingRates.WINDOW - DraftingRates.MIN_ROUNDS + 1  # probes until one finds the loser's window full
+    picks = rounds(16 * full + 32 + 64 + 128 + 256 + 256, 2, 3)
     probes = [i + 1 for i, p in enumerate(picks) if p]
-    assert probes == [16, 48, 112, 240, 496, 752]  # only the probes draft, ever rarer
+    steady = [16 * full + x for x in (32, 96, 224, 480, 736)]
+    assert probes == [16 * (i + 1) for i in range(full)] + steady  # only the probes draft, then ever rarer
     rates.observe(4, True, 1, 0.01)  # one bad drafting round among good ones changes nothing
-    for _ in range(DraftingRates.MIN_ROUNDS):  # recent probes now beat plain clearly: the choice flips
+    assert not rates.choose(4)
+    for _ in range(DraftingRates.WINDOW):  # the probes now beat plain clearly: the choice flips
         rates.observe(4, True, 8, 0.01)
     assert rates.choose(4)
     picks = rounds(40, 8, 3)
