@@ -38,7 +38,9 @@ kept K/V come from the decode steps that produced them, not from one fresh prefi
 Drafters: one per slot, made from the prototype (``Drafter.sibling``: the same weights, its own
 state), so a slot's drafter holds the features of the conversation its slot holds; learned
 drafters read the target features of their own rows of the batched forward. A learned drafter
-drafts eagerly here (the batch-1 engine's device drafting binds one request).
+drafts eagerly here (the batch-1 engine's device drafting binds one request); with
+``batch_drafts`` (the default on CUDA) the DSpark/DFlash drafters of all rows, and the learned half
+of the hybrids, draft in one block forward (``DSparkDrafter.propose_rows``) instead of one each.
 
 SPS(B): ``schedule="adaptive"`` without ``sps_table`` measures the table at construction (while
 no request holds a slot) and caches it per model and machine (sps_cache.py). B is what a round's
@@ -58,7 +60,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .drafters.base import Draft, Drafter
+from .drafters.base import Draft, Drafter, propose_rows
 from .request import GenerationResult, StreamChunk, _Request, commit_tokens, first_logits, new_request, reusable_prefix
 from .errors import InvalidRequestError
 from .model.linear import blas_owns_the_cores
@@ -168,6 +170,7 @@ class BatchEngine:
         exact: bool | str | None = None,
         reuse_prefix: bool = True,
         skip_drafting: bool = True,
+        batch_drafts: bool | None = None,
     ) -> None:
         """drafter: a prototype (each slot gets a ``sibling`` of it) or a callable that makes one
         drafter per slot; None for plain batched decoding. slots: requests running at once (more
@@ -176,7 +179,12 @@ class BatchEngine:
         end is never scheduled. reuse_prefix: keep each slot's conversation for the next request
         that shares its prefix (module docstring). skip_drafting: ``adaptive`` may skip drafting
         in a round where rounds of as many rows did better without (``DraftingRates``); False
-        drafts every round (tests of the Θ rule itself)."""
+        drafts every round (tests of the Θ rule itself). batch_drafts: learned drafters draft
+        every row in one forward (``Drafter.propose_rows``) instead of one request at a time;
+        None = on CUDA, where a forward costs its launches whatever its rows (the batched
+        forward rounds differently, so a sampled draft, never the output's distribution, can
+        differ from the request's alone; on the CPU each request drafts alone, so a seeded
+        sampled request gets its solo output with the full schedule)."""
         if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise InvalidRequestError(f"slots must be a positive integer, got {slots!r}")
         if not isinstance(max_draft, int) or isinstance(max_draft, bool) or not 0 <= max_draft <= 64:
@@ -203,6 +211,7 @@ class BatchEngine:
                                   capture_layers=self.capture, graphs=graphs, exact=exact)
         self.free = list(range(slots))  # least recently used first
         self.reuse_prefix = reuse_prefix
+        self.batch_drafts = self.device.type == "cuda" if batch_drafts is None else bool(batch_drafts)
         self.slot_ids: list[list[int]] = [[] for _ in range(slots)]  # tokens whose K/V a free slot holds
         self.waiting: deque[BatchRequest] = deque()
         self.running: list[BatchRequest] = []
@@ -383,14 +392,22 @@ class BatchEngine:
     def _round(self) -> list[BatchRequest]:
         t0 = time.perf_counter()
         live = list(self.running)
-        drafts: list[Draft | None] = []
+        drafts: list[Draft | None] = [None] * len(live)
         drafting = self._drafts_can_pay(len(live)) and self._drafting_pays(len(live))
-        for h in live:
-            req = h._req
-            start = len(req.tokens) - 1  # the anchor's position; the slot's cache holds [0, start)
-            room = min(self.max_draft, req.budget - req.generated - 1, self.runner.capacity - 1 - start)
-            draft = h._drafter.propose(req.tokens, room) if drafting and h._drafter is not None and room > 0 else None
-            drafts.append(None if draft is None else draft.truncate(max(0, min(len(draft), room))))
+        if drafting:
+            wanted, rooms = [], []
+            for k, h in enumerate(live):
+                req = h._req
+                start = len(req.tokens) - 1  # the anchor's position; the slot's cache holds [0, start)
+                room = min(self.max_draft, req.budget - req.generated - 1, self.runner.capacity - 1 - start)
+                if h._drafter is not None and room > 0:
+                    wanted.append(k)
+                    rooms.append(room)
+            drafters, contexts = [live[k]._drafter for k in wanted], [live[k]._req.tokens for k in wanted]
+            proposed = (propose_rows(drafters, contexts, rooms) if self.batch_drafts else
+                        [d.propose(t, r) for d, t, r in zip(drafters, contexts, rooms)])
+            for k, room, draft in zip(wanted, rooms, proposed):
+                drafts[k] = draft.truncate(max(0, min(len(draft), room)))
         lengths = self._lengths(drafts)
         rows, verified = [], []
         for h, draft, length in zip(live, drafts, lengths):

@@ -240,16 +240,21 @@ def test_the_appendix_a_variant_lets_a_later_draft_decide():
     assert choose_lengths_no_early_stop(confident_after, sps) == [2]
 
 
-@pytest.mark.parametrize("method", ["dspark", "eagle3"])
-def test_learned_drafters_in_the_batch_are_lossless(family, method):  # noqa: F811 (the fixture)
+@pytest.mark.parametrize("method,batch_drafts", [("dspark", False), ("dspark", True), ("eagle3", False),
+                                                 ("auto", True)])
+def test_learned_drafters_in_the_batch_are_lossless(family, method, batch_drafts):  # noqa: F811 (the fixture)
     """A learned drafter per slot (``sibling``), fed its own rows' target features from the
-    batched forward: every request greedy equals plain decoding of it alone, conversations that
-    reuse a slot's prefix included."""
+    batched forward, drafting one request at a time or all rows in one block forward (DSpark, and
+    the learned half of the hybrid): every request greedy equals plain decoding of it alone,
+    conversations that reuse a slot's prefix included."""
+    from agentspark.drafters.hybrid import HybridDrafter
     from test_learned_drafters import make_drafter, random_drafter_model
 
     target, ps, reference, params = family
-    drafter = make_drafter(random_drafter_model(target, method, seed=71), target)
-    batch = BatchEngine(target, drafter, slots=3, max_draft=4, max_seq_len=128)
+    drafter = make_drafter(random_drafter_model(target, "dspark" if method == "auto" else method, seed=71), target)
+    if method == "auto":
+        drafter = HybridDrafter(drafter)
+    batch = BatchEngine(target, drafter, slots=3, max_draft=4, max_seq_len=128, batch_drafts=batch_drafts)
     results = batch.generate_many(ps, params)
     assert [r.token_ids for r in results] == reference
     assert sum(sum(r.accepted for r in res.stats.rounds) for res in results) > 0  # the drafts did land
@@ -261,6 +266,42 @@ def test_learned_drafters_in_the_batch_are_lossless(family, method):  # noqa: F8
     again = batch.generate_many(follow, params)
     assert [r.token_ids for r in again] == refs
     assert all(r.stats.prefill_tokens < len(f) for r, f in zip(again, follow))  # their prefixes were reused
+
+
+def test_dspark_rows_draft_in_one_forward_what_each_drafts_alone(family):  # noqa: F811 (the fixture)
+    """``DSparkDrafter.propose_rows``: the rows of one block forward (contexts of different lengths,
+    padded and masked) give each drafter the draft, q and confidences its own ``propose`` gives,
+    greedy and sampled (the same generator state); rows that cannot draft get nothing."""
+    from agentspark.drafters.dspark import DSparkDrafter
+    from test_learned_drafters import make_drafter, random_drafter_model
+
+    target, ps, _, _ = family
+    proto = make_drafter(random_drafter_model(target, "dspark", seed=72), target)
+    width = len(proto.capture_layers) * target.config.hidden_size
+    g = torch.Generator().manual_seed(73)
+    for params in (SamplingParams(), SamplingParams(temperature=0.9, seed=5)):
+        contexts = [ps[i][: 4 + 3 * i] for i in range(4)]
+        pairs = []
+        for ctx in contexts:
+            feats = torch.randn(len(ctx) - 1, width, generator=g)
+            pair = []
+            for _ in range(2):
+                d = proto.sibling()
+                d.start(ctx, params, torch.Generator().manual_seed(9) if not params.greedy else None)
+                d.observe(feats, 0)
+                pair.append(d)
+            pairs.append(pair)
+        pairs[2][0].length = pairs[2][1].length = 0  # features missing: this row drafts nothing
+        alone = [a.propose(ctx, 4) for (a, _), ctx in zip(pairs, contexts)]
+        rows = DSparkDrafter.propose_rows([b for _, b in pairs], contexts, [4] * 4)
+        for r, (x, y) in enumerate(zip(alone, rows)):
+            assert x.tokens.tolist() == y.tokens.tolist(), r
+            assert (x.probs is None) == (y.probs is None)
+            if x.probs is not None:
+                assert torch.allclose(x.probs, y.probs, atol=1e-5)
+            if x.confidences is not None:
+                assert torch.allclose(x.confidences, y.confidences, atol=1e-5)
+        assert len(rows[2]) == 0 and all(len(rows[r]) for r in (0, 1, 3))
 
 
 def test_padded_rounds_are_priced_at_their_padded_size(tiny):

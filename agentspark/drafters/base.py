@@ -96,6 +96,22 @@ class Drafter(ABC):
         its request state: one per KV slot of the batch engine, each with its own conversation."""
         raise NotImplementedError(f"the {self.name} drafter cannot serve more than one request at a time")
 
+    @staticmethod
+    def propose_rows(drafters: list[Drafter], tokens: list[list[int]], rooms: list[int]) -> list[Draft]:
+        """The drafts of several requests, each drafter continuing its own tokens (the batched
+        engine's rows). A kind whose drafts come from one forward overrides it to draft all rows
+        in that forward; this one proposes one request at a time."""
+        return [d.propose(t, r) for d, t, r in zip(drafters, tokens, rooms)]
+
+
+def propose_rows(drafters: list[Drafter], tokens: list[list[int]], rooms: list[int]) -> list[Draft]:
+    """Every row's draft: through the kind's batched ``propose_rows`` when all the drafters are of
+    one kind, else one request at a time."""
+    kind = type(drafters[0]) if drafters else Drafter
+    if len(drafters) > 1 and all(type(d) is kind for d in drafters):
+        return kind.propose_rows(drafters, tokens, rooms)
+    return Drafter.propose_rows(drafters, tokens, rooms)
+
 
 @dataclass
 class DeviceSchedule:

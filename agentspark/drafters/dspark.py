@@ -5,7 +5,8 @@ context features of every committed position. The engine hands it the target's h
 from each forward it already makes (prefill, verify) through ``observe``; they are written at
 their positions, which is also the rollback (a verify observes only x0 and the accepted tokens,
 so the cache ends right before the next anchor). ``propose`` runs one block forward and the
-Markov head's left-to-right sampling. Nothing of the block itself is cached.
+Markov head's left-to-right sampling; ``propose_rows`` one block forward for the drafts of many
+requests at once (the batched engine). Nothing of the block itself is cached.
 """
 
 from __future__ import annotations
@@ -97,15 +98,22 @@ class DSparkDrafter(Drafter):
             self.values[i, :, :, start:end] = v
         self.length = end
 
+    def _can_draft(self, tokens: list[int], max_tokens: int) -> int:
+        """How many tokens a draft after ``tokens`` may hold (0: no room, or features missing)."""
+        cfg = self.model.cfg
+        anchor_pos = len(tokens) - 1
+        room = min(max_tokens, cfg.block_size)
+        fits = anchor_pos < self.capacity and anchor_pos + cfg.block_size <= self.model.rope_cos.shape[0]
+        return room if room > 0 and fits and self.length == anchor_pos else 0
+
     @torch.inference_mode()
     def propose(self, tokens: list[int], max_tokens: int) -> Draft | DeviceDraft:
         cfg, model = self.model.cfg, self.model
         anchor_pos = len(tokens) - 1
         self._last_logits = None
         device = self.keys.device
-        room = min(max_tokens, cfg.block_size)
-        fits = anchor_pos < self.capacity and anchor_pos + cfg.block_size <= model.rope_cos.shape[0]
-        if room <= 0 or not fits or self.length != anchor_pos:  # no room, or features missing: draft nothing
+        room = self._can_draft(tokens, max_tokens)
+        if not room:
             return Draft.empty(device)
         self.seen = tokens[:anchor_pos]
         if self.device_drafting is not None:  # the graph: tokens, q and the length stay on the device
@@ -117,7 +125,60 @@ class DSparkDrafter(Drafter):
         positions = (anchor_pos + self._offsets)[None]  # [1, B]
         ctx = [(self.keys[i, :, :, :anchor_pos], self.values[i, :, :, :anchor_pos]) for i in range(cfg.num_layers)]
         h = model.block_hidden(block, positions, ctx, None)[0, :room]  # [g, H]
-        base = model.base_logits(h).float()  # [g, Vd]
+        return self._sample_block(anchor[0], h, model.base_logits(h).float())
+
+    @staticmethod
+    @torch.inference_mode()
+    def propose_rows(drafters: list[DSparkDrafter], tokens: list[list[int]], rooms: list[int]) -> list[Draft]:
+        """One block forward for the drafts of several requests (the batched engine's rows), each
+        drafter a sibling over the same model with its own context cache: row r's block [anchor,
+        MASK x (B-1)] at its own positions attends to its own context (padded to the longest, the
+        rest masked) and its whole block. The Markov head then samples each row as ``propose``
+        does, with the row's own parameters and generator. A row that cannot draft gets an empty
+        draft; with fewer than two rows that can, each drafts alone."""
+        if any(d.model is not drafters[0].model for d in drafters):  # siblings of different models
+            return Drafter.propose_rows(drafters, tokens, rooms)
+        drafts: list[Draft | None] = [None] * len(drafters)
+        live = []
+        for i, (d, toks, room) in enumerate(zip(drafters, tokens, rooms)):
+            d._last_logits = None
+            room = d._can_draft(toks, room) if d.device_drafting is None else 0
+            if room:
+                live.append((i, room))
+            elif d.device_drafting is not None:
+                drafts[i] = d.propose(toks, rooms[i])
+            else:
+                drafts[i] = Draft.empty(d.keys.device)
+        if len(live) < 2:
+            for i, _ in live:
+                drafts[i] = drafters[i].propose(tokens[i], rooms[i])
+            return drafts
+        first = drafters[live[0][0]]
+        model, cfg, device = first.model, first.model.cfg, first.keys.device
+        B = cfg.block_size
+        anchors = [len(tokens[i]) - 1 for i, _ in live]  # each row's anchor position
+        S = max(anchors)
+        block = torch.stack([torch.cat([torch.tensor([tokens[i][-1]], device=device), first._mask_tail])
+                             for i, _ in live])  # [R, B]
+        positions = torch.tensor(anchors, device=device)[:, None] + first._offsets  # [R, B]
+        ctx = [(torch.cat([drafters[i].keys[layer, :, :, :S] for i, _ in live]),
+                torch.cat([drafters[i].values[layer, :, :, :S] for i, _ in live]))
+               for layer in range(cfg.num_layers)]  # per layer [R, Hkv, S, D]
+        seen = torch.arange(S + B, device=device)[None, :] < torch.tensor(anchors, device=device)[:, None]
+        seen[:, S:] = True  # the whole block
+        mask = seen[:, None, None, :].expand(len(live), 1, B, S + B)  # [R, 1, B, S+B]
+        h = model.block_hidden(block, positions, ctx, mask)  # [R, B, H]
+        base = model.base_logits(h).float()  # [R, B, Vd]
+        for r, (i, room) in enumerate(live):
+            d = drafters[i]
+            d.seen = tokens[i][: anchors[r]]
+            drafts[i] = d._sample_block(block[r, 0], h[r, :room], base[r, :room])
+        return drafts
+
+    def _sample_block(self, anchor: Tensor, h: Tensor, base: Tensor) -> Draft:
+        """A block's hidden states h [g, H] and base logits [g, Vd] -> the draft: the Markov head's
+        left-to-right sampling from the anchor (DSpark), or every slot on its own (DFlash)."""
+        model = self.model
         # Work in the draft vocabulary and map to target ids at the end: softmax, top-k and top-p
         # over Vd logits give the same q as over V logits with -inf outside Vd, at a fraction of
         # the cost. Greedy drafts are deterministic (q = None, one-hot at the token).
@@ -125,9 +186,9 @@ class DSparkDrafter(Drafter):
             picked, q = draw(base, self.params, self.generator)  # [g] draft-vocab indices, [g, Vd] | None
             return self._draft(picked, q, self._confidences(h, None))
         # DSpark: left to right from the anchor, each slot biased by the token before it.
-        prev, state = anchor[0], None
+        prev, state = anchor, None
         picks, probs, prev_feats = [], [], []
-        for k in range(room):
+        for k in range(h.shape[0]):
             e_prev = model.markov_head.prev_features(prev)  # [r]
             bias, state = model.markov_head.step(e_prev, h[k], state)
             pick, q_k = draw((base[k] + bias.float())[None], self.params, self.generator)  # [1], [1, Vd] | None

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
-from .base import DeviceSchedule, Draft, Drafter
+from .base import DeviceSchedule, Draft, Drafter, propose_rows
 from .ngram import NgramDrafter
 
 
@@ -69,16 +69,47 @@ class HybridDrafter(Drafter):
         self.learned.observe_round(start, count)
 
     def propose(self, tokens: list[int], max_tokens: int) -> Draft:
+        found, wants_learned = self._lookup_first(tokens, max_tokens)
+        if not wants_learned:
+            return found
+        return self._after_learned(tokens, found, self.learned.propose(tokens, max_tokens))
+
+    @staticmethod
+    def propose_rows(drafters: list[HybridDrafter], tokens: list[list[int]], rooms: list[int]) -> list[Draft]:
+        """Each row's lookup first, then one batched learned draft (the learned kind's
+        ``propose_rows``) for the rows whose rule asks for it: the same choices as ``propose``."""
+        out: list[Draft | None] = [None] * len(drafters)
+        wants: list[tuple[int, Draft]] = []
+        for i, (d, toks, room) in enumerate(zip(drafters, tokens, rooms)):
+            found, wants_learned = d._lookup_first(toks, room)
+            if wants_learned:
+                wants.append((i, found))
+            else:
+                out[i] = found
+        learned = propose_rows([drafters[i].learned for i, _ in wants], [tokens[i] for i, _ in wants],
+                               [rooms[i] for i, _ in wants]) if wants else []
+        for (i, found), draft in zip(wants, learned):
+            out[i] = drafters[i]._after_learned(tokens[i], found, draft)
+        return out
+
+    def _lookup_first(self, tokens: list[int], max_tokens: int) -> tuple[Draft, bool]:
+        """Steps 1 and 2 up to the learned draft: (the lookup's draft, whether the learned drafter
+        should draft now). When it should not, the round's choice is already made and returned."""
         found = self.lookup.propose(tokens, max_tokens)
         c = float(found.confidences[0]) if len(found) else 0.0
         if len(found) and c / max(1.0 - c, 1e-6) >= self.gain:
             self.learned.track(tokens)
-            return self._use(self.lookup, found)
+            return self._use(self.lookup, found), False
         due = self.skipped + 1 >= self.probe_every
         if self.gain >= self.min_gain or due:
-            draft = self.learned.propose(tokens, max_tokens)
-            if len(draft):
-                return self._use(self.learned, draft)
+            return found, True
+        return self._fall_back(tokens, found), False
+
+    def _after_learned(self, tokens: list[int], found: Draft, draft: Draft) -> Draft:
+        return self._use(self.learned, draft) if len(draft) else self._fall_back(tokens, found)
+
+    def _fall_back(self, tokens: list[int], found: Draft) -> Draft:
+        """Step 3: the lookup's draft if any, else none (the learned drafter did not draft)."""
         self.skipped += 1
         self.learned.track(tokens)
         return self._use(self.lookup, found) if len(found) else self._use(None, found)
