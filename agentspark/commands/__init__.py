@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-COMMANDS = ["generate", "bench", "fetch_default", "trace", "replay", "audit", "demo", "serve", "train_drafter", "eval_drafter"]
+COMMANDS = ["generate", "bench", "fetch_default", "trace", "replay", "audit", "demo", "serve", "train_drafter", "eval_drafter", "export_drafter"]
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
