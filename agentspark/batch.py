@@ -61,7 +61,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .drafters.base import Draft, Drafter, propose_rows
-from .request import GenerationResult, StreamChunk, _Request, commit_tokens, first_logits, new_request, reusable_prefix
+from .request import (GenerationResult, StreamChunk, _Request, chunk_of, commit_tokens, first_logits, new_request,
+                      reusable_prefix)
 from .errors import InvalidRequestError
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
@@ -373,7 +374,7 @@ class BatchEngine:
                 h._drafter.observe(out.hidden, keep)
             h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
             self.running.append(h)  # before its first commit, which may already end it (EOS, a budget of 1)
-            self._emit(h, *commit_tokens(req, [first]))
+            self._emit(h, *commit_tokens(req, [first], out.logits))
             joined.append(h)
         return joined
 
@@ -418,7 +419,7 @@ class BatchEngine:
             capture = h._drafter is not None and bool(h._drafter.capture_layers)
             mask = None if req.constraint is None else req.constraint.masks(d_tokens)  # [l+1, W]
             rows.append(RowWork(h._slot, len(req.tokens) - 1, [req.tokens[-1], *d_tokens], h.params, h._generator, q,
-                                capture=capture, mask=mask))
+                                capture=capture, mask=mask, logits=req.logprobs is not None))
             verified.append(d_tokens)
         t1 = time.perf_counter()
         results = self.runner.round(rows)  # one forward for every request; the round's one host sync
@@ -430,7 +431,8 @@ class BatchEngine:
                 h._drafter.feedback(len(d_tokens), a)
                 if row.capture:
                     h._drafter.observe(res.hidden[: a + 1], row.start)  # x0, d_1..d_a: what was committed
-            committed, delta = commit_tokens(h._req, d_tokens[:a] + [res.token])
+            committed, delta = commit_tokens(h._req, d_tokens[:a] + [res.token],
+                                             None if res.logits is None else res.logits[: a + 1])
             produced += len(committed)
             h._stats.rounds.append(RoundStats(0 if draft is None else len(draft), len(d_tokens), a, len(committed),
                                               t1 - t0, t2 - t1, 0.0))
@@ -492,13 +494,13 @@ class BatchEngine:
     def _emit(self, h: BatchRequest, committed: list[int], delta: str) -> None:
         req = h._req
         if not req.done:
-            h.chunks.append(StreamChunk(delta=delta, token_ids=committed))
+            h.chunks.append(chunk_of(req, committed, delta))
             return
         stats = h._stats
         stats.new_tokens, stats.finish_reason = req.generated, req.finish_reason
         stats.total_s = time.perf_counter() - h._t0
         h.result = GenerationResult(text=req.tracker.text, token_ids=req.tokens[len(req.prompt_ids):],
-                                    prompt_ids=req.prompt_ids, stats=stats)
-        h.chunks.append(StreamChunk(delta=delta, token_ids=committed))
+                                    prompt_ids=req.prompt_ids, stats=stats, logprobs=req.logprobs)
+        h.chunks.append(chunk_of(req, committed, delta))
         h.chunks.append(StreamChunk(delta="", token_ids=[], result=h.result))
         self._release(h)

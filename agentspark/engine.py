@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 
 from .drafters.base import DeviceDraft, DeviceSchedule, Draft, Drafter
 from .errors import InvalidDraftLengthError, InvalidRequestError
@@ -26,7 +27,8 @@ from .model.runner import ModelRunner, RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_length, choose_length_no_early_stop, quick_sizes, threshold_length
-from .request import GenerationResult, StreamChunk, _Request, commit_tokens, first_logits, new_request, reusable_prefix
+from .request import (GenerationResult, StreamChunk, _Request, chunk_of, commit_tokens, first_logits, new_request,
+                      reusable_prefix)
 from .sps_cache import cached_or_measured, save_sps, sps_key
 from .stats import RequestStats, RoundStats
 from .verify import Verifier, verify_chain
@@ -232,22 +234,22 @@ class Engine:
             if drafter and capture:
                 drafter.observe(out.hidden, keep)
             stats.prefill_tokens, stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - t_start
-            committed, delta = self._commit(req, [first])
-        yield StreamChunk(delta=delta, token_ids=committed)
+            committed, delta = self._commit(req, [first], out.logits)
+        yield chunk_of(req, committed, delta)
 
         plain_rounds = self._plain_rounds(req, generator) if drafter is None else None
         while not req.done:
             with blas_owns_the_cores(self.model.embed.weight):
                 if plain_rounds is not None:
-                    new, round_stats = next(plain_rounds)
+                    new, round_stats, logits = next(plain_rounds)
                 else:
-                    new, round_stats = self._speculative_round(req, drafter, generator, capture)
+                    new, round_stats, logits = self._speculative_round(req, drafter, generator, capture)
                 t_commit = time.perf_counter()
-                committed, delta = self._commit(req, new)
+                committed, delta = self._commit(req, new, logits)
                 round_stats.committed = len(committed)
                 round_stats.other_s += time.perf_counter() - t_commit
             stats.rounds.append(round_stats)
-            yield StreamChunk(delta=delta, token_ids=committed)
+            yield chunk_of(req, committed, delta)
 
         if plain_rounds is not None:
             plain_rounds.close()  # ends the runner's stream (and waits for its step in flight)
@@ -258,7 +260,8 @@ class Engine:
         stats.finish_reason = req.finish_reason
         stats.total_s = time.perf_counter() - t_start
         result = GenerationResult(
-            text=req.tracker.text, token_ids=req.tokens[len(req.prompt_ids) :], prompt_ids=req.prompt_ids, stats=stats
+            text=req.tracker.text, token_ids=req.tokens[len(req.prompt_ids) :], prompt_ids=req.prompt_ids, stats=stats,
+            logprobs=req.logprobs,
         )
         yield StreamChunk(delta="", token_ids=[], result=result)
 
@@ -268,35 +271,39 @@ class Engine:
 
     _commit = staticmethod(commit_tokens)
 
-    def _plain_rounds(self, req: _Request, generator: torch.Generator) -> Iterator[tuple[list[int], RoundStats]]:
+    def _plain_rounds(self, req: _Request,
+                      generator: torch.Generator) -> Iterator[tuple[list[int], RoundStats, Tensor | None]]:
         """The reference: one target step per token on the pending token, one token from its logits.
         The runner streams the steps (on CUDA with the next one in flight); a round's time is the
-        time between two tokens."""
+        time between two tokens. Under a grammar, or reporting logprobs, one round per step."""
         start = len(req.tokens) - 1  # the pending token's position; the cache holds [0, start)
-        if req.constraint is not None:
-            steps = self._constrained_steps(req, generator)
+        if req.constraint is not None or req.logprobs is not None:
+            steps = self._stepwise(req, generator)
         else:
-            steps = self.runner.plain_stream(self._slot, start, req.tokens[-1], req.params, generator,
-                                             req.budget - req.generated)
+            steps = ((t, None) for t in self.runner.plain_stream(self._slot, start, req.tokens[-1], req.params,
+                                                                   generator, req.budget - req.generated))
         observe = self._sps is not None and self.runner.kind == "host"  # one forward per token there
         try:
             t0 = time.perf_counter()
-            for token in steps:
+            for token, logits in steps:
                 seconds = time.perf_counter() - t0
                 if observe:
                     self._sps.observe(1, seconds)
-                yield [token], RoundStats(0, 0, 0, 0, 0.0, seconds, 0.0)
+                yield [token], RoundStats(0, 0, 0, 0, 0.0, seconds, 0.0), logits
                 t0 = time.perf_counter()
         finally:
             steps.close()
 
-    def _constrained_steps(self, req: _Request, generator: torch.Generator | None) -> Iterator[int]:
-        """Plain decoding under a grammar: one round per token, its logits masked at the grammar's
-        state after everything committed (which the caller commits before asking for the next)."""
+    def _stepwise(self, req: _Request, generator: torch.Generator | None) -> Iterator[tuple[int, Tensor | None]]:
+        """Plain decoding one round per token: under a grammar its logits masked at the grammar's
+        state after everything committed (which the caller commits before asking for the next);
+        reporting logprobs, with the step's logits [1, V]."""
         while True:
-            row = RowWork(self._slot, len(req.tokens) - 1, [req.tokens[-1]], req.params, generator,
-                          mask=req.constraint.masks([]))
-            yield self.runner.round([row], self.verifier)[0].token
+            mask = None if req.constraint is None else req.constraint.masks([])
+            row = RowWork(self._slot, len(req.tokens) - 1, [req.tokens[-1]], req.params, generator, mask=mask,
+                          logits=req.logprobs is not None)
+            result = self.runner.round([row], self.verifier)[0]
+            yield result.token, result.logits
 
     def _schedule_length(self, draft: Draft) -> int:
         """How many leading draft tokens to verify under this engine's schedule."""
@@ -326,7 +333,7 @@ class Engine:
 
     def _device_round(
         self, req: _Request, drafter: Drafter, draft: DeviceDraft, generator: torch.Generator, t0: float
-    ) -> tuple[list[int], RoundStats]:
+    ) -> tuple[list[int], RoundStats, None]:
         """A round whose draft stayed on the device: the drafter's graph drafted and scheduled, the
         runner's graph verifies T = 1 + drafted tokens (the unverified tail is ignored); one sync."""
         start = len(req.tokens) - 1
@@ -339,11 +346,12 @@ class Engine:
         drafter.feedback(len(d_tokens), a)
         drafter.observe_round(start, a + 1)
         stats = RoundStats(draft.drafted, len(d_tokens), a, 0, t1 - t0, t2 - t1, time.perf_counter() - t2)
-        return d_tokens[:a] + [result.token], stats
+        return d_tokens[:a] + [result.token], stats, None
 
     def _speculative_round(
         self, req: _Request, drafter: Drafter, generator: torch.Generator, capture: tuple[int, ...]
-    ) -> tuple[list[int], RoundStats]:
+    ) -> tuple[list[int], RoundStats, Tensor | None]:
+        """One round: (committed candidates, stats, their logits [a+1, V] when reporting logprobs)."""
         t0 = time.perf_counter()
         start = len(req.tokens) - 1  # anchor x0's position; the cache holds [0, start)
         # Draft no further than the token budget (the round emits up to l+1) and the cache.
@@ -352,11 +360,11 @@ class Engine:
             self._sync_device_sps()
         draft = drafter.propose(req.tokens, room) if room > 0 else Draft.empty(self.device)
         if isinstance(draft, DeviceDraft):
-            if req.constraint is None:
+            if req.constraint is None and req.logprobs is None:
                 return self._device_round(req, drafter, draft, generator, t0)
-            # under a grammar the round runs eagerly (masks per row): the device draft's tokens and q
-            # are verified as host drafts (the device drafter then reads features the eager round
-            # did not write: weaker drafts, never a different output)
+            # under a grammar, or reporting logprobs, the round runs eagerly (masks, logits per row):
+            # the device draft's tokens and q are verified as host drafts (the device drafter then
+            # reads features the eager round did not write: weaker drafts, never a different output)
             draft = Draft(tokens=draft.tokens[: draft.drafted], probs=None if draft.probs is None else draft.probs[: draft.drafted])
         draft = draft.truncate(max(0, min(len(draft), room)))
         # Schedule: trim *before* the verify forward, never after it.
@@ -386,7 +394,7 @@ class Engine:
         q = None if verified.probs is None else verified.probs.to(self.device)
         mask = None if req.constraint is None else req.constraint.masks(d_tokens)  # [l+1, W]: row k after d_1..d_k
         row = RowWork(self._slot, start, [req.tokens[-1], *d_tokens], req.params, generator, q, capture=bool(capture),
-                      mask=mask)
+                      mask=mask, logits=req.logprobs is not None)
         result = self.runner.round([row], self.verifier)[0]  # the round's one host sync
         t2 = time.perf_counter()
         if self._sps is not None:
@@ -399,4 +407,4 @@ class Engine:
             drafter.observe(result.hidden[: a + 1], start)  # x0, d_1..d_a: what was committed
         new = d_tokens[:a] + [result.token]
         stats = RoundStats(len(draft), len(verified), a, 0, t1 - t0, t2 - t1, time.perf_counter() - t2)
-        return new, stats
+        return new, stats, None if result.logits is None else result.logits[: a + 1]

@@ -129,6 +129,9 @@ class ChatAgentSpark(BaseChatModel):
         check_tool_choice(choice, tools)
         params = {k: kwargs.pop(k) for k in ("temperature", "max_tokens", "top_p", "top_k", "seed") if k in kwargs}
         grammar = grammar_of(kwargs.pop("response_format", None))
+        logprobs, top = kwargs.pop("logprobs", None), kwargs.pop("top_logprobs", None)
+        if top is not None and not logprobs:
+            raise ValueError("top_logprobs needs logprobs=True")
         unknown = [k for k in kwargs if k != "parallel_tool_calls" and not k.startswith("ls_")]
         if unknown:
             raise TypeError(f"ChatAgentSpark got unexpected keyword arguments: {unknown}")
@@ -137,6 +140,7 @@ class ChatAgentSpark(BaseChatModel):
             temperature=params.get("temperature", self.temperature), top_k=params.get("top_k", self.top_k),
             top_p=params.get("top_p", self.top_p), seed=params.get("seed", self.seed),
             max_new_tokens=params.get("max_tokens", self.max_tokens), stop=tuple(stop or ()), grammar=grammar,
+            logprobs=(top or 0) if logprobs else None,
         )
         return {"messages": to_backend_messages(messages), "tools": tools, "sampling": sampling, "tool_choice": choice}
 
@@ -150,6 +154,8 @@ class ChatAgentSpark(BaseChatModel):
                                   "agentspark_stats": r.stats.to_dict(rounds=False) if r.stats else None,
                                   "forced_prefix": r.forced_prefix},
         }
+        if r.logprobs is not None:  # bind(logprobs=True[, top_logprobs=k]): where langchain-openai puts them
+            out["response_metadata"]["logprobs"] = {"content": r.logprobs}
         if r.message.raw_text is not None:
             out["additional_kwargs"] = {RAW_TEXT_KEY: r.message.raw_text}
         return out

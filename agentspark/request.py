@@ -16,6 +16,7 @@ from torch import Tensor
 from .constraints import Constraint, masked_logits
 from .detokenize import TextTracker
 from .errors import InvalidRequestError, PromptTooLongError
+from .logprobs import TokenLogprob, token_logprobs
 from .model.loading import LoadedModel
 from .sampling import SamplingParams
 from .stats import RequestStats
@@ -27,6 +28,7 @@ class GenerationResult:
     token_ids: list[int]  # generated tokens only
     prompt_ids: list[int]
     stats: RequestStats
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when SamplingParams.logprobs asked
 
     @property
     def finish_reason(self) -> str:
@@ -38,6 +40,7 @@ class StreamChunk:
     delta: str  # text released by this chunk
     token_ids: list[int]  # tokens committed by this chunk
     result: GenerationResult | None = None  # set on the last chunk only
+    logprobs: list[TokenLogprob] | None = None  # of token_ids, when the request asked for them
 
 
 @dataclass
@@ -52,6 +55,7 @@ class _Request:
     tokens: list[int] = field(default_factory=list)  # prompt + generated
     finish_reason: str = ""
     constraint: Constraint | None = None  # the grammar's state, when the request has one
+    logprobs: list[TokenLogprob] | None = None  # of every committed token, when params.logprobs is set
 
     def commit(self, token: int) -> str:
         self.tokens.append(token)
@@ -88,7 +92,8 @@ def new_request(target: LoadedModel, capacity: int, prompt_ids: list[int], param
     if params.grammar is not None:
         constraint = Constraint(params.grammar, target.tokenizer, vocab, target.eos_token_ids)
     return _Request(prompt_ids=prompt_ids, params=params, budget=budget, eos=target.eos_token_ids,
-                    tracker=TextTracker(target.tokenizer, params.stop), tokens=list(prompt_ids), constraint=constraint)
+                    tracker=TextTracker(target.tokenizer, params.stop), tokens=list(prompt_ids), constraint=constraint,
+                    logprobs=None if params.logprobs is None else [])
 
 
 def reusable_prefix(cached_ids: list[int], prompt_ids: list[int]) -> int:
@@ -106,8 +111,9 @@ def first_logits(req: _Request, logits: Tensor) -> Tensor:
     return logits if req.constraint is None else masked_logits(logits, req.constraint.masks([]))
 
 
-def commit_tokens(req: _Request, new: list[int]) -> tuple[list[int], str]:
-    """Commit tokens one at a time; a stop inside an accepted block cuts there."""
+def commit_tokens(req: _Request, new: list[int], logits: Tensor | None = None) -> tuple[list[int], str]:
+    """Commit tokens one at a time; a stop inside an accepted block cuts there. ``logits`` [n, V]
+    (row i decided new[i]): where the request reports logprobs, those of the committed tokens."""
     committed: list[int] = []
     delta = ""
     for token in new:
@@ -118,4 +124,14 @@ def commit_tokens(req: _Request, new: list[int]) -> tuple[list[int], str]:
             break
     if req.constraint is not None:
         req.constraint.commit(committed)
+    if req.logprobs is not None and committed:
+        if logits is None:
+            raise AssertionError("a request reporting logprobs committed tokens without their logits")
+        req.logprobs.extend(token_logprobs(logits, committed, req.params.logprobs))
     return committed, delta
+
+
+def chunk_of(req: _Request, committed: list[int], delta: str) -> StreamChunk:
+    """The chunk of a commit: its text, its tokens and (when asked for) their logprobs."""
+    logprobs = None if req.logprobs is None else req.logprobs[len(req.logprobs) - len(committed):]
+    return StreamChunk(delta=delta, token_ids=committed, logprobs=logprobs)

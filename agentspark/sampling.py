@@ -49,6 +49,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = field(default=())  # stop strings: the text is cut before them
     grammar: Grammar | None = None  # constrained decoding (constraints.py): the output must match it
+    logprobs: int | None = None  # report generated tokens' logprobs and the k best (logprobs.py); None = off
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -69,6 +70,9 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         if not isinstance(self.stop, (tuple, list)) or any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= 20):
+            raise InvalidSamplingError(
+                f"logprobs must be None (off) or an integer in [0, 20] (alternatives per token), got {self.logprobs!r}")
         if self.grammar is not None and not isinstance(self.grammar, Grammar):
             raise InvalidSamplingError(f"grammar must be an agentspark.constraints.Grammar, got {type(self.grammar).__name__}")
 

@@ -71,6 +71,7 @@ class BackendResponse:
     completion_ids: list[int] | None = None  # local backends: the generated token ids
     forced_prefix: str = ""  # text the backend put in the model's mouth (tool_choice), if any
     forced_suffix: str = ""  # text the backend appended to close a forced call, if any
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content items, when asked (logprobs.py)
 
 
 def reply_message(text: str, *, parse_tools: bool, cut_off: bool = False) -> AssistantMessage:
@@ -110,6 +111,7 @@ def response_record(response: BackendResponse) -> dict[str, Any]:
 class BackendChunk:
     delta: str
     response: BackendResponse | None = None  # set on the last chunk only
+    logprobs: list[dict[str, Any]] | None = None  # logprobs.content items of the tokens behind this delta
 
 
 class Backend(ABC):

@@ -21,7 +21,7 @@ from ..batch_worker import BatchWorker
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from .base import Backend, BackendChunk, ToolChoice
-from .local import PreparedRequest, prepare_request, relay
+from .local import PreparedRequest, prepare_request, relay, token_text
 
 
 class BatchBackend(Backend):
@@ -59,7 +59,8 @@ class BatchBackend(Backend):
         Closing the iterator early cancels the request and frees its slot."""
         prepared = self.prepare(messages, tools, sampling, tool_choice)
         ticket = self.worker.submit(prepared.prompt_ids, prepared.params, speculative=self.speculative)
-        return _closing(relay(ticket, prepared, tools if tool_choice != "none" else None, self.name), ticket)
+        return _closing(relay(ticket, prepared, tools if tool_choice != "none" else None, self.name,
+                              token_text(self.engine.tokenizer)), ticket)
 
     def stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                sampling: SamplingParams | None = None, tool_choice: ToolChoice = "auto") -> Iterator[BackendChunk]:

@@ -18,7 +18,7 @@ fragment of that call is in ``invalid_tool_calls``, never reported as a call.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..agent.tool_prompt import apply_chat_template_with_tools
 from ..constraints import Grammar
 from ..engine import Engine, StreamChunk
 from ..errors import InvalidRequestError
+from ..logprobs import wire_logprobs
 from ..sampling import SamplingParams
 from .base import Backend, BackendChunk, BackendResponse, ToolChoice, finish_reason, reply_message
 
@@ -151,7 +152,7 @@ class LocalBackend(Backend):
     def _stream(self, prepared: PreparedRequest, offered: list[dict[str, Any]] | None) -> Iterator[BackendChunk]:
         chunks = self.engine.stream(prepared.prompt_ids, prepared.params, speculative=self.speculative,
                                     reuse_cache=self.reuse_cache)
-        yield from relay(chunks, prepared, offered, self.name)
+        yield from relay(chunks, prepared, offered, self.name, token_text(self.engine.tokenizer))
 
 
 def tool_call_grammar(tools: list[dict[str, Any]], tool_choice: ToolChoice) -> Grammar:
@@ -211,17 +212,24 @@ def prepare_request(tokenizer: Any, messages: list[dict[str, Any]], tools: list[
     return PreparedRequest(prompt_ids, prefix, params, CLOSE_FORCED_CALL if closing else "")
 
 
+def token_text(tokenizer: Any) -> Callable[[int], str]:
+    """A token id's text alone (logprobs' ``token``)."""
+    return lambda token_id: tokenizer.decode([token_id])
+
+
 def relay(chunks: Iterable[StreamChunk], prepared: PreparedRequest, offered: list[dict[str, Any]] | None,
-          backend: str) -> Iterator[BackendChunk]:
+          backend: str, decode: Callable[[int], str] | None = None) -> Iterator[BackendChunk]:
     """An engine's stream of a prepared request as backend chunks: the forced prefix first, the
-    text deltas, the closing suffix, then the response (the reply parsed for tool calls)."""
+    text deltas (with their tokens' logprobs where the request asked; ``decode`` names them), the
+    closing suffix, then the response (the reply parsed for tool calls)."""
     prompt_ids, prefix, suffix = prepared.prompt_ids, prepared.prefix, prepared.suffix
     if prefix:
         yield BackendChunk(delta=prefix)
     result = None
     for chunk in chunks:
-        if chunk.delta:
-            yield BackendChunk(delta=chunk.delta)
+        logprobs = None if chunk.logprobs is None or decode is None else wire_logprobs(chunk.logprobs, decode)
+        if chunk.delta or logprobs:
+            yield BackendChunk(delta=chunk.delta, logprobs=logprobs)
         result = chunk.result or result
     assert result is not None
     cut_off = result.finish_reason == "length"
@@ -246,5 +254,6 @@ def relay(chunks: Iterable[StreamChunk], prepared: PreparedRequest, offered: lis
             completion_ids=list(result.token_ids),
             forced_prefix=prefix,
             forced_suffix=suffix,
+            logprobs=None if result.logprobs is None or decode is None else wire_logprobs(result.logprobs, decode),
         ),
     )

@@ -42,6 +42,12 @@ _CUT = "the reply reached the token limit before this tool call was complete"
 _SHORTER = "so the call was not made; write it again with shorter arguments"
 
 
+def _logprob_items(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A choice's (or a chunk choice's) ``logprobs.content`` items, as the server sent them."""
+    block = choice.get("logprobs")
+    return (block.get("content") or None) if isinstance(block, dict) else None
+
+
 def response_format(grammar: Grammar) -> dict[str, Any]:
     """A request's grammar as OpenAI's response_format (what vLLM, SGLang and our server take);
     grammars it cannot say (Lark, regex) are refused rather than dropped."""
@@ -172,6 +178,10 @@ class RemoteBackend(Backend):
             body["stop"] = list(sampling.stop)
         if sampling.grammar is not None:
             body["response_format"] = response_format(sampling.grammar)
+        if sampling.logprobs is not None:
+            body["logprobs"] = True
+            if sampling.logprobs:
+                body["top_logprobs"] = sampling.logprobs
         if tools:
             body["tools"] = tools
             body["tool_choice"] = tool_choice if tool_choice in ("auto", "none", "required") else {
@@ -223,6 +233,7 @@ class RemoteBackend(Backend):
         response = self._send(self._body(messages, tools, sampling, tool_choice, stream=True), stream=True)
         content, finish, usage, extension = "", "stop", {}, None
         calls: dict[int, dict[str, Any]] = {}
+        logprobs: list[dict[str, Any]] | None = None if sampling.logprobs is None else []
         try:
             for line in response.iter_lines():
                 if not line.startswith("data:"):
@@ -239,9 +250,12 @@ class RemoteBackend(Backend):
                 extension = event.get("agentspark") or extension  # our server, on its last chunks
                 for choice in event.get("choices") or []:
                     delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        content += delta["content"]
-                        yield BackendChunk(delta=delta["content"])
+                    items = _logprob_items(choice) if logprobs is not None else None
+                    if items:
+                        logprobs.extend(items)
+                    if delta.get("content") or items:
+                        content += delta.get("content") or ""
+                        yield BackendChunk(delta=delta.get("content") or "", logprobs=items)
                     for tc in delta.get("tool_calls") or []:  # arguments arrive in pieces
                         slot = calls.setdefault(tc.get("index", 0), {"id": "", "function": {"name": "", "arguments": ""}})
                         slot["id"] = tc.get("id") or slot["id"]
@@ -263,6 +277,7 @@ class RemoteBackend(Backend):
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 backend=self.name,
+                logprobs=logprobs,
             ),
         )
 
@@ -290,6 +305,7 @@ class RemoteBackend(Backend):
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             backend=self.name,
+            logprobs=None if sampling.logprobs is None else _logprob_items(choice) or [],
         )
 
     def close(self) -> None:

@@ -412,3 +412,14 @@ def test_real_default_model_end_to_end(default_model):
         assert call.tool_calls[0]["name"] == "multiply"
     streamed = total(list(forced.stream(question)))  # greedy: the same text, streamed
     assert streamed.content == call.content and streamed.tool_calls == call.tool_calls
+    # logprobs through bind, where langchain-openai puts them; streamed, on the last chunk
+    scored = llm.bind(logprobs=True, top_logprobs=2)
+    ai = scored.invoke([HumanMessage("What is the capital of France?")])
+    items = ai.response_metadata["logprobs"]["content"]
+    assert len(items) == ai.usage_metadata["output_tokens"] and all(len(i["top_logprobs"]) == 2 for i in items)
+    again = total(list(scored.stream([HumanMessage("What is the capital of France?")])))
+    streamed = again.response_metadata["logprobs"]["content"]  # the backend reused the prompt's K/V this time:
+    assert [i["token"] for i in streamed] == [i["token"] for i in items]  # the same tokens, logprobs to rounding
+    assert all(abs(a["logprob"] - b["logprob"]) < 1e-4 for a, b in zip(streamed, items))
+    with pytest.raises(ValueError, match="top_logprobs"):
+        llm.bind(top_logprobs=2).invoke([HumanMessage("hi")])

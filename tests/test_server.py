@@ -519,10 +519,12 @@ def test_fields_it_would_ignore_are_refused_by_name(serve):
     url = serve(ScriptedBackend(["ok"] * 3))
     base = {"model": MODEL, "messages": user("x")}
     for extra, param in (({"presence_penalty": 0.5}, "presence_penalty"), ({"frequency_penalty": -1}, "frequency_penalty"),
-                         ({"logit_bias": {"42": 5}}, "logit_bias"), ({"top_logprobs": 3}, "top_logprobs"),
-                         ({"best_of": 2}, "best_of")):
+                         ({"logit_bias": {"42": 5}}, "logit_bias"), ({"best_of": 2}, "best_of")):
         err = _assert_openai_error(_post(url, json.dumps({**base, **extra}).encode()), 400, param=param)
         assert param in err["message"] and err["code"] == "unsupported_parameter"
+    # logprobs are served (tests/test_logprobs.py); alternatives without them are a mistake, said so
+    err = _assert_openai_error(_post(url, json.dumps({**base, "top_logprobs": 3}).encode()), 400, param="top_logprobs")
+    assert "logprobs: true" in err["message"]
     fine = {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "user": "u-1", "metadata": {"a": "b"},
             "parallel_tool_calls": True, "store": False}
     r = _post(url, json.dumps({**base, **fine}).encode())

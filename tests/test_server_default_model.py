@@ -6,8 +6,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from agentspark import Engine, NgramDrafter
+from agentspark import Engine, NgramDrafter, SamplingParams
 from agentspark.backends.local import LocalBackend
+from agentspark.backends.remote import RemoteBackend
 from agentspark.server import create_app, serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -37,6 +38,34 @@ def test_default_model_streamed_equals_non_streamed(default_model):
     usage_chunk = chunks[-1]
     assert usage_chunk.choices == [] and usage_chunk.usage.completion_tokens == stats["new_tokens"]
     assert usage_chunk.model_extra["agentspark"]["stats"]["new_tokens"] == stats["new_tokens"]
+
+
+def test_default_model_logprobs_on_the_wire(default_model):
+    """logprobs + top_logprobs through the openai client: one item per generated token, its text
+    the content's pieces, greedy's chosen token the best of its alternatives; the stream carries
+    the same items; top_logprobs without logprobs is a 400 naming it."""
+    backend = LocalBackend(Engine(default_model, NgramDrafter(), max_draft=4), reuse_cache=False)
+    ask = dict(model="agentspark-default", messages=PROMPT, max_tokens=12, temperature=0, logprobs=True, top_logprobs=2)
+    with serve_in_thread(create_app(backend, model_name="agentspark-default")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        full = client.chat.completions.create(**ask)
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+        with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+            client.chat.completions.create(model="agentspark-default", messages=PROMPT, max_tokens=2, top_logprobs=2)
+        # the remote backend asks for them and hands them on, streamed and not
+        remote = RemoteBackend(url, model="agentspark-default")
+        sampling = SamplingParams(max_new_tokens=12, logprobs=2)
+        got = remote.complete(PROMPT, sampling=sampling).logprobs
+        pieces = list(remote.stream(PROMPT, sampling=sampling))
+        remote.close()
+    items = full.choices[0].logprobs.content
+    assert len(items) == full.usage.completion_tokens
+    assert all(len(i.top_logprobs) == 2 and i.logprob <= 0 and i.top_logprobs[0].token == i.token for i in items)
+    assert "".join(i.token for i in items) == full.choices[0].message.content
+    streamed = [i for c in chunks if c.choices and c.choices[0].logprobs for i in c.choices[0].logprobs.content]
+    assert [(i.token, i.logprob) for i in streamed] == [(i.token, i.logprob) for i in items]
+    assert got == [i.model_dump() for i in items]
+    assert [i for p in pieces if p.logprobs for i in p.logprobs] == got == pieces[-1].response.logprobs
 
 
 def test_serve_command_wires_the_engine(monkeypatch, capsys):

@@ -342,8 +342,8 @@ class DeviceRunner(ModelRunner):
     # ---- rounds ---------------------------------------------------------------------------
     @torch.inference_mode()
     def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
-        if verifier is not verify_chain or any(r.mask is not None for r in rows):
-            # tests' negative controls, and rows under a grammar: the reference path
+        if verifier is not verify_chain or any(r.mask is not None or r.logits for r in rows):
+            # tests' negative controls, rows under a grammar, rows reporting logprobs: the reference path
             return eager_round(self, rows, verifier)
         T = self._tokens(max(len(r.tokens) for r in rows))
         greedy = all(r.params.greedy for r in rows)

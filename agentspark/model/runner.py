@@ -46,6 +46,7 @@ class RowWork:
     q: Tensor | None = None  # [l, V] the drafter's distributions; None = deterministic (or greedy)
     capture: bool = False  # return the target features of the row's tokens (learned drafters)
     mask: Tensor | None = None  # [l+1, W] int32 grammar bitmasks per row position (constraints.py); None = free
+    logits: bool = False  # return the row's logits (a request that reports logprobs)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RowResult:
     accepted: int  # a: leading draft tokens that survived, 0..l
     token: int  # the one token emitted after them
     hidden: Tensor | None = None  # [l+1, m*H] features of [x0, d_1..d_l]; rows 0..a are committed
+    logits: Tensor | None = None  # [l+1, V] the target's raw logits of the row, when RowWork.logits
 
 
 @dataclass
@@ -199,20 +201,26 @@ def eager_round(runner: ModelRunner, rows: list[RowWork], verifier: Verifier) ->
     CPU), then per row ``probs_from_logits`` and ``verifier`` (greedy rows with deterministic
     drafts: their verdict, ``greedy_verdict``); one host sync per row."""
     results = []
-    for row, (logits, hidden) in zip(rows, row_forwards(runner, rows)):
-        logits = masked_logits(logits, row.mask)  # the grammar's mask, as plain decoding applies it
-        if len(row.tokens) == 1 and row.q is None and verifier is verify_chain:
-            # plain decoding: the reference rule (the same draws as verify_chain with l = 0)
-            results.append(RowResult(0, pick_token(logits, row.params, row.generator), hidden))
-            continue
-        if row.params.greedy and row.q is None and verifier is verify_chain:
-            results.append(RowResult(*greedy_verdict(logits, row.tokens), hidden))
-            continue
-        p = probs_from_logits(logits, row.params)  # [l+1, V]
-        draft = torch.tensor(row.tokens[1:], dtype=torch.long, device=runner.device)  # [l]
-        verdict = verifier(draft, row.q, p, row.generator)  # host sync
-        results.append(RowResult(verdict.accepted, verdict.token, hidden))
+    for row, (raw, hidden) in zip(rows, row_forwards(runner, rows)):
+        logits = masked_logits(raw, row.mask)  # the grammar's mask, as plain decoding applies it
+        results.append(_eager_verdict(runner, row, logits, hidden, verifier))
+        if row.logits:
+            results[-1].logits = raw
     return results
+
+
+def _eager_verdict(runner: ModelRunner, row: RowWork, logits: Tensor, hidden: Tensor | None,
+                   verifier: Verifier) -> RowResult:
+    """One row's verdict by the reference rules (``eager_round``)."""
+    if len(row.tokens) == 1 and row.q is None and verifier is verify_chain:
+        # plain decoding: the reference rule (the same draws as verify_chain with l = 0)
+        return RowResult(0, pick_token(logits, row.params, row.generator), hidden)
+    if row.params.greedy and row.q is None and verifier is verify_chain:
+        return RowResult(*greedy_verdict(logits, row.tokens), hidden)
+    p = probs_from_logits(logits, row.params)  # [l+1, V]
+    draft = torch.tensor(row.tokens[1:], dtype=torch.long, device=runner.device)  # [l]
+    verdict = verifier(draft, row.q, p, row.generator)  # host sync
+    return RowResult(verdict.accepted, verdict.token, hidden)
 
 
 class HostRunner(ModelRunner):

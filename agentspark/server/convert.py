@@ -213,8 +213,7 @@ def _check_unique(names: list[str]) -> None:
 # contains (who asked, bookkeeping), or only a value that changes nothing is accepted.
 _HARMLESS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
              "safety_identifier")
-_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "top_logprobs": 0,
-            "modalities": ["text"]}
+_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "modalities": ["text"]}
 
 
 def refuse_unsupported(req: ChatCompletionRequest) -> None:
@@ -253,8 +252,8 @@ def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingPar
     """Raises InvalidSamplingError (-> 400) for values the engine refuses."""
     if req.n not in (None, 1):
         raise APIError(400, f"n={req.n} is not supported; this server returns exactly one choice (n=1)", param="n")
-    if req.logprobs:
-        raise APIError(400, "logprobs are not supported", param="logprobs")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     refuse_unsupported(req)
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -266,4 +265,5 @@ def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingPar
         seed=req.seed,
         max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
         stop=stop,
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
     )

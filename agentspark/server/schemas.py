@@ -104,7 +104,8 @@ class ChatCompletionRequest(_Lenient):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: StrictInt | None = None
-    logprobs: StrictBool | None = None
+    logprobs: StrictBool | None = None  # the target's logprobs of each generated token (agentspark/logprobs.py)
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)  # alternatives per token; needs logprobs: true
     # json_object / json_schema: decoding constrained to it (agentspark/constraints.py)
     response_format: ResponseFormat | None = None
 
@@ -158,10 +159,25 @@ class CompletionMessage(BaseModel):
     tool_calls: list[WireToolCall] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobBody(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobBody] | None
+    refusal: None
+
+
 class CompletionChoice(BaseModel):
     index: int
     message: CompletionMessage
-    logprobs: None
+    logprobs: ChoiceLogprobs | None
     finish_reason: str
 
 
@@ -206,7 +222,7 @@ class ChunkDelta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
-    logprobs: None
+    logprobs: ChoiceLogprobs | None
     finish_reason: str | None
 
 
@@ -289,14 +305,22 @@ def completion_body(response: BackendResponse, *, completion_id: str, created: i
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": wire, "logprobs": None, "finish_reason": response.finish_reason}],
+        "choices": [{"index": 0, "message": wire, "logprobs": choice_logprobs(response.logprobs),
+                     "finish_reason": response.finish_reason}],
         "usage": usage(response),
         "agentspark": extension(response),
     }
 
 
+def choice_logprobs(items: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A choice's ``logprobs``: None unless the request asked (then its tokens' items, maybe none)."""
+    return None if items is None else {"content": items, "refusal": None}
+
+
 def chunk_body(*, completion_id: str, created: int, model: str, delta: dict[str, Any] | None = None,
-               finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+               finish_reason: str | None = None, logprobs: list[dict[str, Any]] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": choice_logprobs(logprobs),
+                                         "finish_reason": finish_reason}]
     return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": choices, **extra}

@@ -110,12 +110,16 @@ async def sse_events(job: Job, watch: DisconnectWatch, timer: RequestTimer, *, c
     yield chunk({"role": "assistant", "content": ""})
     filt = ContentFilter(parse_tools)
     final: BackendResponse | None = None
+    pending: list[dict[str, Any]] | None = None  # logprobs of tokens whose text has not gone out yet
     try:
         while (current := await next_chunk(job, watch)) is not None:
             timer.saw(current.delta)
+            if current.logprobs is not None:
+                pending = (pending or []) + current.logprobs
             piece = filt.feed(current.delta) if current.delta else ""
             if piece:
-                yield chunk({"content": piece})
+                yield chunk({"content": piece}, logprobs=pending)
+                pending = None
             final = current.response or final
         if final is None:
             raise RuntimeError("the backend ended its stream without a response")
@@ -131,8 +135,8 @@ async def sse_events(job: Job, watch: DisconnectWatch, timer: RequestTimer, *, c
     timer.finished(final.stats, final.completion_tokens)
     message = final.message
     rest = filt.finish(message.content)
-    if rest:
-        yield chunk({"content": rest})
+    if rest or pending:  # the tokens held back (a stop string's prefix, tool-call markup) and their logprobs
+        yield chunk({"content": rest}, logprobs=pending)
     if message.tool_calls:
         calls = schemas.wire_tool_calls(message.tool_calls, call_ids(len(message.tool_calls)), indexed=True)
         yield chunk({"tool_calls": calls})
