@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UnknownDrafterError
-from .common import model_source
+from ..errors import ModelNotFoundError, UnknownDrafterError
+from .common import is_file, model_source
 
 FORMATS = ["deepspec"]
 SPEC_NAMES = "default | learned:PATH | PATH (a drafter folder: config.json + *.safetensors)"
@@ -41,14 +41,18 @@ def drafter_dir(spec: str) -> Path:
 
     if spec == "default":
         path = default_drafter_dir()
-    elif spec.startswith("learned:") and spec != "learned:":
-        path = Path(spec.removeprefix("learned:")).expanduser()
-    elif spec in ("auto", "none", "ngram") or spec.startswith(("ngram+", "draft-model:", "learned:")):
+    elif spec in ("auto", "none", "ngram", "learned:") or spec.startswith(("ngram+", "draft-model:")):
         raise UnknownDrafterError(f"{spec!r} is not a learned drafter; export-drafter exports DSpark, DFlash or "
                                   f"EAGLE-3 drafters: {SPEC_NAMES}")
     else:
-        path = Path(spec).expanduser()
-    read_config(path)  # ModelNotFoundError / CorruptModelError / UnsupportedModelError, one line each
+        try:  # expanduser raises RuntimeError for an unknown ~user
+            path = Path(spec.removeprefix("learned:")).expanduser()
+        except RuntimeError as exc:
+            raise ModelNotFoundError(f"cannot use SPEC {spec!r}: {exc}") from None
+    if not is_file(path / "config.json"):  # is_file: False (not a crash) for a name too long to look up
+        raise ModelNotFoundError(f"no drafter at {str(path)!r}: expected a folder with config.json and *.safetensors "
+                                 f"(SPEC: {SPEC_NAMES})")
+    read_config(path)  # CorruptModelError / UnsupportedModelError, one line each
     return path
 
 
