@@ -139,6 +139,14 @@ class Backend(ABC):
         chunk (the server, before it sends a stream's headers). By default nothing is checked early."""
         return self.stream(messages, tools, sampling, tool_choice)
 
+    def open_text(self, prompt: str | list[int], sampling: SamplingParams | None = None) -> Iterator[BackendChunk]:
+        """A plain completion (the server's /v1/completions): ``prompt`` as text or token ids,
+        continued as is, no chat template, no tools; checked now, chunks as ``open``'s. Backends
+        that hold a model offer it; the others serve chat only."""
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"the {self.name} backend serves chat completions only, not plain completions")
+
     def load(self) -> tuple[int, int] | None:
         """(requests running, requests waiting) where the backend knows them, else None."""
         return None

@@ -21,7 +21,7 @@ from ..batch_worker import BatchWorker
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from .base import Backend, BackendChunk, ToolChoice
-from .local import PreparedRequest, prepare_request, relay, token_text
+from .local import PreparedRequest, prepare_request, relay, text_request, token_text
 
 
 class BatchBackend(Backend):
@@ -61,6 +61,11 @@ class BatchBackend(Backend):
         ticket = self.worker.submit(prepared.prompt_ids, prepared.params, speculative=self.speculative)
         return _closing(relay(ticket, prepared, tools if tool_choice != "none" else None, self.name,
                               token_text(self.engine.tokenizer)), ticket)
+
+    def open_text(self, prompt: str | list[int], sampling: SamplingParams | None = None) -> Iterator[BackendChunk]:
+        prepared = text_request(self.engine.tokenizer, prompt, sampling)
+        ticket = self.worker.submit(prepared.prompt_ids, prepared.params, speculative=self.speculative)
+        return _closing(relay(ticket, prepared, None, self.name, token_text(self.engine.tokenizer)), ticket)
 
     def stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                sampling: SamplingParams | None = None, tool_choice: ToolChoice = "auto") -> Iterator[BackendChunk]:

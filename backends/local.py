@@ -27,6 +27,7 @@ from ..constraints import Grammar
 from ..engine import Engine, StreamChunk
 from ..errors import InvalidRequestError
 from ..logprobs import wire_logprobs
+from ..prompts import encode_prompt
 from ..sampling import SamplingParams
 from .base import Backend, BackendChunk, BackendResponse, ToolChoice, finish_reason, reply_message
 
@@ -139,6 +140,11 @@ class LocalBackend(Backend):
         self.engine.check(prepared.prompt_ids, prepared.params)
         return self._stream(prepared, tools if tool_choice != "none" else None)
 
+    def open_text(self, prompt: str | list[int], sampling: SamplingParams | None = None) -> Iterator[BackendChunk]:
+        prepared = text_request(self.engine.tokenizer, prompt, sampling)
+        self.engine.check(prepared.prompt_ids, prepared.params)
+        return self._stream(prepared, None)
+
     def stream(
         self,
         messages: list[dict[str, Any]],
@@ -210,6 +216,11 @@ def prepare_request(tokenizer: Any, messages: list[dict[str, Any]], tools: list[
     if closing:
         params = replace(params, stop=(*params.stop, '"'))
     return PreparedRequest(prompt_ids, prefix, params, CLOSE_FORCED_CALL if closing else "")
+
+
+def text_request(tokenizer: Any, prompt: str | list[int], sampling: SamplingParams | None) -> PreparedRequest:
+    """A plain completion's request: the prompt tokenized as is (``agentspark generate``'s rule)."""
+    return PreparedRequest(encode_prompt(tokenizer, prompt), "", sampling or SamplingParams(), "")
 
 
 def token_text(tokenizer: Any) -> Callable[[int], str]:

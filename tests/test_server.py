@@ -249,11 +249,11 @@ def test_errors_through_the_openai_client(serve):
     assert backend.requests == []  # nothing reached the backend
 
 
-def _post(url: str, content: bytes, key: str | None = KEY) -> httpx.Response:
+def _post(url: str, content: bytes, key: str | None = KEY, path: str = "/v1/chat/completions") -> httpx.Response:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    return httpx.post(f"{url}/v1/chat/completions", content=content, headers=headers)
+    return httpx.post(f"{url}{path}", content=content, headers=headers)
 
 
 def _assert_openai_error(r: httpx.Response, status: int, param: str | None = None, type_="invalid_request_error"):
@@ -511,6 +511,14 @@ def test_non_streaming_disconnect_cancels_running_and_queued_generations(serve):
     backend.n = 2
     r = client(url).chat.completions.create(model=MODEL, messages=user("short"))
     assert r.choices[0].message.content == "w0 w1 "
+
+
+def test_plain_completions_need_a_backend_that_holds_a_model(serve):
+    """/v1/completions on a chat-only backend (scripted, remote): a 400 saying so, in the API's words."""
+    url = serve(ScriptedBackend(["ok"]))
+    err = _assert_openai_error(_post(url, json.dumps({"model": MODEL, "prompt": "Once"}).encode(),
+                                     path="/v1/completions"), 400)
+    assert "chat completions only" in err["message"]
 
 
 def test_fields_it_would_ignore_are_refused_by_name(serve):

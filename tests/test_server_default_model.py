@@ -105,3 +105,41 @@ def test_serve_command_refuses_bad_options(capsys):
 
     assert main(["serve", "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["local", "batch"])
+def test_plain_completions_with_the_default_model(default_model, batched):
+    """/v1/completions through the openai client: the prompt continued as is (no chat template),
+    what the engine gives the same text; streamed alike; legacy logprobs; token-id prompts; what
+    it cannot honour is a 400 naming the field."""
+    from agentspark.backends.batched import BatchBackend
+    from agentspark.batch import BatchEngine
+
+    prompt = "The capital of France is"
+    if batched:
+        backend = BatchBackend(BatchEngine(default_model, NgramDrafter(), slots=2, max_draft=4))
+    else:
+        backend = LocalBackend(Engine(default_model, NgramDrafter(), max_draft=4), reuse_cache=False)
+    reference = Engine(default_model).generate(prompt, SamplingParams(max_new_tokens=8), speculative=False)
+    ask = dict(model="agentspark-default", prompt=prompt, max_tokens=8, temperature=0)
+    try:
+        with serve_in_thread(create_app(backend, model_name="agentspark-default")) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+            full = client.completions.create(**ask)
+            streamed = "".join(c.choices[0].text for c in client.completions.create(**ask, stream=True) if c.choices)
+            scored = client.completions.create(**ask, logprobs=2)
+            by_ids = client.completions.create(**{**ask, "prompt": reference.prompt_ids})
+            for bad, param in (({"n": 2}, "n"), ({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt"),
+                               ({"presence_penalty": 0.5}, "presence_penalty"), ({"logprobs": 6}, "logprobs")):
+                with pytest.raises(openai.BadRequestError) as err:
+                    client.completions.create(**{**ask, **bad})
+                assert err.value.body["param"] == param
+    finally:
+        getattr(backend, "close", lambda: None)()
+    choice = full.choices[0]
+    assert full.object == "text_completion" and choice.text == reference.text == streamed == by_ids.choices[0].text
+    assert full.usage.completion_tokens == len(reference.token_ids) and choice.finish_reason in ("stop", "length")
+    lp = scored.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == scored.usage.completion_tokens
+    assert "".join(lp.tokens) == scored.choices[0].text and lp.text_offset == sorted(lp.text_offset)
+    assert all(len(top) <= 2 and max(top.values()) >= chosen for top, chosen in zip(lp.top_logprobs, lp.token_logprobs))

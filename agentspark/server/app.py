@@ -1,4 +1,5 @@
-"""create_app: an OpenAI-compatible HTTP server (``/v1/models``, ``/v1/chat/completions``) for any Backend.
+"""create_app: an OpenAI-compatible HTTP server (``/v1/models``, ``/v1/chat/completions``, and
+``/v1/completions`` for plain prompts where the backend holds a model: completions.py) for any Backend.
 
 Generations run on worker threads (runner.py): one at a time for a single-request backend, all at
 once for a concurrent one (the batch backend); a client that disconnects cancels its generation,
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +35,8 @@ from .errors import APIError, install_error_handlers, translate
 from .guard import DEFAULT_MAX_BODY_BYTES, OPEN_PATHS, RequestGuard, check_api_key
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import RequestTimer, ServerMetrics
-from .runner import Runner
+from .completions import CompletionRequest, add_text_completions
+from .runner import Job, Runner
 from .streaming import ClientGone, DisconnectWatch, JobStreamingResponse, next_chunk, sse_events
 
 DEFAULT_MAX_QUEUED = 64
@@ -120,28 +122,22 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
         tools, choice = tools_and_choice(req)
         return req, messages, tools, choice, sampling(req, default_max_tokens)
 
-    @v1.post("/chat/completions", response_model=None, openapi_extra=_CHAT_REQUEST_BODY,
-             responses={200: _CHAT_200, **_errors(400, 404, 413, 429), **auth})
-    async def chat_completions(request: Request) -> Response:
-        timer = RequestTimer(metrics)
-        req, messages, tools, choice, params = await run_in_threadpool(prepare, await request.body())
+    async def start(open_chunks: Callable[[], Any]) -> Job:
+        """Admit a request (429 past the bound), open its chunks on a worker thread (a bad request
+        raises here, with its status code) and queue them: the request's job."""
         if not admission.enter():
             metrics.rejected.inc()
             raise _busy(concurrency, max_queued, metrics.mean_request_s)
         try:  # checked now (a bad request gets its status code), queued with the batch backend
-            chunks = await run_in_threadpool(backend.open, messages, tools, params, choice)
-            job = runner.submit(lambda: chunks, on_done=admission.leave)
+            chunks = await run_in_threadpool(open_chunks)
+            return runner.submit(lambda: chunks, on_done=admission.leave)
         except BaseException:
             admission.leave()
             raise
-        completion_id = schemas.new_completion_id()
-        watch = DisconnectWatch(request)
-        if req.stream:  # headers at once, queued or not; later errors travel as events
-            events = sse_events(
-                job, watch, timer, completion_id=completion_id, model=model_name,
-                parse_tools=bool(tools) and choice != "none",
-                include_usage=bool(req.stream_options and req.stream_options.include_usage), call_ids=_call_ids)
-            return JobStreamingResponse(events, job, timer)
+
+    async def collect(job: Job, watch: DisconnectWatch, timer: RequestTimer) -> BackendResponse | Response:
+        """A non-streamed request's final response, or the Response to send instead (a gone
+        client, an error in the API's words)."""
         final: BackendResponse | None = None
         try:
             while (chunk := await next_chunk(job, watch)) is not None:
@@ -162,9 +158,32 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
             timer.ended("cancelled")
             raise
         timer.finished(final.stats, final.completion_tokens)
+        return final
+
+    @v1.post("/chat/completions", response_model=None, openapi_extra=_CHAT_REQUEST_BODY,
+             responses={200: _CHAT_200, **_errors(400, 404, 413, 429), **auth})
+    async def chat_completions(request: Request) -> Response:
+        timer = RequestTimer(metrics)
+        req, messages, tools, choice, params = await run_in_threadpool(prepare, await request.body())
+        job = await start(lambda: backend.open(messages, tools, params, choice))
+        completion_id = schemas.new_completion_id()
+        watch = DisconnectWatch(request)
+        if req.stream:  # headers at once, queued or not; later errors travel as events
+            events = sse_events(
+                job, watch, timer, completion_id=completion_id, model=model_name,
+                parse_tools=bool(tools) and choice != "none",
+                include_usage=bool(req.stream_options and req.stream_options.include_usage), call_ids=_call_ids)
+            return JobStreamingResponse(events, job, timer)
+        final = await collect(job, watch, timer)
+        if isinstance(final, Response):
+            return final
         body = schemas.completion_body(final, completion_id=completion_id, created=schemas.now(), model=model_name,
                                        call_ids=_call_ids(len(final.message.tool_calls)))
         return JSONResponse(body)
+
+    add_text_completions(v1, backend=backend, model_name=model_name, known=lambda name: name in cards,
+                         unknown=lambda name: _unknown_model(name, names), start=start, collect=collect,
+                         metrics=metrics, auth=auth)
 
     @app.get("/metrics", response_model=None, responses={200: {"description": "Prometheus text format",
                                                                "content": {"text/plain": {}}}, **auth})
@@ -192,7 +211,7 @@ def _complete_openapi(app: FastAPI, *, keyed: bool) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()  # caches itself in app.openapi_schema: completed in place
-            _add_models(schema, schemas.ChatCompletionRequest, schemas.ChunkBody)
+            _add_models(schema, schemas.ChatCompletionRequest, schemas.ChunkBody, CompletionRequest)
             for path, operations in schema["paths"].items():
                 for operation in operations.values():
                     operation.get("responses", {}).pop("422", None)

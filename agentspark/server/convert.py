@@ -59,7 +59,7 @@ def _surrogate_at(value: Any) -> str | None:
     return None
 
 
-def _load_json(body: bytes) -> Any:
+def load_json(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -88,7 +88,7 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
     """A chat-completions body -> the validated request; APIError (400) for anything malformed.
 
     CPU-bound on big bodies: the app runs it on a worker thread, off the event loop."""
-    data = _load_json(body)
+    data = load_json(body)
     try:
         return _validate(data)
     except ValidationError as exc:
