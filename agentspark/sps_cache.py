@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .model.default_model import cache_dir
+from .progress import status
 
 if TYPE_CHECKING:
     from .scheduler import SpsTable
@@ -98,7 +99,8 @@ def cached_or_measured(key: dict[str, Any] | None, tokens: int, what: str, measu
         return from_values(cached)
     log.info("measuring the target's speed at 1..%d tokens per %s (once per model and machine)…", tokens, what)
     t0 = time.perf_counter()
-    table = measure()
+    with status("measuring the target's speed (once per model and machine)"):
+        table = measure()
     where = save_sps(key, table.values())
     log.info("measured in %.1f s%s", time.perf_counter() - t0, f"; cached in {where}" if where else "")
     return table

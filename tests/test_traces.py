@@ -269,6 +269,26 @@ def test_render_table_cells(tmp_path):
     assert "stopped" not in text and "guard notes" not in text  # rounds not written by the agent loop
 
 
+def test_the_compact_table_fits_80_columns():
+    """The demo's table on an 80-column terminal: every cell whole on one line (no "…", no row
+    folded), times in seconds, calls as counts with their outcomes, the shared session and backend
+    in the title, and the footer's medians said in the caption."""
+    tools = [ToolCallRecord(id="1", name="grep", args={}, status="ok", seconds=0.02, content=""),
+             ToolCallRecord(id="2", name="run[tests]", args={}, status="timeout", seconds=0.03, content="")]
+    rounds = [make_round(0, prefill_s=12.3, decode_s=45.6, tools=tools), make_round(1, tools=[]),
+              make_round(2).model_copy(update={"stopped": "answer", "audit": AuditVerdict(mode="greedy", passed=True)})]
+    console = Console(record=True, width=80)
+    console.print(render_table(rounds, title="per-round latency", compact=True))
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines) and "…" not in "".join(lines)
+    assert "sess-1" in lines[0] and "torch" in lines[0]  # the shared session and backend, in the title
+    body = [line for line in lines if line.startswith("│")]
+    assert len(body) == 4  # three rounds and the footer, one line each
+    assert "12.3" in body[0] and "45.6" in body[0] and "2 ✓✗" in body[0]
+    assert "answer" in body[2] and "1 turn" in body[3]
+    assert "τ and tok/s medians" in lines[-1]
+
+
 def test_render_table_shows_the_agent_loops_guards():
     read = dict(name="read_file", args={"path": "a.py"}, seconds=0.0, content="x")
     rounds = [make_round(0, tools=[ToolCallRecord(id="c0", status="ok", **read)]),

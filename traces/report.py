@@ -38,6 +38,15 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f}"
+
+
+def _tool_symbol(call: ToolCallRecord) -> str:
+    """A call's outcome in one character: ✓ ran, ↻ answered as a repeat, ✗ anything else."""
+    return {"ok": "✓", "repeated": "↻"}.get(call.status, "✗")
+
+
 def _tool_mark(call: ToolCallRecord) -> str:
     if call.status == "ok":
         return f"{call.name} ✓"
@@ -62,58 +71,89 @@ def _audit_mark(rnd: TraceRound) -> str:
     return "✓" if rnd.audit.passed else "✗"
 
 
-def render_table(rounds: Sequence[TraceRound], title: str | Text | None = None) -> Table:
+COMPACT_BELOW = 120  # console columns under which the round table takes its compact layout
+
+
+def render_table(rounds: Sequence[TraceRound], title: str | Text | None = None, *, compact: bool = False) -> Table:
     """One row per round; the footer holds totals (times, tokens, calls) and medians (τ, tok/s).
-    With rounds from the agent loop: a "stopped" column and the guard notes as the caption."""
+    With rounds from the agent loop: a "stopped" column and the guard notes as the caption.
+    ``compact`` (a terminal under COMPACT_BELOW columns, 80 included): times in seconds, tool calls
+    as counts, short headers, and the session and backend in the title when every round shares them."""
     rounds = list(rounds)
     audited = [r for r in rounds if r.audit is not None]
     turns = [r for r in rounds if r.stopped is not None]
     repeated = sum(c.status == "repeated" for r in rounds for c in r.tool_calls)  # answered, not run
+    sessions, backends = {r.session_id for r in rounds}, {r.backend for r in rounds}
+    drop = {"session"} if compact and len(sessions) == 1 else set()
+    drop |= {"backend"} if compact and len(backends) == 1 else set()
+    if compact and drop and rounds:
+        shared = " · ".join([*(["session " + rounds[0].session_id[:8]] if "session" in drop else []),
+                             *([rounds[0].backend] if "backend" in drop else [])])
+        title = Text(f"{title} ({shared})" if title else shared)
+    t = _secs if compact else _ms
+    unit = "s" if compact else "ms"
+    calls = sum(len(r.tool_calls) for r in rounds)
+    med = "" if compact else "med "  # compact: the caption says the footer's τ and tok/s are medians
     footers = {
         "session": "total",
-        "round": f"{len(rounds)} rounds",
+        "round": f"{len(rounds)}" if compact else f"{len(rounds)} rounds",
         "backend": "",
-        "prefill ms": _ms(sum(r.prefill_s for r in rounds)),
-        "decode ms": _ms(sum(r.decode_s for r in rounds)),
+        f"prefill {unit}": t(sum(r.prefill_s for r in rounds)),
+        f"decode {unit}": t(sum(r.decode_s for r in rounds)),
         "new tok": str(sum(r.new_tokens for r in rounds)),
-        "τ": f"med {median(r.mean_accepted_length for r in rounds):.2f}" if rounds else DASH,
-        "tok/s": f"med {median(r.tokens_per_second for r in rounds):.1f}" if rounds else DASH,
-        "tool ms": _ms(sum(r.tool_s for r in rounds)),
-        "tool calls": f"{sum(len(r.tool_calls) for r in rounds)} calls" + (f", {repeated} repeated" if repeated else ""),
+        "τ": f"{med}{median(r.mean_accepted_length for r in rounds):.2f}" if rounds else DASH,
+        "tok/s": f"{med}{median(r.tokens_per_second for r in rounds):.1f}" if rounds else DASH,
+        f"tool {unit}": t(sum(r.tool_s for r in rounds)),
+        "tool calls": (str(calls) if compact else f"{calls} calls") + (f", {repeated} repeated" if repeated else ""),
         "audit": f"{sum(r.audit.passed for r in audited)}/{len(audited)} ok" if audited else DASH,
     }
     if turns:  # only rounds written by the agent loop say why a turn ended
         footers["stopped"] = f"{len(turns)} turn{'s' if len(turns) != 1 else ''}"
-    table = Table(title=title, show_footer=True, caption=_guard_notes(rounds), caption_justify="left")
+    if compact and "session" not in drop:
+        footers["session"] = ""
+    short = {"round": "rnd", f"prefill {unit}": "pre s", f"decode {unit}": "dec s", "new tok": "tok",
+             f"tool {unit}": "tool s", "tool calls": "calls", "stopped": "stop"} if compact else {}
+    caption = _guard_notes(rounds)
+    if compact:
+        note = Text("footer: totals; τ and tok/s medians", style="dim")
+        caption = note if caption is None else Text.assemble(caption, "\n", note)
+    table = Table(title=title, show_footer=True, caption=caption, caption_justify="left")
     for name, footer in footers.items():
+        if name in drop:
+            continue
         numeric = name not in ("session", "backend", "tool calls", "audit", "stopped")
         # a narrow terminal folds a stop reason ("empty_a/nswer") rather than cut it ("empty_…")
-        table.add_column(name, footer=Text(footer), justify="right" if numeric else "left",
+        table.add_column(short.get(name, name), footer=Text(footer), justify="right" if numeric else "left",
                          overflow="fold" if name == "stopped" else "ellipsis")
     for r in rounds:
-        cells = [
-            Text(r.session_id),
-            str(r.round_index),
-            Text(r.backend),
-            _ms(r.prefill_s),
-            _ms(r.decode_s),
-            str(r.new_tokens),
-            f"{r.mean_accepted_length:.2f}",
-            f"{r.tokens_per_second:.1f}",
-            _ms(r.tool_s),
-            Text(", ".join(_tool_mark(c) for c in r.tool_calls) or DASH),
-            _audit_mark(r),
-        ]
+        marks = [_tool_mark(c) for c in r.tool_calls]
+        symbols = "".join(_tool_symbol(c) for c in r.tool_calls)
+        cells = {
+            "session": Text(r.session_id[:8] if compact else r.session_id),
+            "round": str(r.round_index),
+            "backend": Text(r.backend),
+            "prefill": t(r.prefill_s),
+            "decode": t(r.decode_s),
+            "new tok": str(r.new_tokens),
+            "τ": f"{r.mean_accepted_length:.2f}",
+            "tok/s": f"{r.tokens_per_second:.1f}",
+            "tool": t(r.tool_s),
+            "tool calls": Text(f"{len(marks)} {symbols}" if compact and marks else ", ".join(marks) or DASH),
+            "audit": _audit_mark(r),
+        }
+        row = [cells[k] for k in ("session", "round", "backend") if k not in drop]
+        row += [cells[k] for k in ("prefill", "decode", "new tok", "τ", "tok/s", "tool", "tool calls", "audit")]
         if turns:
-            cells.append(Text(r.stopped or DASH))
-        table.add_row(*cells)
+            row.append(Text(r.stopped or DASH))
+        table.add_row(*row)
     return table
 
 
 def print_trace(path: str | os.PathLike[str], console: Console | None = None) -> list[TraceRound]:
     """Read a trace file and print its table; returns the rounds so callers can reuse them."""
     rounds = read_trace(path)
-    (console or Console()).print(render_table(rounds, title=Text(str(path))))
+    console = console or Console()
+    console.print(render_table(rounds, title=Text(str(path)), compact=console.width < COMPACT_BELOW))
     return rounds
 
 

@@ -32,9 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="tokens/s: ours (plain, n-gram) vs HF transformers, side by side")
     add_model_args(p)
     p.add_argument("--prompts", default=None, help="a .jsonl file or folder of {'turns': [...]} (default: bundled eval sample)")
-    p.add_argument("--num-prompts", type=int_in(1), default=20)
-    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=128)
-    p.add_argument("--max-draft", type=max_draft, default=8)
+    p.add_argument("--num-prompts", type=int_in(1), default=20, help="eval prompts to time (default: 20)")
+    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=128,
+                   help="tokens generated per prompt (default: 128)")
+    p.add_argument("--max-draft", type=max_draft, default=8, help="most tokens drafted per round (default: 8)")
     p.add_argument("--no-hf", action="store_true", help="skip the HF transformers baselines")
     p.add_argument("--drafter", action="append", default=[],
                    help="also bench this drafter (repeatable): default | learned:PATH | draft-model:PATH")

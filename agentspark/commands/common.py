@@ -176,7 +176,8 @@ def console():  # noqa: ANN201
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=model_source, default="default", help="default | HF folder | .gguf file (default: default)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the target's weights and activations (default: float32; use bfloat16 on a GPU)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--gpu-mode", default=None, choices=["exact", "fast"],
                    help="on CUDA: exact runs every decode-phase forward at one shape, so greedy speculative output "

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_drafter_args(p)
     p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=64, help="per round (default: 64)")
-    p.add_argument("--trace-dir", default="agentspark-traces")
+    p.add_argument("--trace-dir", default="agentspark-traces",
+                   help="where the sessions' traces are written (default: ./agentspark-traces)")
     p.set_defaults(run=run)
 
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sampling import SamplingParams
     from ..tools import calculator, make_file_tools
     from ..traces import AuditVerdict, compare_table, read_trace, render_table, set_audit, speedup_line
+    from ..traces.report import COMPACT_BELOW
     from ..traces.replay import replay
 
     console = make_console()
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         set_audit(trace_path, spec_round.session_id, spec_round.round_index,
                   AuditVerdict(mode="greedy", passed=same, detail=detail))
 
-    console.print(render_table(read_trace(trace_path), title="per-round latency (speculative, audited)"))
+    console.print(render_table(read_trace(trace_path), title="per-round latency (speculative, audited)",
+                               compact=console.width < COMPACT_BELOW))
     console.print(compare_table(plain_rounds, recorded, "plain", "speculative", plain_side="a"))
     verdict = "PASS" if not failures else f"FAIL ({failures} rounds differ)"
     # with tau and the drafted tokens verified; a ratio more than tau is called timing noise

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a drafter to evaluate (repeatable): ngram | default | learned:PATH | draft-model:PATH")
     p.add_argument("--prompts", required=True, help="DIR or FILE.jsonl of eval prompts")
     p.add_argument("--limit", type=int_in(1), default=20, help="prompts per dataset (default: 20)")
-    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=256)
+    p.add_argument("--max-new-tokens", type=sampling_value("max_new_tokens"), default=256,
+                   help="tokens generated per prompt (default: 256)")
     p.add_argument("--max-draft", type=max_draft, default=7, help="tokens drafted and verified per round (default: 7)")
     p.add_argument("--temperature", type=sampling_value("temperature"), action="append", default=None,
                    help="repeatable (default: 1.0 and 0.0)")

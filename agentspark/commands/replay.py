@@ -11,7 +11,7 @@ from .common import add_backend_args, backend_from_args, console, output_file
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="re-run a trace's requests on another backend, latency side by side")
-    p.add_argument("trace")
+    p.add_argument("trace", help="the trace (JSONL) whose requests to re-run")
     add_backend_args(p)
     p.add_argument("--out", type=output_file, default=None,
                    help="write the replayed rounds as a trace (appended if the file exists)")

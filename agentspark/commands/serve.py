@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"largest request body accepted; bigger ones get 413 unread "
                         f"(default: {DEFAULT_MAX_BODY_BYTES} = {DEFAULT_MAX_BODY_BYTES // 2**20} MiB)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="the server's log level (default: info)")
     p.set_defaults(run=run_serve)
 
 

@@ -19,7 +19,8 @@ _at_least_0 = int_in(0)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-drafter", help="train a learned drafter for a target (DSpark, DFlash, EAGLE-3)")
     p.add_argument("--target", type=model_source, default="default", help="default | HF folder | .gguf file (default: default)")
-    p.add_argument("--method", default="dspark", choices=["dspark", "dflash", "eagle3"])
+    p.add_argument("--method", default="dspark", choices=["dspark", "dflash", "eagle3"],
+                   help="the drafter's architecture (default: dspark)")
     p.add_argument("--prompts", required=True, help="DIR or FILE.jsonl of {\"turns\": [...]} training prompts (never eval)")
     p.add_argument("--out", required=True, help="output directory (data/, checkpoint/, drafter/, report.json)")
     p.add_argument("--responses", default=None, help="reuse a samples.jsonl written by an earlier run")
@@ -28,35 +29,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="the target's dtype (default: bfloat16 on cuda, float32 on cpu)")
     g = p.add_argument_group("drafter shape")
-    g.add_argument("--num-layers", type=_at_least_1, default=1)
+    g.add_argument("--num-layers", type=_at_least_1, default=1, help="draft layers (default: 1)")
     g.add_argument("--num-features", type=_at_least_1, default=3, help="how many target layers feed the context")
-    g.add_argument("--block-size", type=_at_least_1, default=7)
-    g.add_argument("--markov-rank", type=_at_least_0, default=32)
+    g.add_argument("--block-size", type=_at_least_1, default=7, help="tokens drafted per block (default: 7)")
+    g.add_argument("--markov-rank", type=_at_least_0, default=32, help="rank of the Markov head (0: none, DFlash; default: 32)")
     g.add_argument("--draft-vocab", type=_at_least_0, default=0, help="propose only the N most frequent response tokens (0 = all)")
-    g.add_argument("--storage", default="bfloat16", choices=["float32", "bfloat16", "int8"])
+    g.add_argument("--storage", default="bfloat16", choices=["float32", "bfloat16", "int8"],
+                   help="how the checkpoint stores the weights (default: bfloat16)")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=_at_least_1, default=2000)
-    t.add_argument("--batch-size", type=_at_least_1, default=8)
-    t.add_argument("--lr", type=real_in(0.0, open_low=True), default=6e-4)
+    t.add_argument("--steps", type=_at_least_1, default=2000, help="optimizer steps (default: 2000)")
+    t.add_argument("--batch-size", type=_at_least_1, default=8, help="sequences per step (default: 8)")
+    t.add_argument("--lr", type=real_in(0.0, open_low=True), default=6e-4, help="peak learning rate (default: 6e-4)")
     t.add_argument("--anchors", type=_at_least_1, default=64, help="blocks per sequence per step")
-    t.add_argument("--max-length", type=_at_least_1, default=1024)
+    t.add_argument("--max-length", type=_at_least_1, default=1024, help="tokens per training sequence, at most (default: 1024)")
     t.add_argument("--save-every", type=_at_least_0, default=500, help="checkpoint every N steps (0 = only at the end)")
-    t.add_argument("--seed", type=sampling_value("seed"), default=42)
+    t.add_argument("--seed", type=sampling_value("seed"), default=42, help="seed of the data order and init (default: 42)")
     t.add_argument("--resume", action="store_true", help="continue from out/checkpoint")
     t.add_argument("--time-budget", type=real_in(0.0), default=0.0,
                    help="seconds of training: after 20 steps the schedule is fitted into it (0 = run all --steps)")
     r = p.add_argument_group("regeneration (DeepSpec's defaults)")
     # regeneration samples (transformers' do_sample), so its temperature must be > 0
-    r.add_argument("--regen-temperature", type=sampling_value("temperature", positive=True), default=0.7)
-    r.add_argument("--regen-top-p", type=sampling_value("top_p"), default=0.8)
-    r.add_argument("--regen-top-k", type=sampling_value("top_k"), default=20)
-    r.add_argument("--regen-max-new-tokens", type=sampling_value("max_new_tokens"), default=384)
-    r.add_argument("--regen-batch-size", type=_at_least_1, default=64)
+    r.add_argument("--regen-temperature", type=sampling_value("temperature", positive=True), default=0.7,
+                   help="sampling temperature of the regenerated answers (default: 0.7)")
+    r.add_argument("--regen-top-p", type=sampling_value("top_p"), default=0.8, help="their top-p (default: 0.8)")
+    r.add_argument("--regen-top-k", type=sampling_value("top_k"), default=20, help="their top-k (default: 20)")
+    r.add_argument("--regen-max-new-tokens", type=sampling_value("max_new_tokens"), default=384,
+                   help="their length, at most (default: 384)")
+    r.add_argument("--regen-batch-size", type=_at_least_1, default=64, help="answers regenerated at once (default: 64)")
     c = p.add_argument_group("calibration")
     c.add_argument("--held-out", type=real_in(0.0, 1.0, open_high=True), default=0.05,
                    help="fraction of samples kept for calibration, in [0, 1)")
     c.add_argument("--calibration-prompts", type=_at_least_1, default=32, help="(--held-out 0: no calibration)")
-    c.add_argument("--calibration-tokens", type=sampling_value("max_new_tokens"), default=128)
+    c.add_argument("--calibration-tokens", type=sampling_value("max_new_tokens"), default=128,
+                   help="tokens generated per calibration prompt (default: 128)")
     p.set_defaults(run=run)
 
 

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CorruptModelError, UnsupportedModelError
+from ..progress import status
 from .config import SUPPORTED_FAMILIES, DecoderConfig
 from .default_model import cache_dir, sha256_of
 from .gguf_read import checked_tensors, hf_tensors, import_gguf, read_header
@@ -49,9 +50,11 @@ def gguf_to_hf_folder(gguf_path: Path, sha256: str | None = None, *, weights: bo
     sha256 = sha256 or sha256_of(gguf_path)
     out = converted_dir_for(sha256)
     if not is_converted(out):
-        _convert_metadata(gguf_path, sha256, out)
+        with status("reading the GGUF's config and tokenizer (once, then cached)"):
+            _convert_metadata(gguf_path, sha256, out)
     if weights and not (out / TWIN).is_file():
-        write_twin(gguf_path, out)
+        with status("writing a float32 copy of the GGUF for transformers (once)"):
+            write_twin(gguf_path, out)
     return out
 
 

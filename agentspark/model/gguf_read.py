@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
+from ..progress import track
 from .config import DecoderConfig
 from .decoder import DecoderModel
 from .weights import empty_model, finish_model, hf_shapes, hf_slots, place, slot_view
@@ -258,7 +259,7 @@ def load_gguf_model(cfg: DecoderConfig, path: Path, *, dtype: torch.dtype, devic
     plan = hf_slots(cfg)
     model, params = empty_model(cfg, dtype=dtype, device=device)
     with open(path, "rb", buffering=0) as f:
-        for hf, t in tensors.items():
+        for hf, t in track(tensors.items(), "loading the weights", len(tensors)):
             for start, rows in iter_rows(f, t, permuted.get(hf)):
                 src = torch.from_numpy(rows)
                 for slot in plan[hf]:  # a tied embedding goes to two places
