@@ -1,5 +1,6 @@
 """``agentspark audit TRACE | --prompts FILE [--model --drafter ...]``: each request against plain
 decoding from scratch; non-zero exit on any failure; for a trace, each verdict is written into it.
+With ``--base-url URL --reference-url URL`` it audits a running deployment instead (audit_remote.py).
 
 A trace's round gets two checks (agentspark/audit.py): the tokens its session recorded (decoded
 with the session's KV reuse) against plain decoding of the prompt the session sent, and a fresh
@@ -11,12 +12,14 @@ import argparse
 import os
 from pathlib import Path
 
+from . import audit_remote
 from .common import add_drafter_args, add_model_args, checked_prompts, console, engine_from_args, int_in, sampling_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="prove a session's tokens and speculative output equal plain decoding")
-    p.add_argument("trace", nargs="?", help="a trace whose rounds to audit (verdicts are written into it)")
+    p = sub.add_parser("audit", help="prove a session's tokens and speculative output equal plain decoding, or a deployment's "
+                       "replies a reference server's (--base-url, --reference-url)")
+    p.add_argument("trace", nargs="?", help="a trace whose rounds to audit (verdicts are written into it; with --base-url only read)")
     p.add_argument("--prompts", default=None, help="or a .jsonl of {'turns': [...]} (first turns, no tools)")
     p.add_argument("--limit", type=int_in(1), default=None, help="audit at most this many requests")
     add_model_args(p)
@@ -28,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int_in(1), default=200, help="sampling audits: runs per side")
     p.add_argument("--sample-tokens", type=int_in(1), default=4, help="sampling audits: tokens compared per run")
     p.add_argument("--control", action="store_true", help="sampling audits: also show an accept-always verifier is caught")
-    p.set_defaults(run=run)
+    audit_remote.add_args(p)
+    # every option's default, so run() can tell the options given from those left alone (a mix
+    # of local and deployment options is refused, not half ignored)
+    p.set_defaults(run=run, audit_defaults={a.dest: a.default for a in p._actions})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidRequestError
     from ..traces import AuditVerdict, read_trace, set_audit
 
+    audit_remote.check_mix(args, args.audit_defaults)
+    if args.base_url:
+        return audit_remote.run(args)
     if bool(args.trace) == bool(args.prompts):
         raise InvalidRequestError("give either a TRACE or --prompts FILE")
     # the inputs first: a bad trace or prompts file fails before the model loads
