@@ -132,7 +132,8 @@ class ChatAgentSpark(BaseChatModel):
         logprobs, top = kwargs.pop("logprobs", None), kwargs.pop("top_logprobs", None)
         if top is not None and not logprobs:
             raise ValueError("top_logprobs needs logprobs=True")
-        unknown = [k for k in kwargs if k != "parallel_tool_calls" and not k.startswith("ls_")]
+        parallel = bool(kwargs.pop("parallel_tool_calls", False))
+        unknown = [k for k in kwargs if not k.startswith("ls_")]
         if unknown:
             raise TypeError(f"ChatAgentSpark got unexpected keyword arguments: {unknown}")
         stop = stop if stop is not None else self.stop
@@ -140,7 +141,7 @@ class ChatAgentSpark(BaseChatModel):
             temperature=params.get("temperature", self.temperature), top_k=params.get("top_k", self.top_k),
             top_p=params.get("top_p", self.top_p), seed=params.get("seed", self.seed),
             max_new_tokens=params.get("max_tokens", self.max_tokens), stop=tuple(stop or ()), grammar=grammar,
-            logprobs=(top or 0) if logprobs else None,
+            logprobs=(top or 0) if logprobs else None, parallel_tool_calls=parallel,
         )
         return {"messages": to_backend_messages(messages), "tools": tools, "sampling": sampling, "tool_choice": choice}
 

@@ -50,6 +50,9 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default=())  # stop strings: the text is cut before them
     grammar: Grammar | None = None  # constrained decoding (constraints.py): the output must match it
     logprobs: int | None = None  # report generated tokens' logprobs and the k best (logprobs.py); None = off
+    # tool_choice "required" under the constrained tool-call grammar: one or more calls (else exactly one).
+    # The engine ignores it; the local backends' request preparation reads it (backends/local.py).
+    parallel_tool_calls: bool = False
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -73,6 +76,8 @@ class SamplingParams:
         if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= 20):
             raise InvalidSamplingError(
                 f"logprobs must be None (off) or an integer in [0, 20] (alternatives per token), got {self.logprobs!r}")
+        if not isinstance(self.parallel_tool_calls, bool):
+            raise InvalidSamplingError(f"parallel_tool_calls must be True or False, got {self.parallel_tool_calls!r}")
         if self.grammar is not None and not isinstance(self.grammar, Grammar):
             raise InvalidSamplingError(f"grammar must be an agentspark.constraints.Grammar, got {type(self.grammar).__name__}")
 

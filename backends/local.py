@@ -161,11 +161,12 @@ class LocalBackend(Backend):
         yield from relay(chunks, prepared, offered, self.name, token_text(self.engine.tokenizer))
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], tool_choice: ToolChoice) -> Grammar:
+def tool_call_grammar(tools: list[dict[str, Any]], tool_choice: ToolChoice, *, parallel: bool = False) -> Grammar:
     """The reply a ``required`` or named tool_choice allows: one Hermes-style call
     (``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``, the markup our parser reads)
     naming an offered tool (the named one) with arguments of its schema (only the declared ones,
-    unless the schema says otherwise), then the end."""
+    unless the schema says otherwise), then the end. ``parallel`` (``required`` only): one or more
+    such calls, a newline between them, the model ending after any."""
     names = [t["function"]["name"] for t in tools or []]
     if tool_choice == "required" and not names:
         raise InvalidRequestError("tool_choice 'required' needs at least one tool")
@@ -183,8 +184,9 @@ def tool_call_grammar(tools: list[dict[str, Any]], tool_choice: ToolChoice) -> G
         calls.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                       "properties": {"name": {"const": fn["name"]}, "arguments": arguments}})
     schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    several = parallel and tool_choice == "required"
     lark = "\n".join([
-        "start: call",  # one call (parallel calls: not yet)
+        'start: call ("\\n" call)*' if several else "start: call",
         r'call: "<tool_call>\n" body "\n</tool_call>"',  # Lark's own escapes
         f"body: %json {json.dumps(schema)}",
     ])
@@ -204,7 +206,8 @@ def prepare_request(tokenizer: Any, messages: list[dict[str, Any]], tools: list[
         if params.grammar is not None:
             raise InvalidRequestError("a tool_choice that forces a call and a grammar (response_format) exclude each other")
         prompt_ids = apply_chat_template_with_tools(tokenizer, messages, offered)
-        return PreparedRequest(prompt_ids, "", replace(params, grammar=tool_call_grammar(offered, tool_choice)), "")
+        grammar = tool_call_grammar(offered, tool_choice, parallel=params.parallel_tool_calls)
+        return PreparedRequest(prompt_ids, "", replace(params, grammar=grammar), "")
     prefix = forced_prefix(tool_choice, offered)
     prompt_ids = apply_chat_template_with_tools(tokenizer, messages, offered)
     if prefix:

@@ -184,6 +184,8 @@ class RemoteBackend(Backend):
                 body["top_logprobs"] = sampling.logprobs
         if tools:
             body["tools"] = tools
+            if sampling.parallel_tool_calls:  # else the server's own default (OpenAI's: true)
+                body["parallel_tool_calls"] = True
             body["tool_choice"] = tool_choice if tool_choice in ("auto", "none", "required") else {
                 "type": "function", "function": {"name": tool_choice}}
         if stream:

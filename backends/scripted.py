@@ -49,7 +49,8 @@ class ScriptedBackend(Backend):
         tool_choice: ToolChoice = "auto",
     ) -> Iterator[BackendChunk]:
         index = len(self.requests)
-        self.requests.append({"messages": [dict(m) for m in messages], "tools": tools, "tool_choice": tool_choice})
+        self.requests.append({"messages": [dict(m) for m in messages], "tools": tools, "tool_choice": tool_choice,
+                              "sampling": sampling})
         if index >= len(self.script):
             raise ScriptExhaustedError(f"the script has {len(self.script)} responses; request {index + 1} has none")
         entry = self.script[index]

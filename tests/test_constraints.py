@@ -178,3 +178,36 @@ def test_a_grammar_state_not_walked_along_the_draft_is_caught(tiny_with_tokenize
     ps = p_values(got, plain_sampled)
     print(f"control p-values {ps}")
     assert min(ps.values()) < ALPHA / len(ps), f"not caught: {ps}"
+
+
+def test_a_required_tool_choice_allows_several_calls_only_when_asked(default_model):
+    """tool_choice "required" under the constrained grammar: exactly one call, or with
+    parallel_tool_calls one or more, each naming an offered tool with its own arguments; the
+    server passes the request's parallel_tool_calls on (a scripted backend sees it)."""
+    import json as json_
+
+    from agentspark.backends.local import tool_call_grammar
+    from agentspark.constraints import Constraint
+
+    tools = [{"type": "function", "function": {"name": n, "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}} for n in ("f", "g")]
+    tok, vocab = default_model.tokenizer, default_model.model.cfg.vocab_size
+
+    def call(name: str, x: int) -> str:
+        return "<tool_call>\n" + json_.dumps({"name": name, "arguments": {"x": x}}) + "\n</tool_call>"
+
+    def accepted(grammar, text: str) -> bool:
+        c = Constraint(grammar, tok, vocab, default_model.eos_token_ids)
+        ids = list(tok.encode(text, add_special_tokens=False))
+        if c.matcher.validate_tokens(ids) != len(ids):
+            return False
+        c.commit(ids)
+        return c.matcher.is_accepting()  # the grammar may end here
+
+    one, several = tool_call_grammar(tools, "required"), tool_call_grammar(tools, "required", parallel=True)
+    two = call("f", 1) + "\n" + call("g", 2)
+    assert accepted(one, call("f", 1)) and not accepted(one, two)
+    assert accepted(several, call("g", 3)) and accepted(several, two)
+    assert not accepted(several, call("h", 1)) and not accepted(several, call("f", 1) + "\n" + call("h", 2))
+    named = tool_call_grammar(tools, "f", parallel=True)  # a named choice stays one call of that tool
+    assert accepted(named, call("f", 1)) and not accepted(named, two)

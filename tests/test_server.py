@@ -539,6 +539,19 @@ def test_fields_it_would_ignore_are_refused_by_name(serve):
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
 
 
+def test_parallel_tool_calls_reach_the_backend(serve):
+    """parallel_tool_calls: true lets a required tool_choice be answered with several calls (the
+    constrained grammar: tests/test_constraints.py); absent or false, one. A non-boolean is a 400."""
+    backend = ScriptedBackend(["ok"] * 3)
+    url = serve(backend)
+    base = {"model": MODEL, "messages": user("x")}
+    for extra, expected in (({"parallel_tool_calls": True}, True), ({}, False), ({"parallel_tool_calls": False}, False)):
+        assert _post(url, json.dumps({**base, **extra}).encode()).status_code == 200
+        assert backend.requests[-1]["sampling"].parallel_tool_calls is expected
+    _assert_openai_error(_post(url, json.dumps({**base, "parallel_tool_calls": "yes"}).encode()), 400,
+                         param="parallel_tool_calls")
+
+
 def test_served_model_aliases(serve):
     """More names for the served model: /v1/models lists them, requests may name any; others 404."""
     from agentspark.server import create_app, serve_in_thread

@@ -211,7 +211,7 @@ def _check_unique(names: list[str]) -> None:
 
 # Fields of OpenAI's API this server takes without acting on them: they change nothing a reply
 # contains (who asked, bookkeeping), or only a value that changes nothing is accepted.
-_HARMLESS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+_HARMLESS = ("user", "metadata", "store", "service_tier", "prompt_cache_key",
              "safety_identifier")
 _NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "modalities": ["text"]}
 
@@ -266,4 +266,5 @@ def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingPar
         max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
         stop=stop,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        parallel_tool_calls=bool(req.parallel_tool_calls),
     )

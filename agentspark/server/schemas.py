@@ -93,6 +93,9 @@ class ChatCompletionRequest(_Lenient):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[ToolDef] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    # true: tool_choice "required" may be answered with several calls (the constrained grammar);
+    # absent or false: with one (OpenAI's default is true; a 135M model repeats a call it may repeat)
+    parallel_tool_calls: StrictBool | None = None
     # Bounds as SamplingParams enforces them (documented here for clients; JSON has no inf or NaN).
     temperature: StrictFloat | None = Field(None, ge=0, le=MAX_TEMPERATURE)  # None: DEFAULT_TEMPERATURE (1.0)
     top_p: StrictFloat | None = Field(None, gt=0, le=1)
