@@ -1,8 +1,10 @@
 """RemoteBackend: any OpenAI-compatible ``/v1/chat/completions`` server (ours, vLLM, SGLang) over httpx.
 
-Retries (tenacity, exponential backoff) on connection errors, timeouts, 429 and 5xx; any other
-4xx is the caller's mistake and raises ``RemoteBackendError`` at once with the server's message.
-Streaming reads server-sent events. ``transport`` is the httpx seam for tests.
+Retries (tenacity, exponential backoff) on connection errors, timeouts, 429 and 5xx, waiting at
+least what a ``Retry-After`` header asks (seconds or an HTTP date, capped at MAX_RETRY_AFTER_S);
+any other 4xx is the caller's mistake and raises ``RemoteBackendError`` at once with the server's
+message. Streaming reads server-sent events through httpx-sse (the events' framing: multi-line
+``data``, comments, CRLF), the chunks' JSON here. ``transport`` is the httpx seam for tests.
 
 finish_reason is what the local backend reports (``base.finish_reason``): "length" whenever the
 server says ``max_tokens`` cut the reply, even in the middle of a call, and "tool_calls" only for
@@ -16,11 +18,14 @@ local backend parses a cut reply (``base.reply_message``). Our server's own
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from httpx_sse import EventSource, SSEError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..agent.tool_prompt import RAW_TEXT_KEY
 from ..constraints import Grammar
@@ -63,8 +68,41 @@ class RemoteBackendError(AgentSparkError):
     """The server refused the request or stayed unreachable after the retries."""
 
 
+MAX_RETRY_AFTER_S = 60.0  # a server asking for longer gets this; the caller's timeout still bounds the whole
+
+
 class _Transient(Exception):
-    """A failure worth retrying (connection, timeout, 429, 5xx)."""
+    """A failure worth retrying (connection, timeout, 429, 5xx); ``retry_after``: seconds the
+    server asked to wait (its Retry-After header), if it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A Retry-After header -> seconds to wait (delta-seconds or an HTTP date), None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _wait_at_least_retry_after(backoff: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
+    """The exponential backoff, or the server's Retry-After where it asks for longer."""
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        asked = getattr(exc, "retry_after", None)
+        return max(backoff(state), min(asked, MAX_RETRY_AFTER_S)) if asked is not None else backoff(state)
+
+    return wait
 
 
 def to_wire(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -204,7 +242,8 @@ class RemoteBackend(Backend):
             if response.status_code == 429 or response.status_code >= 500:
                 response.read()
                 response.close()
-                raise _Transient(f"HTTP {response.status_code}: {response.text[:200]}")
+                raise _Transient(f"HTTP {response.status_code}: {response.text[:200]}",
+                                 retry_after_s(response.headers.get("retry-after")))
             if response.status_code >= 400:
                 response.read()
                 response.close()
@@ -215,7 +254,7 @@ class RemoteBackend(Backend):
             for round_ in Retrying(
                 retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
                 stop=stop_after_attempt(self.retries + 1),
-                wait=wait_exponential(multiplier=self.backoff, max=10 * self.backoff),
+                wait=_wait_at_least_retry_after(wait_exponential(multiplier=self.backoff, max=10 * self.backoff)),
                 reraise=True,
             ):
                 with round_:
@@ -237,10 +276,10 @@ class RemoteBackend(Backend):
         calls: dict[int, dict[str, Any]] = {}
         logprobs: list[dict[str, Any]] | None = None if sampling.logprobs is None else []
         try:
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
+            for message in EventSource(response).iter_sse():
+                data = message.data.strip()
+                if not data:
                     continue
-                data = line[len("data:"):].strip()
                 if data == "[DONE]":
                     break
                 event = json.loads(data)
@@ -265,7 +304,7 @@ class RemoteBackend(Backend):
                         slot["function"]["name"] += fn.get("name") or ""
                         slot["function"]["arguments"] += fn.get("arguments") or ""
                     finish = choice.get("finish_reason") or finish
-        except (httpx.HTTPError, ValueError) as exc:  # connection lost or a malformed event mid-stream
+        except (httpx.HTTPError, SSEError, ValueError) as exc:  # connection lost, not an event stream, a malformed event
             raise RemoteBackendError(f"{self.name} stream broke off: {type(exc).__name__}: {exc}") from exc
         finally:
             response.close()

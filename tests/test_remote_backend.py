@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -174,6 +175,35 @@ def test_retries_wait_with_exponential_backoff(monkeypatch):
     r = backend(server, retries=4, backoff=0.5).complete(user("hi"))
     assert r.message.content == "ok"
     assert slept == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("header,at_least", [("3", 3.0), ("0.25", 0.25), ("999", 60.0), ("soon", None)])
+def test_retry_after_is_honoured(monkeypatch, header, at_least):
+    """A 429 or 503 with Retry-After waits at least that long before the retry (capped at a
+    minute; an unreadable header leaves the exponential backoff alone)."""
+    slept: list[float] = []
+    monkeypatch.setattr("tenacity.nap.time.sleep", slept.append)
+    busy = httpx.Response(429, headers={"retry-after": header}, json={"error": {"message": "busy"}})
+    server = Server(busy, completion("ok"))
+    assert backend(server, retries=2, backoff=0.1).complete(user("hi")).message.content == "ok"
+    assert slept == [at_least if at_least is not None else 0.1]
+
+
+def test_retry_after_as_an_http_date():
+    from email.utils import formatdate
+
+    from agentspark.backends.remote import retry_after_s
+
+    later = retry_after_s(formatdate(time.time() + 30, usegmt=True))
+    assert later is not None and 25 < later <= 30
+    assert retry_after_s(formatdate(time.time() - 30, usegmt=True)) == 0.0
+    assert retry_after_s(None) is None and retry_after_s("") is None
+
+
+def test_a_stream_that_is_not_an_event_stream_is_an_error():
+    server = Server(completion("a JSON body where events were asked for"))
+    with pytest.raises(RemoteBackendError, match="text/event-stream"):
+        list(backend(server).stream(user("hi")))
 
 
 def test_default_backoff_is_positive_and_retries_are_on_by_default(monkeypatch):
@@ -585,7 +615,7 @@ def test_abandoned_stream_closes_the_response():
         def close(self):
             closed.append(True)
 
-    server = Server(lambda request: httpx.Response(200, stream=Body()))
+    server = Server(lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Body()))
     it = backend(server).stream(user("hi"))
     assert next(it).delta == "a"
     it.close()
