@@ -12,7 +12,6 @@ Admission, queueing, disconnects and metrics are the chat route's (app.py).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
@@ -22,14 +21,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..backends.base import Backend, BackendResponse
+from ..backends.base import Backend
 from ..sampling import MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
 from . import schemas
 from .convert import DEFAULT_TEMPERATURE, load_json, refuse_unsupported
-from .errors import APIError, translate, validation_error
+from .errors import APIError, validation_error
 from .metrics import RequestTimer, ServerMetrics
 from .runner import Job
-from .streaming import ClientGone, DisconnectWatch, JobStreamingResponse, next_chunk
+from .streaming import DisconnectWatch, JobStreamingResponse, StreamEnd, guarded_chunks, sse
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for this API (the chat route's is the server's own)
 MAX_LEGACY_LOGPROBS = 5  # OpenAI's bound on the completions API's logprobs
@@ -138,35 +137,24 @@ async def text_events(job: Job, watch: DisconnectWatch, timer: RequestTimer, *, 
                       include_usage: bool) -> AsyncIterator[str]:
     """The stream: each delta (with its tokens' logprobs), the finish, usage if asked, [DONE]."""
 
-    def event(data: dict[str, Any]) -> str:
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-    final: BackendResponse | None = None
     offset = 0
-    try:
-        while (current := await next_chunk(job, watch)) is not None:
-            timer.saw(current.delta)
-            if current.delta or current.logprobs:
-                lp = None if current.logprobs is None else legacy_logprobs(current.logprobs, offset)
-                yield event(_body(completion_id, model, current.delta, lp, None))
-                offset += len(current.delta)
-            final = current.response or final
-        if final is None:
-            raise RuntimeError("the backend ended its stream without a response")
-    except ClientGone:
-        job.cancel()
-        timer.ended("cancelled")
+    async for current in guarded_chunks(job, watch, timer):
+        if isinstance(current, StreamEnd):
+            end = current
+            break
+        if current.delta or current.logprobs:
+            lp = None if current.logprobs is None else legacy_logprobs(current.logprobs, offset)
+            yield sse(_body(completion_id, model, current.delta, lp, None))
+            offset += len(current.delta)
+    if end.final is None:
+        if end.error_event:
+            yield end.error_event
         return
-    except Exception as exc:  # headers are gone already: the error travels as an event
-        job.cancel()
-        timer.ended("error")
-        yield event(translate(exc).body())
-        return
-    timer.finished(final.stats, final.completion_tokens)
+    final = end.final
     ext = schemas.extension(final)
-    yield event(_body(completion_id, model, "", None, final.finish_reason, agentspark=ext))
+    yield sse(_body(completion_id, model, "", None, final.finish_reason, agentspark=ext))
     if include_usage:
-        yield event({**_body(completion_id, model, "", None, None), "choices": [], "usage": schemas.usage(final)})
+        yield sse({**_body(completion_id, model, "", None, None), "choices": [], "usage": schemas.usage(final)})
     yield "data: [DONE]\n\n"
 
 

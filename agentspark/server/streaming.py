@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -93,8 +94,45 @@ class ContentFilter:
         return ""
 
 
-def _sse(data: dict[str, Any]) -> str:
+def sse(data: dict[str, Any]) -> str:
+    """One server-sent event carrying ``data`` as JSON."""
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@dataclass
+class StreamEnd:
+    """What ``guarded_chunks`` yields last: the final response, or None when the stream ended
+    otherwise (the client left: nothing more to send; an error: ``error_event`` carries it)."""
+
+    final: BackendResponse | None
+    error_event: str | None = None
+
+
+async def guarded_chunks(job: Job, watch: DisconnectWatch,
+                         timer: RequestTimer) -> AsyncIterator[BackendChunk | StreamEnd]:
+    """A streamed request's chunks as they come, then its StreamEnd. A client that leaves cancels
+    the job; an error after the headers cancels it and becomes an event (the status is sent
+    already); the timer hears of each outcome."""
+    final: BackendResponse | None = None
+    try:
+        while (current := await next_chunk(job, watch)) is not None:
+            timer.saw(current.delta)
+            final = current.response or final
+            yield current
+        if final is None:
+            raise RuntimeError("the backend ended its stream without a response")
+    except ClientGone:
+        job.cancel()
+        timer.ended("cancelled")
+        yield StreamEnd(None)
+        return
+    except Exception as exc:  # headers are gone already: the error travels as an event
+        job.cancel()
+        timer.ended("error")
+        yield StreamEnd(None, sse(translate(exc).body()))
+        return
+    timer.finished(final.stats, final.completion_tokens)
+    yield StreamEnd(final)
 
 
 async def sse_events(job: Job, watch: DisconnectWatch, timer: RequestTimer, *, completion_id: str, model: str,
@@ -104,35 +142,27 @@ async def sse_events(job: Job, watch: DisconnectWatch, timer: RequestTimer, *, c
     created = schemas.now()
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
-        return _sse(schemas.chunk_body(completion_id=completion_id, created=created, model=model,
-                                       delta=delta, finish_reason=finish, **extra))
+        return sse(schemas.chunk_body(completion_id=completion_id, created=created, model=model,
+                                      delta=delta, finish_reason=finish, **extra))
 
     yield chunk({"role": "assistant", "content": ""})
     filt = ContentFilter(parse_tools)
-    final: BackendResponse | None = None
     pending: list[dict[str, Any]] | None = None  # logprobs of tokens whose text has not gone out yet
-    try:
-        while (current := await next_chunk(job, watch)) is not None:
-            timer.saw(current.delta)
-            if current.logprobs is not None:
-                pending = (pending or []) + current.logprobs
-            piece = filt.feed(current.delta) if current.delta else ""
-            if piece:
-                yield chunk({"content": piece}, logprobs=pending)
-                pending = None
-            final = current.response or final
-        if final is None:
-            raise RuntimeError("the backend ended its stream without a response")
-    except ClientGone:
-        job.cancel()
-        timer.ended("cancelled")
+    async for current in guarded_chunks(job, watch, timer):
+        if isinstance(current, StreamEnd):
+            end = current
+            break
+        if current.logprobs is not None:
+            pending = (pending or []) + current.logprobs
+        piece = filt.feed(current.delta) if current.delta else ""
+        if piece:
+            yield chunk({"content": piece}, logprobs=pending)
+            pending = None
+    if end.final is None:
+        if end.error_event:
+            yield end.error_event
         return
-    except Exception as exc:  # headers are gone already: the error travels as an event
-        job.cancel()
-        timer.ended("error")
-        yield _sse(translate(exc).body())
-        return
-    timer.finished(final.stats, final.completion_tokens)
+    final = end.final
     message = final.message
     rest = filt.finish(message.content)
     if rest or pending:  # the tokens held back (a stop string's prefix, tool-call markup) and their logprobs
