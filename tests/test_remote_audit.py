@@ -18,6 +18,7 @@ import pytest
 from agentspark.backends.base import AssistantMessage, Backend, BackendChunk, BackendResponse, ToolCallRequest
 from agentspark.backends.scripted import ScriptedBackend
 from agentspark.cli import main
+from agentspark.datasets import bundled_eval_sample
 from agentspark.remote_audit import (
     AuditRequest,
     RemoteAuditReport,
@@ -30,7 +31,8 @@ from agentspark.remote_audit import (
 )
 from agentspark.server import create_app, serve_in_thread
 
-EVAL_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "eval" / "gsm8k.jsonl"
+# the package's bundled sample of the eval sets (CI's fresh clone has no ../shared beside it)
+EVAL_PROMPTS = bundled_eval_sample()
 
 
 def item(token: str, best: float = -0.1, second: float | None = -2.6) -> dict:

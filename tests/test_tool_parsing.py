@@ -578,6 +578,7 @@ def test_calls_inside_prose_are_text(pairs, before, after, where, fenced, cut_of
 def test_a_call_cut_inside_its_json_is_never_a_call(name, args, form, ascii_only, data):
     """Wherever the budget cuts a call's JSON, the fragment is one invalid call, never a call or content."""
     body = json.dumps({"name": name, "arguments": args}, ensure_ascii=ascii_only)
+    assume("<tool_call>" not in body and "</tool_call>" not in body)  # a tag in a string is a tag (by design)
     opening = {"bare": "", "fenced": "```json\n", "tag": "Checking.\n<tool_call>\n"}[form]
     cut = data.draw(st.integers(1, len(body) - 1), label="cut")
     msg = parse_tool_calls(opening + body[:cut], cut_off=True)
