@@ -2,7 +2,8 @@
 from one device run of examples/gpu_runtime.py kept under examples/results/gpu_runtime_runs/.
 
 Every figure comes from run 13: every part of the benchmark in one call, on the commit given;
-``exact_mode`` alone from run 14 (``--parts exact``), measured after it.
+``exact_mode`` from run 18 (``--parts exact,exact_batch``: both exact routes beside fast mode) and
+``exact_batch`` from run 19 (``--parts exact_batch``, after the attention tile fix).
 (Earlier runs, kept beside it, are the history: run 7 was the first full run, runs 9 and 11
 re-ran parts after fixes, run 12 a full run before the prefill key window.) Nothing here is
 measured; it only selects and renames.
@@ -17,7 +18,8 @@ from pathlib import Path
 
 RUNS = Path(__file__).resolve().parent / "results" / "gpu_runtime_runs"
 RUN, COMMIT = "run13", "f750565"
-EXACT_COMMIT = "529f66d"  # the tree of run 14: exact mode as committed
+EXACT_RUN, EXACT_COMMIT = "run18", "bacebf1"  # routes a and b beside fast mode, before the tile fix
+BATCH_RUN, BATCH_COMMIT = "run19", "9f30981"  # route a under batching, after the tile fix (9f30981)
 
 
 def load(name: str) -> dict:
@@ -55,11 +57,16 @@ def main() -> None:
                          for t, p in r["profile_8b"].items()}
     out["micro_matmul_8b"] = r["micro"]["matmul"]
     out["gpu_tests"] = r["tests"]["tail"].strip().splitlines()[-1]
-    # exact mode (issue 15's fields) was measured after run 13, in run 14 (``--parts exact``)
-    x = load("run14_exact.json")["exact_mode"]
-    out["exact_mode"] = {"identical": x["identical"], "prompts": x["prompts"], "speed_cost": x["speed_cost"],
-                         "plain_8b_ms_per_token": x["plain_8b_ms_per_token"], "exact": x["exact"], "fast": x["fast"],
-                         "run": "run14", "commit": EXACT_COMMIT}
+    # exact mode (issue 15's fields) was measured after run 13: both routes in run 18, batching in run 19
+    x = load(f"{EXACT_RUN}_exact_routes.json")["exact_mode"]
+    out["exact_mode"] = {**x, "run": EXACT_RUN, "commit": EXACT_COMMIT,
+                         "note": "routes a and b beside fast mode; taken before the attention tile fix (9f30981), "
+                                 "which only shrinks plain steps' attention tiles"}
+    b = load(f"{BATCH_RUN}_exact_batch.json")["exact_batch"]
+    out["exact_batch"] = {**b, "run": BATCH_RUN, "commit": BATCH_COMMIT,
+                          "note": "identity only: each cell's timed pass includes graph captures and Triton compiles "
+                                  "of shapes its 16-token warm-up did not meet, so its tok/s are not throughput "
+                                  "figures (examples/batch_bench.py measures those)"}
     path = RUNS.parent / "gpu_runtime_h200.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k.startswith(("plain_", "verify_cost_8b", "default_model", "what_if", "agent"))}, indent=1)[:3500])
