@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .drafters.base import Draft, Drafter, propose_rows
+from .drafting_rates import DraftingRates
 from .request import (GenerationResult, StreamChunk, _Request, chunk_of, commit_tokens, first_logits, new_request,
                       reusable_prefix)
 from .errors import InvalidRequestError
@@ -101,58 +102,6 @@ class BatchRequest:
     @property
     def done(self) -> bool:
         return self.result is not None or self.cancelled or self.error is not None
-
-
-class DraftingRates:
-    """Per row count: committed tokens per second over the last ``WINDOW`` rounds that drafted and
-    the last ``WINDOW`` that did not (sums over the window: one round that accepted nothing does
-    not flip the choice). ``choose`` drafts unless drafting rounds did worse than plain ones by
-    more than ``MARGIN``; each mode gets ``MIN_ROUNDS`` rounds before they are compared, and the
-    losing mode one round in ``interval`` (costs change as contexts grow, rows come and go, text
-    turns repetitive). Once the loser's window is full, every probe that confirms the choice
-    doubles the interval (``PROBE_EVERY`` up to ``MAX_PROBE_EVERY``); a flip resets it. Measured
-    on the H200 (runs 20, 21): probing one round in 16 forever left adaptive several percent
-    behind plain where plain wins (C = 16, 64); backing off before the loser's window was full
-    kept a wrong early choice (from 4 rounds each) for hundreds of rounds at C = 1."""
-
-    WINDOW, MIN_ROUNDS, PROBE_EVERY, MAX_PROBE_EVERY, MARGIN = 16, 4, 16, 256, 0.05
-
-    def __init__(self) -> None:
-        self.rounds: dict[tuple[int, bool], deque[tuple[int, float]]] = {}
-        self.since_probe: dict[int, int] = {}
-        self.interval: dict[int, int] = {}
-        self.choice: dict[int, bool] = {}  # the winning mode at the last comparison
-
-    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
-        self.rounds.setdefault((rows, drafted), deque(maxlen=self.WINDOW)).append((tokens, seconds))
-
-    def rate(self, rows: int, drafted: bool) -> float | None:
-        window = self.rounds.get((rows, drafted))
-        if not window or len(window) < self.MIN_ROUNDS:
-            return None
-        seconds = sum(s for _, s in window)
-        return sum(t for t, _ in window) / seconds if seconds > 0 else None
-
-    def choose(self, rows: int) -> bool:
-        spec, plain = self.rate(rows, True), self.rate(rows, False)
-        if spec is None:
-            return True
-        if plain is None:
-            return False
-        drafting = spec >= (1.0 - self.MARGIN) * plain
-        previous = self.choice.get(rows)
-        self.choice[rows] = drafting
-        interval = self.interval.get(rows, self.PROBE_EVERY)
-        if previous is not None and drafting != previous:  # the probes overturned the choice:
-            interval, self.since_probe[rows] = self.PROBE_EVERY, 0  # watch closely again
-        n = self.since_probe.get(rows, 0) + 1
-        if n < interval:
-            self.since_probe[rows], self.interval[rows] = n, interval
-            return drafting
-        self.since_probe[rows] = 0
-        settled = len(self.rounds[(rows, not drafting)]) >= self.WINDOW  # the loser's window is full
-        self.interval[rows] = min(2 * interval, self.MAX_PROBE_EVERY) if settled else interval
-        return not drafting  # the probe: a round of the losing mode
 
 
 class BatchEngine:
@@ -405,8 +354,7 @@ class BatchEngine:
                     wanted.append(k)
                     rooms.append(room)
             drafters, contexts = [live[k]._drafter for k in wanted], [live[k]._req.tokens for k in wanted]
-            proposed = (propose_rows(drafters, contexts, rooms) if self.batch_drafts else
-                        [d.propose(t, r) for d, t, r in zip(drafters, contexts, rooms)])
+            proposed = (propose_rows if self.batch_drafts else Drafter.propose_rows)(drafters, contexts, rooms)
             for k, room, draft in zip(wanted, rooms, proposed):
                 drafts[k] = draft.truncate(max(0, min(len(draft), room)))
         lengths = self._lengths(drafts)

@@ -280,8 +280,8 @@ class Engine:
         if req.constraint is not None or req.logprobs is not None:
             steps = self._stepwise(req, generator)
         else:
-            steps = ((t, None) for t in self.runner.plain_stream(self._slot, start, req.tokens[-1], req.params,
-                                                                   generator, req.budget - req.generated))
+            steps = _no_logits(self.runner.plain_stream(self._slot, start, req.tokens[-1], req.params, generator,
+                                                        req.budget - req.generated))
         observe = self._sps is not None and self.runner.kind == "host"  # one forward per token there
         try:
             t0 = time.perf_counter()
@@ -408,3 +408,13 @@ class Engine:
         new = d_tokens[:a] + [result.token]
         stats = RoundStats(len(draft), len(verified), a, 0, t1 - t0, t2 - t1, time.perf_counter() - t2)
         return new, stats, None if result.logits is None else result.logits[: a + 1]
+
+
+def _no_logits(stream: Iterator[int]) -> Iterator[tuple[int, None]]:
+    """The runner's plain stream as (token, no logits) steps; closing it closes the stream at once
+    (which waits for the step in flight), not whenever the stream is collected."""
+    try:
+        for token in stream:
+            yield token, None
+    finally:
+        stream.close()

@@ -232,7 +232,7 @@ def token_text(tokenizer: Any) -> Callable[[int], str]:
 
 
 def relay(chunks: Iterable[StreamChunk], prepared: PreparedRequest, offered: list[dict[str, Any]] | None,
-          backend: str, decode: Callable[[int], str] | None = None) -> Iterator[BackendChunk]:
+          backend: str, decode: Callable[[int], str]) -> Iterator[BackendChunk]:
     """An engine's stream of a prepared request as backend chunks: the forced prefix first, the
     text deltas (with their tokens' logprobs where the request asked; ``decode`` names them), the
     closing suffix, then the response (the reply parsed for tool calls)."""
@@ -241,7 +241,7 @@ def relay(chunks: Iterable[StreamChunk], prepared: PreparedRequest, offered: lis
         yield BackendChunk(delta=prefix)
     result = None
     for chunk in chunks:
-        logprobs = None if chunk.logprobs is None or decode is None else wire_logprobs(chunk.logprobs, decode)
+        logprobs = None if chunk.logprobs is None else wire_logprobs(chunk.logprobs, decode)
         if chunk.delta or logprobs:
             yield BackendChunk(delta=chunk.delta, logprobs=logprobs)
         result = chunk.result or result
@@ -268,6 +268,6 @@ def relay(chunks: Iterable[StreamChunk], prepared: PreparedRequest, offered: lis
             completion_ids=list(result.token_ids),
             forced_prefix=prefix,
             forced_suffix=suffix,
-            logprobs=None if result.logprobs is None or decode is None else wire_logprobs(result.logprobs, decode),
+            logprobs=None if result.logprobs is None else wire_logprobs(result.logprobs, decode),
         ),
     )

@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, Field, StrictBool, StrictInt, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..backends.base import Backend
-from ..sampling import MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
+from ..sampling import SamplingParams
 from . import schemas
-from .convert import DEFAULT_TEMPERATURE, load_json, refuse_unsupported
+from .convert import decoding_params, load_json, refuse_unsupported
 from .errors import APIError, validation_error
 from .metrics import RequestTimer, ServerMetrics
 from .runner import Job
@@ -34,19 +34,8 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for this API (the chat route'
 MAX_LEGACY_LOGPROBS = 5  # OpenAI's bound on the completions API's logprobs
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # clients send more; what we would ignore is refused by name
-    model: str | None = None
+class CompletionRequest(schemas.DecodingFields):
     prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
-    max_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: StrictFloat | None = Field(None, ge=0, le=MAX_TEMPERATURE)
-    top_p: StrictFloat | None = Field(None, gt=0, le=1)
-    top_k: StrictInt | None = Field(None, ge=0, le=MAX_TOP_K)
-    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
-    stop: str | list[str] | None = None
-    stream: StrictBool = False
-    stream_options: schemas.StreamOptions | None = None
-    n: StrictInt | None = None
     best_of: StrictInt | None = None
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LEGACY_LOGPROBS)
     echo: StrictBool | None = None
@@ -104,15 +93,8 @@ def text_sampling(req: CompletionRequest) -> SamplingParams:
             raise APIError(400, f"{name}={value!r} is not supported by this server", param=name,
                            code="unsupported_parameter")
     refuse_unsupported(req)
-    return SamplingParams(
-        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
-        seed=req.seed,
-        max_new_tokens=DEFAULT_COMPLETION_TOKENS if req.max_tokens is None else req.max_tokens,
-        stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
-        logprobs=req.logprobs,
-    )
+    return decoding_params(req, DEFAULT_COMPLETION_TOKENS if req.max_tokens is None else req.max_tokens,
+                           logprobs=req.logprobs)
 
 
 def legacy_logprobs(items: list[dict[str, Any]], offset: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from ..backends.base import ToolChoice
 from ..constraints import Grammar
 from ..sampling import SamplingParams
 from .errors import APIError, validation_error
-from .schemas import ChatCompletionRequest, ChatMessage, Content, ToolDef
+from .schemas import ChatCompletionRequest, ChatMessage, Content, DecodingFields, ToolDef
 
 # OpenAI's default; the engine itself defaults to greedy (0), so say temperature=0 for greedy.
 DEFAULT_TEMPERATURE = 1.0
@@ -216,7 +216,7 @@ _HARMLESS = ("user", "metadata", "store", "service_tier", "prompt_cache_key",
 _NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "modalities": ["text"]}
 
 
-def refuse_unsupported(req: ChatCompletionRequest) -> None:
+def refuse_unsupported(req: DecodingFields) -> None:
     """Every field the server would otherwise ignore: a 400 naming it, unless harmless or neutral
     (a penalty of 0, an empty logit_bias): a client must not believe it got what it asked for."""
     for name, value in (req.model_extra or {}).items():
@@ -255,16 +255,21 @@ def sampling(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingPar
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     refuse_unsupported(req)
-    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    return decoding_params(req, default_max_tokens if max_tokens is None else max_tokens,
+                           grammar=response_grammar(req), logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+                           parallel_tool_calls=bool(req.parallel_tool_calls))
+
+
+def decoding_params(req: DecodingFields, max_new_tokens: int, **more: Any) -> SamplingParams:
+    """The sampling parameters both routes share (the server's default temperature, OpenAI's 1.0,
+    where the request names none), plus the route's own ``more``."""
     return SamplingParams(
-        grammar=response_grammar(req),
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=req.top_k or 0,
         seed=req.seed,
-        max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
-        stop=stop,
-        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-        parallel_tool_calls=bool(req.parallel_tool_calls),
+        max_new_tokens=max_new_tokens,
+        stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
+        **more,
     )

@@ -88,25 +88,30 @@ class ResponseFormat(_Lenient):
     json_schema: JsonSchemaFormat | None = None
 
 
-class ChatCompletionRequest(_Lenient):
+class DecodingFields(_Lenient):
+    """What the chat and the plain completions requests share: the model and how to decode."""
+
     model: str | None = None  # absent means the served model
+    # Bounds as SamplingParams enforces them (documented here for clients; JSON has no inf or NaN).
+    temperature: StrictFloat | None = Field(None, ge=0, le=MAX_TEMPERATURE)  # None: DEFAULT_TEMPERATURE (1.0)
+    top_p: StrictFloat | None = Field(None, gt=0, le=1)
+    top_k: StrictInt | None = Field(None, ge=0, le=MAX_TOP_K)  # extension (vLLM and SGLang accept it too)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
+    stop: str | list[str] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: StrictInt | None = None
+
+
+class ChatCompletionRequest(DecodingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[ToolDef] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     # true: tool_choice "required" may be answered with several calls (the constrained grammar);
     # absent or false: with one (OpenAI's default is true; a 135M model repeats a call it may repeat)
     parallel_tool_calls: StrictBool | None = None
-    # Bounds as SamplingParams enforces them (documented here for clients; JSON has no inf or NaN).
-    temperature: StrictFloat | None = Field(None, ge=0, le=MAX_TEMPERATURE)  # None: DEFAULT_TEMPERATURE (1.0)
-    top_p: StrictFloat | None = Field(None, gt=0, le=1)
-    top_k: StrictInt | None = Field(None, ge=0, le=MAX_TOP_K)  # extension (vLLM and SGLang accept it too)
-    max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
-    stop: str | list[str] | None = None
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    n: StrictInt | None = None
     logprobs: StrictBool | None = None  # the target's logprobs of each generated token (agentspark/logprobs.py)
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)  # alternatives per token; needs logprobs: true
     # json_object / json_schema: decoding constrained to it (agentspark/constraints.py)
