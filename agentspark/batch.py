@@ -72,7 +72,7 @@ from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_lengths, choose_lengths_no_early_stop, threshold_length
 from .sps_cache import cached_or_measured, sps_key
-from .stats import RequestStats, RoundStats
+from .stats import EngineClock, RequestStats, RoundStats
 
 BATCH_SCHEDULES = ("adaptive", "threshold", "full", "no-early-stop")  # the last: a negative control for tests
 _GREEDY = SamplingParams(temperature=0.0)
@@ -167,6 +167,7 @@ class BatchEngine:
         self.running: list[BatchRequest] = []
         self._ids = 0
         self._rates = DraftingRates()
+        self.clock = EngineClock()  # where the rounds' time went (benchmarks read it)
         self.skip_drafting = skip_drafting
         self._table: SpsTable | None = None
         if sps_table is not None:
@@ -236,7 +237,9 @@ class BatchEngine:
         """One round: admit waiting requests into free slots (their prefill and first token), then
         one verify forward over every running request. Returns the requests that got chunks."""
         with torch.inference_mode(), blas_owns_the_cores(self.model.embed.weight):
+            t0 = time.perf_counter()
             touched = self._admit()
+            self.clock.admit_s += time.perf_counter() - t0
             if self.running:
                 touched += self._round()
         return touched
@@ -397,6 +400,9 @@ class BatchEngine:
             self._table.observe(self.runner.round_tokens(len(rows), longest, total), t2 - t1)
         if self.schedule == "adaptive" and self._prototype is not None:
             self._rates.observe(len(live), drafting, produced, seconds)
+        clock = self.clock
+        clock.rounds, clock.draft_s, clock.runner_s = clock.rounds + 1, clock.draft_s + t1 - t0, clock.runner_s + t2 - t1
+        clock.commit_s += time.perf_counter() - t2
         return live
 
     def _drafting_pays(self, rows: int) -> bool:

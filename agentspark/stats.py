@@ -18,6 +18,26 @@ class RoundStats:
 
 
 @dataclass
+class EngineClock:
+    """Where a batch engine's rounds spent their time, summed since it was made (benchmarks take
+    the difference over a pass): admitting requests (prefill and first token), drafting and
+    scheduling, the runner's round (the forward, the verifier, the host sync), committing."""
+
+    rounds: int = 0
+    admit_s: float = 0.0
+    draft_s: float = 0.0
+    runner_s: float = 0.0
+    commit_s: float = 0.0
+
+    def since(self, before: EngineClock) -> dict[str, float]:
+        """Per-round milliseconds of each part since ``before`` (a copy taken earlier)."""
+        n = max(1, self.rounds - before.rounds)
+        return {"rounds": self.rounds - before.rounds,
+                **{f"{k}_ms_per_round": 1e3 * (getattr(self, k) - getattr(before, k)) / n
+                   for k in ("admit_s", "draft_s", "runner_s", "commit_s")}}
+
+
+@dataclass
 class RequestStats:
     prompt_tokens: int = 0
     prefill_tokens: int = 0

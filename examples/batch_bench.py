@@ -64,7 +64,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -248,9 +248,11 @@ def precapture(engine: BatchEngine, slots: int) -> int:
 
 
 def timed_pass(engine: BatchEngine, prompts: list[list[int]],
-               params: SamplingParams) -> tuple[list[BatchRequest], list[float], float, int]:
+               params: SamplingParams) -> tuple[list[BatchRequest], list[float], float, int, dict]:
     """Every prompt submitted at once, the engine stepped until idle: (handles, each one's latency
-    from the submit to the end of the round that finished it, wall seconds, rounds)."""
+    from the submit to the end of the round that finished it, wall seconds, rounds, where the
+    rounds' time went and the garbage collections that ran in the pass)."""
+    clock, collections = replace(engine.clock), sum(g["collections"] for g in gc.get_stats())
     t0 = time.perf_counter()
     handles = [engine.submit(p, params) for p in prompts]
     ends: dict[int, float] = {}
@@ -266,7 +268,8 @@ def timed_pass(engine: BatchEngine, prompts: list[list[int]],
     for h in handles:
         if h.error is not None:
             raise RuntimeError(f"request {h.id} failed") from h.error
-    return handles, [ends[h.id] for h in handles], wall, steps
+    split = {**engine.clock.since(clock), "gc_collections": sum(g["collections"] for g in gc.get_stats()) - collections}
+    return handles, [ends[h.id] for h in handles], wall, steps, split
 
 
 def percentile(xs: Sequence[float], q: float) -> float:
@@ -349,8 +352,9 @@ def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[lis
                 if mode in out:
                     continue
                 try:
-                    handles, latency, wall, steps = timed_pass(engines[mode][0], prompts, params)
-                    passes[mode].append((figures(handles, latency, wall, steps), [h.result.token_ids for h in handles]))
+                    handles, latency, wall, steps, split = timed_pass(engines[mode][0], prompts, params)
+                    fig = {**figures(handles, latency, wall, steps), "time_split": split}
+                    passes[mode].append((fig, [h.result.token_ids for h in handles]))
                 except Exception:
                     out[mode] = {"error": traceback.format_exc()[-3000:]}
                     log(f"[C={len(prompts)} {mode}] FAILED\n{out[mode]['error']}")

@@ -355,6 +355,22 @@ def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
     assert rates.choose(1)  # another row count knows nothing yet
 
 
+@pytest.mark.parametrize("spec_rate, keeps_drafting", [(0.99, True), (0.97, False)])
+def test_drafting_rates_keep_the_standing_choice_within_the_margin(spec_rate, keeps_drafting):
+    """Hysteresis: once drafting won, it stays while plain is faster by less than MARGIN (2%), and
+    gives way past it (a drafting round that verifies nothing costs its lookups: the old 5% margin
+    in drafting's favour kept such rounds where plain was 4-9% faster)."""
+    from agentspark.drafting_rates import DraftingRates
+
+    rates = DraftingRates()
+    for drafted in [True] * DraftingRates.MIN_ROUNDS + [False] * DraftingRates.MIN_ROUNDS:
+        rates.observe(8, drafted, 110 if drafted else 100, 0.01)  # drafting 10% faster at first
+    assert rates.choose(8)
+    for _ in range(DraftingRates.WINDOW):  # then drafting slows to spec_rate of plain
+        rates.observe(8, True, round(100 * spec_rate), 0.01)
+    assert rates.choose(8) is keeps_drafting
+
+
 def test_slots_past_the_largest_row_bucket_are_refused_on_the_device_runner(tiny):
     from agentspark.batch import MAX_DEVICE_SLOTS
     from agentspark.model.graph_runner import ROW_BUCKETS
