@@ -359,13 +359,14 @@ class BatchEngine:
             drafters, contexts = [live[k]._drafter for k in wanted], [live[k]._req.tokens for k in wanted]
             proposed = (propose_rows if self.batch_drafts else Drafter.propose_rows)(drafters, contexts, rooms)
             for k, room, draft in zip(wanted, rooms, proposed):
-                drafts[k] = draft.truncate(max(0, min(len(draft), room)))
+                # a drafter asked for ``room`` drafts no more than that, but one may: slice only then
+                drafts[k] = draft if len(draft) <= room else draft.truncate(room)
         lengths = self._lengths(drafts)
         rows, verified = [], []
         for h, draft, length in zip(live, drafts, lengths):
-            kept = None if draft is None else draft.truncate(length)
-            d_tokens = [] if kept is None else kept.tokens.tolist()
-            q = None if kept is None or kept.probs is None else kept.probs.to(self.device)
+            # the verified prefix, sliced once (a Draft.truncate per row cost ~4 us of host time: x 64 rows)
+            d_tokens = draft.tokens[:length].tolist() if length else []
+            q = None if not length or draft.probs is None else draft.probs[:length].to(self.device)
             req = h._req
             capture = h._drafter is not None and bool(h._drafter.capture_layers)
             mask = None if req.constraint is None else req.constraint.masks(d_tokens)  # [l+1, W]

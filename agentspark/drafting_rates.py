@@ -1,48 +1,72 @@
 """DraftingRates: whether a batched round should draft at all, from how past rounds went.
 
 The batch engine's adaptive schedule (batch.py) drafts only while drafting rounds of as many rows
-have committed tokens faster than plain ones; past rounds decide, never this round's drafts, so
-the choice changes no output distribution.
+commit tokens faster than plain ones; past rounds decide, never this round's drafts, so the
+choice changes no output distribution.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 
 
 class DraftingRates:
-    """Per row count: committed tokens per second over the last ``WINDOW`` rounds that drafted and
-    the last ``WINDOW`` that did not (sums over the window: one round that accepted nothing does
-    not flip the choice). ``choose`` drafts while drafting rounds commit faster than plain ones,
-    with hysteresis: the first comparison takes the faster mode, later ones keep the standing
-    choice unless the other mode is faster by more than ``MARGIN``. Each mode gets ``MIN_ROUNDS``
-    rounds before they are compared, and the losing mode one round in ``interval`` (costs change
-    as contexts grow, rows come and go, text turns repetitive). Once the loser's window is full,
-    every probe that confirms the choice doubles the interval (``PROBE_EVERY`` up to
-    ``MAX_PROBE_EVERY``); a flip resets it. Measured on the H200 (runs 20, 21): probing one round
-    in 16 forever left adaptive several percent behind plain where plain wins (C = 16, 64);
-    backing off before the loser's window was full kept a wrong early choice (from 4 rounds each)
-    for hundreds of rounds at C = 1; and a margin in drafting's favour (drafting unless 5% slower)
-    kept drafting rounds that verified nothing, 4-9% slower than plain (the n-gram lookups and
-    the Θ rule for no verified token), at C = 16 and on the 8B shape."""
+    """Committed tokens per second of rounds that draft and of rounds that do not, per row count,
+    as (tokens per row) x rows / (seconds per round):
+
+    - seconds per round: the median of the last ``WINDOW`` rounds of that mode at that row count
+      (a garbage collection or a late wake-up in one round does not move it; a round's time is
+      nearly the same from one round to the next, so few rounds measure it well);
+    - tokens per row: a plain round commits one per row; a drafting round one plus what it
+      accepted, which varies a lot from round to round (0 to 7 at one row), so it is pooled over
+      the latest drafting rounds of any row count until they hold ``GAIN_ROWS`` rows (at most
+      ``GAIN_ROUNDS`` rounds): 64 rounds at C = 1, one round at C = 64.
+
+    ``choose`` drafts while drafting is the faster mode, with hysteresis: the first comparison
+    takes the faster one, later ones keep the standing choice unless the other is faster by more
+    than ``MARGIN``. Each mode gets ``MIN_ROUNDS`` rounds at a row count before they are compared
+    there, and the losing mode one round in ``interval`` (costs change as contexts grow, rows come
+    and go, text turns repetitive). Once the loser has ``WINDOW`` rounds, every probe that confirms
+    the choice doubles the interval (``PROBE_EVERY`` up to ``MAX_PROBE_EVERY``); a flip resets it.
+
+    Measured on the H200 (runs 20-22): probing one round in 16 forever left adaptive several
+    percent behind plain where plain wins (C = 16, 64); a margin in drafting's favour kept drafting
+    rounds that verified nothing, 4-9% slower than plain; and rates from sums over 16 rounds of
+    one row (tokens and seconds both) chose plain at C = 1, where every fixed length beat it by
+    15-22%: 16 rounds of one row hold too few accepted tokens to tell."""
 
     WINDOW, MIN_ROUNDS, PROBE_EVERY, MAX_PROBE_EVERY, MARGIN = 16, 4, 16, 256, 0.02
+    GAIN_ROWS, GAIN_ROUNDS = 64, 64
 
     def __init__(self) -> None:
-        self.rounds: dict[tuple[int, bool], deque[tuple[int, float]]] = {}
+        self.seconds: dict[tuple[int, bool], deque[float]] = {}
+        self.gains: deque[tuple[int, int]] = deque(maxlen=self.GAIN_ROUNDS)  # drafting rounds: (tokens, rows)
         self.since_probe: dict[int, int] = {}
         self.interval: dict[int, int] = {}
         self.choice: dict[int, bool] = {}  # the winning mode at the last comparison
 
     def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
-        self.rounds.setdefault((rows, drafted), deque(maxlen=self.WINDOW)).append((tokens, seconds))
+        self.seconds.setdefault((rows, drafted), deque(maxlen=self.WINDOW)).append(seconds)
+        if drafted:
+            self.gains.append((tokens, rows))
+
+    def tokens_per_row(self) -> float | None:
+        """Committed tokens per row of the latest drafting rounds (``GAIN_ROWS`` rows of them)."""
+        tokens = rows = 0
+        for t, r in reversed(self.gains):
+            tokens, rows = tokens + t, rows + r
+            if rows >= self.GAIN_ROWS:
+                break
+        return tokens / rows if rows else None
 
     def rate(self, rows: int, drafted: bool) -> float | None:
-        window = self.rounds.get((rows, drafted))
+        window = self.seconds.get((rows, drafted))
         if not window or len(window) < self.MIN_ROUNDS:
             return None
-        seconds = sum(s for _, s in window)
-        return sum(t for t, _ in window) / seconds if seconds > 0 else None
+        seconds = statistics.median(window)
+        per_row = self.tokens_per_row() if drafted else 1.0
+        return None if per_row is None or seconds <= 0 else rows * per_row / seconds
 
     def choose(self, rows: int) -> bool:
         spec, plain = self.rate(rows, True), self.rate(rows, False)
@@ -66,6 +90,6 @@ class DraftingRates:
             self.since_probe[rows], self.interval[rows] = n, interval
             return drafting
         self.since_probe[rows] = 0
-        settled = len(self.rounds[(rows, not drafting)]) >= self.WINDOW  # the loser's window is full
+        settled = len(self.seconds[(rows, not drafting)]) >= self.WINDOW  # the loser's window is full
         self.interval[rows] = min(2 * interval, self.MAX_PROBE_EVERY) if settled else interval
         return not drafting  # the probe: a round of the losing mode

@@ -346,6 +346,11 @@ def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[lis
                 log(f"[C={len(prompts)} {mode}] FAILED\n{out[mode]['error']}")
         passes: dict[str, list] = {m: [] for m in engines}
         live = list(engines)
+        # What a server does once its model is loaded (vLLM does the same): the engines, weights and
+        # graphs built so far go to the permanent generation, so a collection during a pass scans
+        # only the pass's own objects (run 22: 40-90 collections in a 0.5 s pass at C = 64).
+        gc.collect()
+        gc.freeze()
         params = SamplingParams(max_new_tokens=args.new_tokens)
         for rep in range(args.repeats):
             for mode in live[rep % len(live):] + live[: rep % len(live)] if live else []:
@@ -364,6 +369,7 @@ def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[lis
                 out[mode] = ({**engines[mode][1], **fig}, outs)
         return out
     finally:
+        gc.unfreeze()
         engines.clear()
         release_memory()
 
