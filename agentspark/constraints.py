@@ -24,6 +24,7 @@ tokenizer, at the first constrained request.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from dataclasses import dataclass
@@ -73,15 +74,49 @@ _TOKENIZERS_LOCK = threading.Lock()
 
 def _ll_tokenizer(tokenizer: Any, vocab: int, eos: tuple[int, ...]) -> Any:
     """llguidance's view of a tokenizer, made once per (tokenizer, vocabulary, EOS) per process."""
-    import llguidance.hf
+    import llguidance
 
     key = (id(tokenizer), vocab, eos)
     with _TOKENIZERS_LOCK:
         ll = _TOKENIZERS.get(key)
         if ll is None:
-            ll = _TOKENIZERS[key] = (llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab, eos_token=list(eos)),
+            spec = byte_level_spec(tokenizer_spec(tokenizer))
+            ll = _TOKENIZERS[key] = (llguidance.LLTokenizer(json.dumps(spec), n_vocab=vocab, eos_token=list(eos)),
                                      tokenizer)  # the tokenizer kept alive: its id stays its own
         return ll[0]
+
+
+def tokenizer_spec(tokenizer: Any) -> dict:
+    """The fast tokenizer's JSON (tokenizers' own serialization, added tokens included), without
+    padding or truncation: what ``llguidance.hf.from_tokenizer`` hands to llguidance."""
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise InvalidRequestError("constrained decoding needs a fast (tokenizers) tokenizer")
+    backend = copy.copy(tokenizer.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    return json.loads(backend.to_str())
+
+
+def _has(node: dict | None, kind: str) -> bool:
+    if not node:
+        return False
+    return node.get("type") == kind or any(_has(n, kind) for n in node.get("pretokenizers") or node.get("decoders") or [])
+
+
+def byte_level_spec(spec: dict) -> dict:
+    """A byte-level BPE as llguidance must see it. transformers 5.17 (the GPU machine's) converts
+    the default GGUF's tokenizer with ``byte_fallback: true`` and a decoder sequence of
+    ByteFallback, ..., ByteLevel; llguidance then reads every token as the UTF-8 of its symbol
+    ("Ċ" as C4 8A instead of the newline byte), refuses the newline its grammar forces, and a
+    forced tool call failed on the H200 (run 23). When the pre-tokenizer and the decoder are both
+    byte-level, the tokenizer is byte-level: say so plainly (5.24's conversion already does)."""
+    model = spec.get("model") or {}
+    if not (model.get("byte_fallback") and _has(spec.get("pre_tokenizer"), "ByteLevel")
+            and _has(spec.get("decoder"), "ByteLevel")):
+        return spec
+    fixed = dict(spec, model=dict(model, byte_fallback=False))
+    fixed["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    return fixed
 
 
 class Constraint:

@@ -113,6 +113,32 @@ class GrammarTokensDrafter(Drafter):
         return Draft(picks, q)
 
 
+def test_a_byte_level_tokenizer_marked_byte_fallback_is_read_as_byte_level(default_model):
+    """transformers 5.17 (the GPU machine's) converts the default GGUF's tokenizer with
+    byte_fallback and a ByteFallback..ByteLevel decoder sequence; llguidance read token 198 ("Ċ")
+    as the bytes C4 8A instead of a newline there and refused a forced tool call's newline (run
+    23). The spec is normalized to plain byte-level; the control, that spec as it is, is misread."""
+    import llguidance
+
+    from agentspark.constraints import byte_level_spec, tokenizer_spec
+
+    tok = default_model.tokenizer
+    spec = tokenizer_spec(tok)
+    as_517 = dict(spec, model=dict(spec["model"], byte_fallback=True), decoder={"type": "Sequence", "decoders": [
+        {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        spec["decoder"]]})
+    newline = tok.encode("\n", add_special_tokens=False)
+    assert len(newline) == 1
+
+    def read(s: dict) -> bytes:
+        return llguidance.LLTokenizer(json.dumps(s), n_vocab=default_model.config.vocab_size).decode_bytes(newline)
+
+    assert read(as_517) != b"\n"  # the control: llguidance misreads the 5.17 form
+    assert read(byte_level_spec(as_517)) == b"\n"
+    assert byte_level_spec(spec) is spec  # the form 5.24 writes is left as it is
+    assert read(spec) == b"\n"
+
+
 @pytest.fixture(scope="module")
 def tiny_with_tokenizer(default_model):
     vocab = default_model.config.vocab_size
