@@ -42,14 +42,22 @@ class DraftingRates:
     def __init__(self) -> None:
         self.seconds: dict[tuple[int, bool], deque[float]] = {}
         self.gains: deque[tuple[int, int]] = deque(maxlen=self.GAIN_ROUNDS)  # drafting rounds: (tokens, rows)
+        # kept up to date by observe, so that choose (every round, before the round's work) only
+        # compares two numbers: the medians and the pooled gain cost tens of us a round in Python
+        self._median: dict[tuple[int, bool], float] = {}
+        self._per_row: float | None = None
         self.since_probe: dict[int, int] = {}
         self.interval: dict[int, int] = {}
         self.choice: dict[int, bool] = {}  # the winning mode at the last comparison
 
     def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
-        self.seconds.setdefault((rows, drafted), deque(maxlen=self.WINDOW)).append(seconds)
+        window = self.seconds.setdefault((rows, drafted), deque(maxlen=self.WINDOW))
+        window.append(seconds)
+        if len(window) >= self.MIN_ROUNDS:
+            self._median[(rows, drafted)] = statistics.median(window)
         if drafted:
             self.gains.append((tokens, rows))
+            self._per_row = self.tokens_per_row()
 
     def tokens_per_row(self) -> float | None:
         """Committed tokens per row of the latest drafting rounds (``GAIN_ROWS`` rows of them)."""
@@ -61,12 +69,9 @@ class DraftingRates:
         return tokens / rows if rows else None
 
     def rate(self, rows: int, drafted: bool) -> float | None:
-        window = self.seconds.get((rows, drafted))
-        if not window or len(window) < self.MIN_ROUNDS:
-            return None
-        seconds = statistics.median(window)
-        per_row = self.tokens_per_row() if drafted else 1.0
-        return None if per_row is None or seconds <= 0 else rows * per_row / seconds
+        seconds = self._median.get((rows, drafted))  # set once the mode has MIN_ROUNDS rounds here
+        per_row = self._per_row if drafted else 1.0
+        return None if seconds is None or per_row is None or seconds <= 0 else rows * per_row / seconds
 
     def choose(self, rows: int) -> bool:
         spec, plain = self.rate(rows, True), self.rate(rows, False)
