@@ -92,10 +92,13 @@ def test_route_a_rows_equal_plain_steps_under_the_interpreter():
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the GPU suite runs the engines on real weights (test_gpu_runtime.py)")
-def test_batched_route_a_equals_each_request_alone_under_the_interpreter():
+@pytest.mark.parametrize("reporting", [False, True], ids=["graph-body", "beside-a-logprobs-row"])
+def test_batched_route_a_equals_each_request_alone_under_the_interpreter(reporting):
     """Three greedy requests speculating side by side through the device runner's body in route a
     (bfloat16, the kernels under the interpreter) get the tokens each gets from plain decoding
-    alone: the rows' bits depend neither on the verify length nor on the rows beside them."""
+    alone: the rows' bits depend neither on the verify length nor on the rows beside them. With
+    ``reporting`` the first request reports logprobs, so every round it is in takes the runner's
+    reference path (``_invariant_reference_round``), the others' rows with it."""
     from agentspark import Engine, NgramDrafter, SamplingParams
     from agentspark.batch import BatchEngine
     from agentspark.model.graph_runner import DeviceRunner
@@ -119,8 +122,10 @@ def test_batched_route_a_equals_each_request_alone_under_the_interpreter():
         batch = BatchEngine(target, NgramDrafter, slots=3, max_draft=3, max_seq_len=64, reuse_prefix=False)
         batch.runner = runner(3)
         assert batch.runner.kind == "device-eager-exact-a"
-        results = batch.generate_many(prompts, params)
+        per = [SamplingParams(max_new_tokens=8, logprobs=2 if reporting and i == 0 else None) for i in range(3)]
+        results = batch.generate_many(prompts, per)
     assert [r.token_ids for r in results] == refs
+    assert (results[0].logprobs is not None) is reporting
     assert sum(x.accepted for r in results for x in r.stats.rounds) > 0  # drafts were verified and kept
 
 
@@ -146,3 +151,38 @@ def test_route_a_rows_equal_plain_steps_in_launches_of_1_to_64_rows(cfg):
     assert not any(bad.values()), {k: v for k, v in bad.items() if v}
     if cfg is DEFAULT_SHAPE:  # the check can fail: there cuBLAS's shapes change a row's bits (2,143 of
         assert any(control.values())  # 2,159 tokens on the H200; on the tiny shape none)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="bitwise bfloat16 on the GPU")
+def test_route_a_reference_rounds_keep_every_rows_bits():
+    """A round in which one row needs its logits on the host (a grammar's mask, logprobs) takes the
+    runner's reference path; in route a it must run the graphs' forward, so that every row of it,
+    the others too, gets the bits of its own one-row plain step (a request's tokens must not depend
+    on whether a grammar request runs beside it). Control: the old reference path (``eager_round``,
+    one ``model`` forward per row) differs from them somewhere at the default model's shape."""
+    from agentspark.model.graph_runner import DeviceRunner
+    from agentspark.model.runner import RowWork, eager_round
+    from agentspark.sampling import SamplingParams
+    from agentspark.verify import verify_chain
+
+    setup = Setup(DEFAULT_SHAPE, slots=8, tokens=5)
+    runner = DeviceRunner(setup.model, graphs=True, exact=True, exact_route="a", capacity=64 + 5, slots=8, max_tokens=5)
+    runner.cache = setup.cache  # the slots' prefixes are in it
+    greedy = SamplingParams(temperature=0.0)
+
+    def rows(T: int) -> list[RowWork]:
+        return [RowWork(s, n, setup.seq[s, n : n + T].tolist(), greedy, None, logits=True)
+                for s, n in enumerate(setup.contexts)]
+
+    bad = control = 0
+    with torch.inference_mode(), kernels():
+        for T in (1, 3, 5):
+            new = runner.round(rows(T))
+            old = eager_round(runner, rows(T), verify_chain)
+            for s, (a, b) in enumerate(zip(new, old)):
+                bad += sum(not torch.equal(a.logits[t], setup.ref[s][t]) for t in range(T))
+                control += sum(not torch.equal(b.logits[t], setup.ref[s][t]) for t in range(T))
+    print(f"reference rounds: route a's path {bad} mismatches of {8 * 9}; the old path {control}")
+    assert bad == 0
+    assert control > 0

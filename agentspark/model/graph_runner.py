@@ -62,7 +62,8 @@ from ..kernels.verify import verify_rows
 from ..sampling import SamplingParams, probs_rows
 from ..verify import Verifier, verify_chain
 from .decoder import DecoderModel
-from .runner import ModelRunner, PrefillOutput, RowResult, RowWork, eager_round
+from ..constraints import masked_logits
+from .runner import ModelRunner, PrefillOutput, RowResult, RowWork, eager_round, eager_verdict
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # The device runner's mode when the engine does not say (module docstring): exact. Measured on the
@@ -343,7 +344,10 @@ class DeviceRunner(ModelRunner):
     @torch.inference_mode()
     def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
         if verifier is not verify_chain or any(r.mask is not None or r.logits for r in rows):
-            # tests' negative controls, rows under a grammar, rows reporting logprobs: the reference path
+            # tests' negative controls, rows under a grammar, rows reporting logprobs: the reference
+            # rules (route a: over the very forward the graphs run, so no row's bits change)
+            if self.route == "a" and verifier is verify_chain:
+                return self._invariant_reference_round(rows)
             return eager_round(self, rows, verifier)
         T = self._tokens(max(len(r.tokens) for r in rows))
         greedy = all(r.params.greedy for r in rows)
@@ -365,6 +369,32 @@ class DeviceRunner(ModelRunner):
             RowResult(out[i][0], out[i][1], None if b.hidden is None else b.hidden[i, : len(r.tokens)])
             for i, r in enumerate(rows)
         ]
+
+    def _invariant_reference_round(self, rows: list[RowWork]) -> list[RowResult]:
+        """Route a's round for rows that need the logits on the host (a grammar's mask, logprobs):
+        the forward the graphs hold (``forward_rows``, row-invariant, the same padded bucket), run
+        eagerly, then each row's mask and verdict by the reference rules. ``eager_round`` ran such
+        a round as one ``model`` forward per row, through other attention kernels, so every row of
+        a round that held one grammar row got other bits than in any other round: its greedy
+        tokens then depended on what ran beside it (16 concurrent agent sessions through serve on
+        the H200, run 24: 5 of 16 transcripts equal to their solo runs)."""
+        T = max(len(r.tokens) for r in rows)
+        key = BucketKey(rows=row_bucket(len(rows)), tokens=T, greedy=True, has_q=False, filtered=False,
+                        capture=any(r.capture for r in rows))
+        b = _Bucket(key, self.model.cfg.vocab_size, self.device)  # its buffers only: nothing is captured
+        self._fill(b, rows)
+        out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts,
+                                      capture_layers=self.capture_layers if key.capture else (), row_invariant=True)
+        results = []
+        for i, row in enumerate(rows):
+            n = len(row.tokens)
+            raw = out.logits[i, :n]  # [n, V]
+            hidden = None if out.hidden is None else out.hidden[i, :n]
+            result = eager_verdict(self, row, masked_logits(raw, row.mask), hidden, verify_chain)
+            if row.logits:
+                result.logits = raw
+            results.append(result)
+        return results
 
     @torch.inference_mode()
     def round_device(self, slot: int, start: int, anchor: int, draft: DeviceDraft, params: SamplingParams,

@@ -203,13 +203,13 @@ def eager_round(runner: ModelRunner, rows: list[RowWork], verifier: Verifier) ->
     results = []
     for row, (raw, hidden) in zip(rows, row_forwards(runner, rows)):
         logits = masked_logits(raw, row.mask)  # the grammar's mask, as plain decoding applies it
-        results.append(_eager_verdict(runner, row, logits, hidden, verifier))
+        results.append(eager_verdict(runner, row, logits, hidden, verifier))
         if row.logits:
             results[-1].logits = raw
     return results
 
 
-def _eager_verdict(runner: ModelRunner, row: RowWork, logits: Tensor, hidden: Tensor | None,
+def eager_verdict(runner: ModelRunner, row: RowWork, logits: Tensor, hidden: Tensor | None,
                    verifier: Verifier) -> RowResult:
     """One row's verdict by the reference rules (``eager_round``)."""
     if len(row.tokens) == 1 and row.q is None and verifier is verify_chain:
