@@ -10,25 +10,24 @@ safetensors + JSON: nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..drafters.checkpoint import save_drafter
 from ..model.loading import LoadedModel
+from .checkpoint_state import CHECKPOINT, load_state, save_state
 from .data import Sample
 from .dspark_objective import Batch, ObjectiveWeights, dspark_loss, sample_anchors
 from .eagle3_objective import eagle3_loss
+from .train_log import TrainLog
 
-CHECKPOINT = "checkpoint"  # out/checkpoint: the latest resumable state
+__all__ = ["CHECKPOINT", "TrainOptions", "batches_for_step", "collate", "lr_at", "train"]
 
 
 @dataclass
@@ -43,8 +42,11 @@ class TrainOptions:
     max_length: int = 1024
     save_every: int = 500
     seed: int = 42
-    time_budget_s: float = 0.0  # > 0: after 20 steps, shrink ``steps`` so training ends within it
-
+    time_budget_s: float = 0.0  # > 0: after 20 steps, shrink ``steps`` so training ends within it (cuts the schedule)
+    # The two ways to split one schedule of ``steps`` over several runs (each resumed with --resume):
+    stop_after_s: float = 0.0  # > 0: stop at the first step boundary this many seconds after the clock's start
+    stop_at_step: int = 0  # > 0: stop once this many steps are done
+    eval_samples: int = 32  # held-out samples scored at every checkpoint (0: none)
 
 
 
@@ -95,36 +97,33 @@ class OnlineTarget:
         return out.hidden, out.logits  # [B, S, m*H], [B, S, V]
 
 
-def _save_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, opts: TrainOptions,
-                history: list[dict]) -> None:
-    ckpt = out / CHECKPOINT
-    tmp = out / (CHECKPOINT + ".tmp")
-    save_drafter(model, tmp, storage="float32")
-    state = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, s in state["state"].items() for k, v in s.items()
-               if isinstance(v, torch.Tensor)}
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "training_state.json").write_text(json.dumps(
-        {"next_step": step, "options": asdict(opts), "param_groups": state["param_groups"], "history": history[-200:]}))
-    if ckpt.exists():
-        for f in ckpt.iterdir():
-            f.unlink()
-        ckpt.rmdir()
-    tmp.rename(ckpt)
+def objective(model: nn.Module, batch: Batch, features: torch.Tensor, logits: torch.Tensor, opts: TrainOptions,
+              weights: ObjectiveWeights | None, anchor_seed: int) -> tuple[torch.Tensor, dict]:
+    """(loss, stats) of one batch: eagle3 -> TTT over every position (no anchors, no weights);
+    dspark/dflash -> anchored blocks, the anchors drawn from ``anchor_seed`` alone."""
+    if model.cfg.method == "eagle3":
+        return eagle3_loss(model, batch, features, logits)
+    anchors, keep = sample_anchors(batch, opts.num_anchors, torch.Generator().manual_seed(anchor_seed))
+    return dspark_loss(model, batch, features, logits, anchors, keep, weights)
 
 
-def _load_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    ckpt = out / CHECKPOINT
-    meta = json.loads((ckpt / "training_state.json").read_text())
-    weights = load_file(str(ckpt / "model.safetensors"))
-    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()})
-    flat = load_file(str(ckpt / "optimizer.safetensors"))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in flat.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["next_step"]), list(meta.get("history", []))
+@torch.no_grad()
+def held_out_summary(model: nn.Module, online: OnlineTarget, samples: list[Sample], opts: TrainOptions,
+                     weights: ObjectiveWeights | None, pad_id: int, autocast: contextlib.AbstractContextManager) -> dict:
+    """Mean objective stats over the first ``opts.eval_samples`` held-out samples (fixed anchors,
+    so checkpoints of one run are scored on the same blocks). Touches no training state."""
+    chosen = samples[: opts.eval_samples]
+    sums: dict[str, float] = {}
+    model.eval()
+    for b in range(0, len(chosen), opts.batch_size):
+        batch = collate(chosen[b : b + opts.batch_size], opts.max_length, pad_id, online.model.device)
+        features, logits = online(batch)
+        with autocast:
+            _, stats = objective(model, batch, features, logits, opts, weights, opts.seed * 100003 - 1 - b)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v * len(batch.lengths)
+    model.train()
+    return {k: v / len(chosen) for k, v in sums.items()} | {"samples": len(chosen)} if chosen else {}
 
 
 def train(
@@ -134,53 +133,70 @@ def train(
     opts: TrainOptions,
     out: Path,
     *,
-    weights: ObjectiveWeights,
+    weights: ObjectiveWeights | None,
     pad_id: int,
     resume: bool = False,
     on_step: Callable[[int, dict], None] | None = None,
+    held_out: list[Sample] | None = None,
+    clock_start: float | None = None,
 ) -> list[dict]:
     """Train ``model`` (a DSparkModel or an Eagle3Model attached to ``target``) in place; returns the
-    loss history. The objective follows ``model.cfg.method``: dspark/dflash -> dspark_loss (anchored
-    blocks, ``weights``), eagle3 -> eagle3_loss (7-step TTT, soft CE; ``weights`` and
-    ``opts.num_anchors`` unused)."""
+    loss history (the checkpoint's tail, then this run's steps). The objective follows
+    ``model.cfg.method`` (``objective``). The run ends after ``opts.steps``, or earlier at
+    ``stop_at_step`` / ``stop_after_s`` (seconds since ``clock_start``, default: now) with the
+    schedule of ``opts.steps`` left as it is, so a ``resume`` run continues it exactly. Every
+    checkpoint scores ``held_out`` (``opts.eval_samples`` of them) into the log's ``evals``."""
+    t_begin = time.perf_counter()
+    clock_start = t_begin if clock_start is None else clock_start
     device = target.model.device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    start, history = (_load_state(out, model, optimizer) if resume and (out / CHECKPOINT).exists() else (0, []))
+    start, log = (load_state(out, model, optimizer) if resume and (out / CHECKPOINT).exists() else (0, TrainLog()))
+    history = list(log.history)
     online = OnlineTarget(target, tuple(model.cfg.target_layer_ids), opts.max_length)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+
+    def checkpoint(next_step: int) -> None:
+        if held_out and opts.eval_samples > 0:
+            summary = held_out_summary(model, online, held_out, opts, weights, pad_id, autocast)
+            log.evals.append({"step": next_step, **summary})
+        save_state(out, model, optimizer, next_step, opts, log)
+
     model.train()
-    t_begin = time.perf_counter()
-    step = start
+    step, ended = start, "finished"
     while step < opts.steps:
         t0 = time.perf_counter()
         batch = collate(batches_for_step(samples, step, opts), opts.max_length, pad_id, device)
         features, logits = online(batch)
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, opts)
-        if model.cfg.method == "eagle3":  # TTT over every position: no anchors, no objective weights
-            with autocast:
-                loss, stats = eagle3_loss(model, batch, features, logits)
-        else:
-            anchors, keep = sample_anchors(batch, opts.num_anchors,
-                                           torch.Generator().manual_seed(opts.seed * 100003 + step))
-            with autocast:
-                loss, stats = dspark_loss(model, batch, features, logits, anchors, keep, weights)
+        with autocast:
+            loss, stats = objective(model, batch, features, logits, opts, weights, opts.seed * 100003 + step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, opts.clip))
         optimizer.step()
         stats.update(step=step + 1, lr=lr_at(step, opts), seconds=time.perf_counter() - t0)
         history.append(stats)
+        log.add_step(stats)
         if on_step is not None:
             on_step(step + 1, stats)
-        if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < opts.steps:
-            _save_state(out, model, optimizer, step + 1, opts, history)
         step += 1
+        if step < opts.steps and opts.stop_at_step and step >= opts.stop_at_step:
+            ended = "stop_at_step"
+        elif step < opts.steps and opts.stop_after_s and time.perf_counter() - clock_start >= opts.stop_after_s:
+            ended = "stop_after"
+        if ended != "finished":
+            break
+        if opts.save_every and step % opts.save_every == 0 and step < opts.steps:
+            checkpoint(step)
         if opts.time_budget_s > 0 and step == start + 20:
             # the whole cosine schedule is fitted into the budget (device time is what is scarce)
             per_step = (time.perf_counter() - t_begin) / 20
             opts.steps = min(opts.steps, step + max(0, int((opts.time_budget_s - (time.perf_counter() - t_begin)) / per_step)))
-    _save_state(out, model, optimizer, opts.steps, opts, history)
+    if step > start or not (out / CHECKPOINT).exists():
+        log.runs.append({"start_step": start, "end_step": step, "steps": opts.steps, "ended": ended,
+                         "seconds": time.perf_counter() - t_begin})
+        checkpoint(step)
     model.eval()
     return history
