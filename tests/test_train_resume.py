@@ -184,3 +184,21 @@ def test_samples_travel_gzipped_and_split(tmp_path):
     for i in range(3):
         (parts / f"samples.jsonl.gz.part-{i:03d}").write_bytes(raw[i * step : (i + 1) * step])
     assert load_samples(parts / "samples.jsonl") == samples
+
+
+def test_checkpoint_files_group_into_device_calls(tiny_target, tmp_path, monkeypatch):
+    from agentspark.training.carry import groups, main
+
+    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", CAP)
+    run(tiny_target, random_samples(6, seed=6), [], tmp_path / "run", opts(steps=1))
+    ckpt = tmp_path / "run" / CHECKPOINT
+    found = groups(ckpt, max_files=3, max_bytes=2 * CAP)
+    assert len(found) >= 3 and sorted(f for g in found for f in g) == sorted(ckpt.iterdir())
+    assert all(len(g) <= 3 and (sum(f.stat().st_size for f in g) <= 2 * CAP or len(g) == 1) for g in found)
+    default_groups = groups(ckpt)
+    for k in range(1, len(default_groups) + 1):  # copied group by group, the checkpoint arrives whole
+        assert main([str(ckpt), str(tmp_path / "back" / CHECKPOINT), "--group", str(k)]) == 0
+    assert sorted(f.name for f in (tmp_path / "back" / CHECKPOINT).iterdir()) == sorted(f.name for f in ckpt.iterdir())
+    step, _, back, _ = optimizer_state(tmp_path / "back", tiny_target)
+    _, _, here, _ = optimizer_state(tmp_path / "run", tiny_target)
+    assert step == 1 and all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), here.state_dict().values()))

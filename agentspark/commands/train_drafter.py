@@ -6,11 +6,12 @@ and --anchors and --markov-rank do not apply."""
 from __future__ import annotations
 
 import argparse
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InvalidRequestError
-from .common import checked_prompts, input_file, int_in, is_file, model_source, output_dir, real_in, sampling_value
+from .common import checked_prompts, input_file, int_in, model_source, output_dir, real_in, sampling_value
 
 _at_least_1 = int_in(1)
 _at_least_0 = int_in(0)
@@ -47,6 +48,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue from out/checkpoint")
     t.add_argument("--time-budget", type=real_in(0.0), default=0.0,
                    help="seconds of training: after 20 steps the schedule is fitted into it (0 = run all --steps)")
+    t.add_argument("--stop-after", type=real_in(0.0), default=0.0,
+                   help="stop at the first step boundary this many seconds after the command started, save the "
+                        "checkpoint and leave the schedule of --steps intact; a later --resume run continues it "
+                        "(0 = no limit; not with --time-budget)")
+    t.add_argument("--stop-at-step", type=_at_least_0, default=0,
+                   help="stop once this many steps of the schedule are done, as --stop-after does (0 = no limit)")
+    t.add_argument("--eval-samples", type=_at_least_0, default=32,
+                   help="held-out samples scored at every checkpoint, into report.json (default: 32)")
+    a = p.add_argument_group("agent sessions (training data from the target in our agent loop)")
+    a.add_argument("--agent-sessions", type=_at_least_0, default=0,
+                   help="run N agent sessions (calculator, read_file, list_dir over note files; tasks from templates "
+                        "and --prompts) with the target and train on them too; saved as out/data/agent_samples.jsonl "
+                        "and reused by later runs (default: 0)")
+    a.add_argument("--agent-slots", type=_at_least_0, default=0,
+                   help="sessions at once through one batch engine (0 = 1 on cpu, 16 on cuda)")
+    a.add_argument("--agent-max-new-tokens", type=sampling_value("max_new_tokens"), default=160,
+                   help="tokens per model request of a session, at most (default: 160)")
     r = p.add_argument_group("regeneration (DeepSpec's defaults)")
     # regeneration samples (transformers' do_sample), so its temperature must be > 0
     r.add_argument("--regen-temperature", type=sampling_value("temperature", positive=True), default=0.7,
@@ -86,21 +104,32 @@ def _progress(label: str, total: int | None):
 def _check_paths(args: argparse.Namespace) -> None:
     """The files and folders first: each mistake here would otherwise surface only after the
     target has loaded (minutes on a large one), or as a crash."""
+    from ..training.agent_data import refuse_eval_prompts
+    from ..training.data import has_samples
+
     out = Path(args.out)
+    if args.time_budget and (args.stop_after or args.stop_at_step):
+        raise InvalidRequestError("--time-budget shrinks the schedule; --stop-after and --stop-at-step keep it for a "
+                                  "later --resume: choose one")
     if args.responses:
         input_file(args.responses, "--responses")
-    elif not is_file(out / "data" / "samples.jsonl"):  # prompts are read only when no samples are reused
+    elif not has_samples(out / "data" / "samples.jsonl"):  # prompts are read only when no samples are reused
         checked_prompts(args.prompts)
+    if args.agent_sessions and not has_samples(out / "data" / "agent_samples.jsonl"):
+        checked_prompts(args.prompts)
+        refuse_eval_prompts(args.prompts)
     output_dir(out, "--out")  # last: a mistake above leaves no empty folder behind
 
 
 def run(args: argparse.Namespace) -> int:
     from ..model.loading import load_model
+    from ..training.agent_data import AgentDataParams
     from ..training.data import RegenParams
     from ..training.pipeline import DrafterRecipe
     from ..training.pipeline import run as run_pipeline
     from ..training.trainer import TrainOptions
 
+    started = time.perf_counter()  # --stop-after counts the target's loading too: the device call's clock
     _check_paths(args)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     target = load_model(args.target, dtype=dtype, device=args.device)
@@ -113,12 +142,21 @@ def run(args: argparse.Namespace) -> int:
         calibration_tokens=args.calibration_tokens, storage=args.storage,
         train=TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, num_anchors=args.anchors,
                            max_length=args.max_length, save_every=args.save_every, seed=args.seed,
-                           time_budget_s=args.time_budget),
+                           time_budget_s=args.time_budget, stop_after_s=args.stop_after,
+                           stop_at_step=args.stop_at_step, eval_samples=args.eval_samples),
         regen=RegenParams(temperature=args.regen_temperature, top_p=args.regen_top_p, top_k=args.regen_top_k,
                           max_new_tokens=args.regen_max_new_tokens, batch_size=args.regen_batch_size, seed=args.seed),
+        agent=AgentDataParams(sessions=args.agent_sessions, temperature=args.regen_temperature, top_p=args.regen_top_p,
+                              top_k=args.regen_top_k, max_new_tokens=args.agent_max_new_tokens, seed=args.seed,
+                              slots=args.agent_slots or (16 if args.device.startswith("cuda") else 1)),
     )
     report = run_pipeline(args.target, target, args.prompts, Path(args.out), recipe,
                           responses=Path(args.responses) if args.responses else None, limit=args.limit,
-                          resume=args.resume, progress_factory=_progress)
-    print(f"done in {report['total_s']:.0f} s: {report['drafter_bytes'] / 2**20:.2f} MiB at {Path(args.out) / 'drafter'}")
+                          resume=args.resume, progress_factory=_progress,
+                          clock_start=started)
+    if report["finished"]:
+        print(f"done in {report['total_s']:.0f} s: {report['drafter_bytes'] / 2**20:.2f} MiB at {Path(args.out) / 'drafter'}")
+    else:
+        print(f"stopped after {report['total_s']:.0f} s at step {report['next_step']} of {report['steps']}: "
+              f"resume with --resume (the checkpoint is {Path(args.out) / 'checkpoint'})")
     return 0

@@ -10,6 +10,7 @@ repeated run does not generate them again.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -109,10 +110,35 @@ def save_samples(samples: list[Sample], path: Path) -> None:
             f.write(json.dumps(asdict(s)) + "\n")
 
 
-def load_samples(path: Path) -> list[Sample]:
+def stored_samples(path: Path) -> list[Path]:
+    """The files that hold the samples of ``path``: the file itself; else ``path.gz``; else its
+    split gzip parts ``path.gz.part-*`` (sorted, joined in that order). The last two are how a
+    samples file over 16 MiB travels back from the GPU machine (README: multi-run training)."""
+    if path.is_file():
+        return [path]
+    gz = path.with_name(path.name + ".gz")
+    if gz.is_file():
+        return [gz]
+    return sorted(p for p in path.parent.glob(path.name + ".gz.part-*") if p.is_file()) if path.parent.is_dir() else []
+
+
+def has_samples(path: Path) -> bool:
+    """False also where the path cannot even be looked at (the caller reports that later)."""
     try:
-        return [Sample(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError, TypeError) as exc:
+        return bool(stored_samples(path))
+    except OSError:
+        return False
+
+
+def load_samples(path: Path) -> list[Sample]:
+    files = stored_samples(path)
+    try:
+        if not files:
+            raise OSError(f"no {path.name}, {path.name}.gz or {path.name}.gz.part-* in {path.parent}")
+        raw = b"".join(f.read_bytes() for f in files)
+        text = (gzip.decompress(raw) if files[0].name != path.name or raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+        return [Sample(**json.loads(line)) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError, TypeError, EOFError) as exc:
         raise InvalidRequestError(f"{path} is not a samples file written by train-drafter: {exc}") from exc
 
 

@@ -1,10 +1,17 @@
-"""train-drafter, end to end: regenerate -> split -> train online -> calibrate -> export.
+"""train-drafter, end to end: regenerate -> agent sessions -> split -> train online -> calibrate -> export.
 
 Layout of ``out``:
-  data/samples.jsonl   the regenerated conversations (reused by later runs and --resume)
-  checkpoint/          the latest resumable state (float32 weights, optimizer, step)
-  drafter/             the exported drafter (config.json + model.safetensors, calibrated)
-  report.json          options, data sizes, loss history summary, calibration per position
+  data/samples.jsonl        the regenerated conversations (reused by later runs and --resume; also
+                            read as samples.jsonl.gz or its split parts samples.jsonl.gz.part-*)
+  data/agent_samples.jsonl  the agent sessions (agent_data.py; reused likewise)
+  checkpoint/               the latest resumable state (checkpoint_state.py: float32 weights and
+                            optimizer state in shards of at most 16 MiB, next step, run log)
+  drafter/                  the exported drafter (config.json + model.safetensors, calibrated)
+  report.json               options, data sizes, the loss curve, held-out scores per checkpoint and
+                            the runs so far (all carried in the checkpoint), calibration per position
+
+A run that stops before the schedule's end (--stop-after, --stop-at-step) leaves the checkpoint
+and the report and skips calibration and export: the run that finishes the schedule does them.
 """
 
 from __future__ import annotations
@@ -26,9 +33,16 @@ from ..engine import Engine
 from ..errors import InvalidRequestError
 from ..model.loading import LoadedModel
 from ..sampling import SamplingParams
-from .data import RegenParams, Sample, draft_vocabulary, load_samples, pick_mask_token, save_samples, split_held_out
+from .agent_data import AgentDataParams, generate_agent_samples, refuse_eval_prompts, target_backend
+from .checkpoint_state import read_state
+from .data import (RegenParams, Sample, draft_vocabulary, has_samples, load_samples, pick_mask_token, save_samples,
+                   split_held_out)
 from .dspark_objective import ObjectiveWeights
+from .train_log import TrainLog
 from .trainer import TrainOptions, train
+
+SAMPLES = "samples.jsonl"
+AGENT_SAMPLES = "agent_samples.jsonl"
 
 
 @dataclass
@@ -45,6 +59,7 @@ class DrafterRecipe:
     storage: str = "bfloat16"
     train: TrainOptions = field(default_factory=TrainOptions)
     regen: RegenParams = field(default_factory=RegenParams)
+    agent: AgentDataParams = field(default_factory=AgentDataParams)
 
 
 def regenerate_with_hf(target_spec: str, target: LoadedModel, prompts: str | Path, recipe: DrafterRecipe,
@@ -101,16 +116,13 @@ def prompt_part(sample: Sample) -> list[int]:
     return sample.input_ids[:n]
 
 
-def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, recipe: DrafterRecipe, *,
-        responses: Path | None = None, limit: int | None = None, resume: bool = False,
-        log: Any = print, progress_factory: Any = None) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    cached = out / "data" / "samples.jsonl"
+def regenerated_samples(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, recipe: DrafterRecipe,
+                        responses: Path | None, limit: int | None, log: Any, progress_factory: Any) -> list[Sample]:
+    cached = out / "data" / SAMPLES
     if responses is not None:
         samples = load_samples(responses)
         log(f"samples: {len(samples)} from {responses}")
-    elif cached.exists():
+    elif has_samples(cached):
         samples = load_samples(cached)
         log(f"samples: {len(samples)} reused from {cached}")
     else:
@@ -119,20 +131,89 @@ def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, r
             samples = regenerate_with_hf(target_spec, target, prompts, recipe, limit, advance)
         save_samples(samples, cached)
         log(f"samples: {len(samples)} regenerated -> {cached}")
-    samples = [s for s in samples if s.loss_tokens >= 2]
+    return samples
+
+
+def agent_samples(target: LoadedModel, prompts: str | Path, out: Path, recipe: DrafterRecipe, limit: int | None,
+                  log: Any, progress_factory: Any, backend: Any = None) -> list[Sample]:
+    """The agent sessions of ``recipe.agent`` (none when sessions is 0): reused from
+    data/agent_samples.jsonl when there, else run on the target (or ``backend``) and saved there."""
+    params = recipe.agent
+    cached = out / "data" / AGENT_SAMPLES
+    if params.sessions <= 0:
+        return []
+    if has_samples(cached):
+        samples = load_samples(cached)
+        note = "" if len(samples) == params.sessions else f" (not the {params.sessions} asked: delete it to run them again)"
+        log(f"agent samples: {len(samples)} reused from {cached}{note}")
+        return samples
+    from ..datasets import load_prompts
+
+    refuse_eval_prompts(prompts)
+    records = load_prompts(prompts, limit)
+    log(f"running {params.sessions} agent sessions with the target ({params})")
+    own = backend is None
+    backend = target_backend(target, params) if own else backend
+    try:
+        with progress_factory("agent sessions", params.sessions) if progress_factory else nullcontext() as advance:
+            samples = generate_agent_samples(backend, records, params, progress=advance)
+    finally:
+        if own and hasattr(backend, "close"):
+            backend.close()
+    save_samples(samples, cached)
+    log(f"agent samples: {len(samples)} sessions, {sum(s.loss_tokens for s in samples)} generated tokens -> {cached}")
+    return samples
+
+
+def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, recipe: DrafterRecipe, *,
+        responses: Path | None = None, limit: int | None = None, resume: bool = False,
+        log: Any = print, progress_factory: Any = None, agent_backend: Any = None,
+        clock_start: float | None = None) -> dict[str, Any]:
+    """``agent_backend``: run the agent sessions on it instead of the target's own (tests).
+    ``clock_start``: the perf_counter time --stop-after counts from (default: now)."""
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    clock_start = t_start if clock_start is None else clock_start
+    samples = regenerated_samples(target_spec, target, prompts, out, recipe, responses, limit, log, progress_factory)
+    regen_s = time.perf_counter() - t_start
+    agent = agent_samples(target, prompts, out, recipe, limit, log, progress_factory, agent_backend)
+    agent_s = time.perf_counter() - t_start - regen_s
+    samples = [s for s in samples + agent if s.loss_tokens >= 2]
     if not samples:
         raise InvalidRequestError("no usable training samples (every response was empty)")
     train_set, held_out = split_held_out(samples, recipe.held_out, recipe.train.seed)
-    regen_s = time.perf_counter() - t_start
     model = new_drafter_model(target, recipe, train_set)
     log(f"drafter: {model.cfg.method}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M trainable parameters, "
         f"layers {model.cfg.target_layer_ids} of the target, draft vocab {model.cfg.draft_vocab_size}")
     pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
+    before = read_state(out) if resume else None
+    if before is not None and before.get("options", {}).get("steps") not in (None, recipe.train.steps):
+        log(f"note: the checkpoint's schedule has {before['options']['steps']} steps, this run {recipe.train.steps} "
+            "(the learning-rate schedule changes from here)")
     t_train = time.perf_counter()
     with progress_factory("train", recipe.train.steps) if progress_factory else nullcontext() as advance:
+        if advance and before is not None:
+            advance(int(before["next_step"]))  # the bar counts the schedule, not this run
         history = train(model, target, train_set, recipe.train, out, weights=ObjectiveWeights.for_method(recipe.method),
-                        pad_id=pad, resume=resume, on_step=(lambda s, st: advance(1, st)) if advance else None)
+                        pad_id=pad, resume=resume, on_step=(lambda s, st: advance(1, st)) if advance else None,
+                        held_out=held_out, clock_start=clock_start)
     train_s = time.perf_counter() - t_train
+    state = read_state(out) or {}
+    next_step = int(state.get("next_step", 0))
+    finished = next_step >= recipe.train.steps
+    report: dict[str, Any] = {
+        "recipe": asdict(recipe), "target": target_spec, "samples": len(samples),
+        "agent_samples": sum(s.dataset.startswith("agent-") for s in samples), "train_samples": len(train_set),
+        "held_out_samples": len(held_out), "regenerate_s": regen_s, "agent_sessions_s": agent_s, "train_s": train_s,
+        "next_step": next_step, "steps": recipe.train.steps, "finished": finished,
+        "final_loss": _mean_tail(history),
+    }
+    if not finished:
+        report.update(_log_report(state), total_s=time.perf_counter() - t_start)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        log(f"stopped at step {next_step} of {recipe.train.steps}: the checkpoint is in {out / 'checkpoint'}; "
+            "run again with --resume to continue")
+        return report
     # --- calibrate on the held-out split: real verification rounds at temperature 1 ---
     calibration: list[dict] = []
     # (confidence heads only: DFlash has none, and EAGLE-3 drafts have no confidences at all)
@@ -148,15 +229,18 @@ def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, r
         log(f"calibrated on {len(rounds)} held-out rounds: temperatures {[round(t, 2) for t in temps]}")
     final = save_drafter(model, out / "drafter", storage=recipe.storage)
     size = sum(f.stat().st_size for f in final.iterdir())
-    tail = history[-50:]
-    report = {
-        "recipe": asdict(recipe), "target": target_spec, "samples": len(samples), "train_samples": len(train_set),
-        "held_out_samples": len(held_out), "drafter_bytes": size, "regenerate_s": regen_s, "train_s": train_s,
-        "final_loss": {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if isinstance(tail[0][k], float)}
-        if tail else {},
-        "calibration": calibration, "total_s": time.perf_counter() - t_start,
-    }
+    report.update(drafter_bytes=size, calibration=calibration, **_log_report(state), total_s=time.perf_counter() - t_start)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     log(f"drafter written to {final} ({size / 2**20:.2f} MiB)")
     return report
 
+
+def _mean_tail(history: list[dict], n: int = 50) -> dict[str, float]:
+    tail = history[-n:]
+    return {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if isinstance(tail[0][k], float)} if tail else {}
+
+
+def _log_report(state: dict) -> dict[str, Any]:
+    """What the checkpoint's log holds of every run so far: the loss curve, held-out scores, runs."""
+    log = TrainLog.from_json(state)
+    return {"loss_curve": log.curve, "evals": log.evals, "runs": log.runs}
