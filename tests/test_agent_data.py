@@ -204,7 +204,7 @@ def test_train_drafter_mixes_in_agent_sessions_and_reuses_them(tiny_chat, tokeni
 
     hf, _ = tiny_chat
     folder = tmp_path / "tiny"
-    hf.save_pretrained(folder, safe_serialization=True)
+    hf.save_pretrained(folder)  # safetensors: the default
     tokenizer.save_pretrained(folder)
     prompts = tmp_path / "train.jsonl"
     prompts.write_text("".join(json.dumps({"dataset": r.dataset, "turns": list(r.turns)}) + "\n" for r in PROMPTS))
