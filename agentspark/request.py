@@ -9,6 +9,8 @@ there); ``reusable_prefix`` is how much of a prompt a cache holding another sequ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -96,14 +98,20 @@ def new_request(target: LoadedModel, capacity: int, prompt_ids: list[int], param
                     logprobs=None if params.logprobs is None else [])
 
 
+def common_prefix(a: Sequence, b: Sequence) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def reusable_prefix(cached_ids: list[int], prompt_ids: list[int]) -> int:
     """How many leading prompt tokens a cache holding K/V of ``cached_ids`` can keep: their common
     prefix, short of the prompt's last token (its logits are needed, so it is always fed)."""
-    limit = min(len(cached_ids), len(prompt_ids) - 1)
-    n = 0
-    while n < limit and cached_ids[n] == prompt_ids[n]:
-        n += 1
-    return n
+    return common_prefix(cached_ids[: len(prompt_ids) - 1], prompt_ids)
 
 
 def first_logits(req: _Request, logits: Tensor) -> Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from conftest import tiny_hf_model
 
 from agentspark.backends.base import Backend, BackendChunk, BackendResponse, finish_reason, reply_message
@@ -24,12 +23,7 @@ PROMPTS = [PromptRecord("gsm8k", ("Tom has 3 apples and buys 4 more. How many ap
            PromptRecord("livecodebench", ("Write a function that reverses a string.",))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ LAYERS = (-1, 0, 1)
 CAP = 24 * 1024  # bytes per shard in these tests: the tiny drafter's state takes several
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Self
 from pydantic import ValidationError
 from pydantic_core import to_json
 
+from ..request import common_prefix
 from .schema import READABLE_VERSIONS, TRACE_VERSION, AuditVerdict, MessagesPrefix, TraceError, TraceRound
 
 
@@ -41,15 +42,6 @@ def _digest(encoded: list[bytes]) -> str:
     return hashlib.sha256(b"\n".join(encoded)).hexdigest()[:16]
 
 
-def _shared_count(a: list[bytes], b: list[bytes]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class _Compactor:
     """Writes rounds as lines, each request's messages after the ones the previous line of the
     same session already holds (see schema.py); ``commit`` once a line is safely written."""
@@ -59,7 +51,7 @@ class _Compactor:
 
     def line(self, rnd: TraceRound) -> tuple[bytes, list[bytes]]:
         encoded = _message_json(rnd.request.messages)
-        shared = _shared_count(self._last.get(rnd.session_id, []), encoded)
+        shared = common_prefix(self._last.get(rnd.session_id, []), encoded)
         update: dict[str, Any] = {"version": TRACE_VERSION}
         if shared:
             prefix = MessagesPrefix(count=shared, sha256=_digest(encoded[:shared]))

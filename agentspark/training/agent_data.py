@@ -32,6 +32,7 @@ from ..backends.base import Backend
 from ..datasets import PromptRecord, bundled_eval_sample
 from ..errors import InvalidRequestError
 from ..model.loading import LoadedModel
+from ..request import common_prefix
 from ..sampling import SamplingParams
 from ..tools import calculator, make_file_tools
 from .agent_tasks import AgentTask, make_task
@@ -59,15 +60,6 @@ def refuse_eval_prompts(source: str | Path) -> None:
     path = Path(source).resolve()
     if "eval" in path.parts or path == bundled_eval_sample().resolve():
         raise InvalidRequestError(f"agent sessions take their tasks from training prompts; {source} is an eval set")
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def session_sample(requests: Sequence[tuple[list[int], list[int]]], dataset: str) -> Sample:
