@@ -10,7 +10,6 @@ there); ``reusable_prefix`` is how much of a prompt a cache holding another sequ
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -111,7 +110,7 @@ def common_prefix(a: Sequence, b: Sequence) -> int:
 def reusable_prefix(cached_ids: list[int], prompt_ids: list[int]) -> int:
     """How many leading prompt tokens a cache holding K/V of ``cached_ids`` can keep: their common
     prefix, short of the prompt's last token (its logits are needed, so it is always fed)."""
-    return common_prefix(cached_ids[: len(prompt_ids) - 1], prompt_ids)
+    return min(common_prefix(cached_ids, prompt_ids), max(0, len(prompt_ids) - 1))
 
 
 def first_logits(req: _Request, logits: Tensor) -> Tensor:

@@ -62,11 +62,16 @@ def save_drafter(model: nn.Module, directory: str | Path, *, storage: str = "bfl
         tensors["embed_tokens.weight"] = target.embed.weight.detach().cpu().to(torch.bfloat16).contiguous()
         tensors["lm_head.weight"] = target.lm_head.weight_t.detach().t().cpu().to(torch.bfloat16).contiguous()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_config(model, out, storage)
+    return out
+
+
+def write_config(model: nn.Module, directory: Path, storage: str) -> None:
+    """directory/config.json: the drafter's config with how its weights are stored."""
     config = model.cfg.to_json()
     config["agentspark_storage"] = storage
     config["torch_dtype"] = "bfloat16" if storage != "float32" else "float32"
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def read_config(directory: str | Path) -> LearnedDrafterConfig:

@@ -56,13 +56,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..constraints import masked_logits
 from ..drafters.base import DeviceDraft
 from ..kernels.support import kernels_run_on
 from ..kernels.verify import verify_rows
 from ..sampling import SamplingParams, probs_rows
 from ..verify import Verifier, verify_chain
 from .decoder import DecoderModel
-from ..constraints import masked_logits
 from .runner import ModelRunner, PrefillOutput, RowResult, RowWork, eager_round, eager_verdict
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -202,6 +202,7 @@ class DeviceRunner(ModelRunner):
         self.exact = exact
         self.kind = ("cuda-graphs" if graphs else "device-eager") + (f"-exact-{self.route}" if exact else "")
         self.buckets: dict[BucketKey, _Bucket] = {}
+        self.reference_buckets: dict[BucketKey, _Bucket] = {}  # buffers of reference rounds: never captured
         self.prefill_buckets: dict[PrefillKey, _PrefillBucket] = {}
         # Where every round leaves its rows' target features (one buffer for all buckets, so a
         # device drafter's observe graph reads one place): [rows, Tmax, m*H].
@@ -375,13 +376,16 @@ class DeviceRunner(ModelRunner):
         the forward the graphs hold (``forward_rows``, row-invariant, the same padded bucket), run
         eagerly, then each row's mask and verdict by the reference rules. ``eager_round`` ran such
         a round as one ``model`` forward per row, through other attention kernels, so every row of
-        a round that held one grammar row got other bits than in any other round: its greedy
-        tokens then depended on what ran beside it (16 concurrent agent sessions through serve on
-        the H200, run 24: 5 of 16 transcripts equal to their solo runs)."""
+        a round that held one grammar row got other bits than in any other round, so greedy
+        tokens depended on what ran beside it (72 of 72 tokens off their plain steps on the H200,
+        run 25; a likely cause of run 24's 5 of 16 concurrent agent sessions equal to their solo
+        runs)."""
         T = max(len(r.tokens) for r in rows)
         key = BucketKey(rows=row_bucket(len(rows)), tokens=T, greedy=True, has_q=False, filtered=False,
                         capture=any(r.capture for r in rows))
-        b = _Bucket(key, self.model.cfg.vocab_size, self.device)  # its buffers only: nothing is captured
+        b = self.reference_buckets.get(key)
+        if b is None:  # its buffers only (pinned host memory is slow to allocate): nothing is captured
+            b = self.reference_buckets[key] = _Bucket(key, self.model.cfg.vocab_size, self.device)
         self._fill(b, rows)
         out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts,
                                       capture_layers=self.capture_layers if key.capture else (), row_invariant=True)

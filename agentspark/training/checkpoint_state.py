@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..drafters.checkpoint import write_config
 from ..errors import CorruptModelError
 from .shards import has_sharded, load_sharded, save_sharded
 from .train_log import TrainLog
@@ -44,9 +45,7 @@ def save_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, st
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    config = model.cfg.to_json()
-    config.update(agentspark_storage="float32", torch_dtype="float32")
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_config(model, tmp, "float32")
     save_sharded(_weights(model), tmp, "model", cap)
     state = optimizer.state_dict()
     flat = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if isinstance(v, torch.Tensor)}
