@@ -30,6 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .errors import InvalidRequestError
@@ -181,6 +182,24 @@ def apply_masks(logits: Tensor, bits: Tensor) -> Tensor:
     out = logits.float().clone()
     llguidance.torch.apply_token_bitmask_inplace(out, bits.to(out.device))
     return out
+
+
+def mask_words(vocab: int) -> int:
+    """W, the int32 words of one position's bitmask over ``vocab`` tokens (llguidance's layout:
+    token t is bit t % 32 of word t // 32)."""
+    return (vocab + 31) // 32
+
+
+def apply_masks_rows(logits: Tensor, bits: Tensor) -> Tensor:
+    """``apply_masks`` for a round's rows on the device, with no host value in it (the model
+    runner captures it in its round graphs): logits [R, T, V], bits [R, T, W] int32 -> logits
+    [R, T, V] (same dtype) with every disallowed token at -inf. A position whose words are all -1
+    is left as it was, so free rows ride along. Allowed logits keep their bits, so a greedy pick
+    equals ``apply_masks``' (which works in float32: the cast is exact)."""
+    token = torch.arange(logits.shape[-1], device=logits.device)  # [V]
+    words = bits.index_select(-1, token // 32)  # [R, T, V] the word holding each token's bit
+    allowed = (words >> (token % 32).to(torch.int32)) & 1  # the shift is arithmetic: & 1 keeps one bit
+    return logits.masked_fill(allowed == 0, float("-inf"))
 
 
 def masked_logits(logits: Tensor, mask: Tensor | None) -> Tensor:

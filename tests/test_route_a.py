@@ -97,8 +97,8 @@ def test_batched_route_a_equals_each_request_alone_under_the_interpreter(reporti
     """Three greedy requests speculating side by side through the device runner's body in route a
     (bfloat16, the kernels under the interpreter) get the tokens each gets from plain decoding
     alone: the rows' bits depend neither on the verify length nor on the rows beside them. With
-    ``reporting`` the first request reports logprobs, so every round it is in takes the runner's
-    reference path (``_invariant_reference_round``), the others' rows with it."""
+    ``reporting`` the first request reports logprobs, so every round it is in runs in a bucket
+    that also keeps the raw logits (``BucketKey.logits``), the others' rows with it."""
     from agentspark import Engine, NgramDrafter, SamplingParams
     from agentspark.batch import BatchEngine
     from agentspark.model.graph_runner import DeviceRunner
@@ -156,10 +156,10 @@ def test_route_a_rows_equal_plain_steps_in_launches_of_1_to_64_rows(cfg):
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="bitwise bfloat16 on the GPU")
 def test_route_a_reference_rounds_keep_every_rows_bits():
-    """A round in which one row needs its logits on the host (a grammar's mask, logprobs) takes the
-    runner's reference path; in route a it must run the graphs' forward, so that every row of it,
-    the others too, gets the bits of its own one-row plain step (a request's tokens must not depend
-    on whether a grammar request runs beside it). Control: the old reference path (``eager_round``,
+    """A round in which one row needs its logits on the host (logprobs; a grammar's mask takes the
+    same graphs, test_graph_round_masks.py) runs in the round graphs, so that every row of it, the
+    others too, gets the bits of its own one-row plain step (a request's tokens must not depend on
+    whether such a request runs beside it). Control: the old path for such rounds (``eager_round``,
     one ``model`` forward per row) differs from them somewhere at the default model's shape."""
     from agentspark.model.graph_runner import DeviceRunner
     from agentspark.model.runner import RowWork, eager_round

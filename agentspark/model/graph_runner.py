@@ -56,14 +56,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..constraints import masked_logits
+from ..constraints import apply_masks_rows, mask_words
 from ..drafters.base import DeviceDraft
 from ..kernels.support import kernels_run_on
 from ..kernels.verify import verify_rows
 from ..sampling import SamplingParams, probs_rows
 from ..verify import Verifier, verify_chain
 from .decoder import DecoderModel
-from .runner import ModelRunner, PrefillOutput, RowResult, RowWork, eager_round, eager_verdict
+from .runner import ModelRunner, PrefillOutput, RowResult, RowWork, eager_round
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # The device runner's mode when the engine does not say (module docstring): exact. Measured on the
@@ -110,6 +110,8 @@ class BucketKey:
     filtered: bool  # some row uses top-k or top-p (a sort over the vocabulary)
     capture: bool  # the graph also returns the target features for a learned drafter
     chained: bool = False  # plain steps fed by the previous replay's token, on the device (plain_stream)
+    masked: bool = False  # some row is under a grammar: its bitmask per position is applied to the logits
+    logits: bool = False  # some row reports logprobs: the graph keeps the raw logits for the host
 
 
 class _Bucket:
@@ -133,6 +135,10 @@ class _Bucket:
             self.race = torch.ones(R, vocab, device=device)  # [R, V] exponential race
             self.q = torch.zeros(R, max(T - 1, 1), vocab, device=device) if key.has_q else None
         self.out_host = torch.zeros(R, 2, dtype=torch.long, pin_memory=pin)
+        if key.masked:  # [R, T, W] int32 grammar bitmasks (constraints.py); -1 = every token allowed
+            words = mask_words(vocab)
+            self.mask = torch.full((R, T, words), -1, dtype=torch.int32, device=device)
+            self.mask_host = torch.full((R, T, words), -1, dtype=torch.int32, pin_memory=pin)
         self.device_draft_host = torch.zeros(R, T, dtype=torch.long, pin_memory=pin)  # [drafts T-1 | length]
         # chained plain steps: [token R | start R], written by each replay for the next one
         self.chain = torch.zeros(2, R, dtype=torch.long, device=device) if key.chained else None
@@ -141,6 +147,7 @@ class _Bucket:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.packed: Tensor | None = None  # [R, 2] (accepted, token), written by the graph
         self.hidden: Tensor | None = None  # [R, T, m*H] when key.capture
+        self.raw: Tensor | None = None  # [R, T, V] the forward's logits, when key.logits
 
 
 MIN_KEY_WINDOW = 256  # the smallest key window of a prefill chunk (then doubling up to the capacity)
@@ -202,7 +209,6 @@ class DeviceRunner(ModelRunner):
         self.exact = exact
         self.kind = ("cuda-graphs" if graphs else "device-eager") + (f"-exact-{self.route}" if exact else "")
         self.buckets: dict[BucketKey, _Bucket] = {}
-        self.reference_buckets: dict[BucketKey, _Bucket] = {}  # buffers of reference rounds: never captured
         self.prefill_buckets: dict[PrefillKey, _PrefillBucket] = {}
         # Where every round leaves its rows' target features (one buffer for all buckets, so a
         # device drafter's observe graph reads one place): [rows, Tmax, m*H].
@@ -248,10 +254,14 @@ class DeviceRunner(ModelRunner):
                                       capture_layers=self.capture_layers if key.capture else (),
                                       row_invariant=self.route == "a")
         draft = b.ids[:, 1:]  # [R, T-1]
+        if key.logits:
+            b.raw = out.logits  # [R, T, V] the graph's own output buffer: read before the next replay
+        # the grammar's mask, as plain decoding applies it: on the logits, before any probability
+        logits = apply_masks_rows(out.logits, b.mask) if key.masked else out.logits  # [R, T, V]
         if key.greedy:
-            accepted, token = verify_rows(out.logits, draft, b.n, greedy=True)
+            accepted, token = verify_rows(logits, draft, b.n, greedy=True)
         else:
-            p = probs_rows(out.logits, b.temperature, b.top_k, b.top_p, filtered=key.filtered)  # [R, T, V]
+            p = probs_rows(logits, b.temperature, b.top_k, b.top_p, filtered=key.filtered)  # [R, T, V]
             accepted, token = verify_rows(p, draft, b.n, b.q, b.u, b.race, greedy=False)
         if key.chained:
             b.chain[0].copy_(token)
@@ -344,11 +354,7 @@ class DeviceRunner(ModelRunner):
     # ---- rounds ---------------------------------------------------------------------------
     @torch.inference_mode()
     def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
-        if verifier is not verify_chain or any(r.mask is not None or r.logits for r in rows):
-            # tests' negative controls, rows under a grammar, rows reporting logprobs: the reference
-            # rules (route a: over the very forward the graphs run, so no row's bits change)
-            if self.route == "a" and verifier is verify_chain:
-                return self._invariant_reference_round(rows)
+        if verifier is not verify_chain:  # the tests' negative controls: the reference rules, eagerly
             return eager_round(self, rows, verifier)
         T = self._tokens(max(len(r.tokens) for r in rows))
         greedy = all(r.params.greedy for r in rows)
@@ -357,6 +363,12 @@ class DeviceRunner(ModelRunner):
             has_q=not greedy and any(r.q is not None for r in rows),
             filtered=not greedy and any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows),
             capture=any(r.capture for r in rows),
+            # Rows under a grammar and rows reporting logprobs run in the graphs too: their bits are
+            # then those of the forward every other round runs (route a: of their own plain steps),
+            # whatever runs beside them. Run eagerly (one forward per row, other kernels), a grammar
+            # row put 72 of 72 tokens off their plain steps on the H200 (run 25).
+            masked=any(r.mask is not None for r in rows),
+            logits=any(r.logits for r in rows),
         )
         b = self._bucket(key)
         self._fill(b, rows)
@@ -366,37 +378,12 @@ class DeviceRunner(ModelRunner):
             self.done.record()
             self.done.synchronize()  # THE host sync of the round: (accepted, token) per row
         out = b.out_host.tolist()
-        return [
-            RowResult(out[i][0], out[i][1], None if b.hidden is None else b.hidden[i, : len(r.tokens)])
-            for i, r in enumerate(rows)
-        ]
-
-    def _invariant_reference_round(self, rows: list[RowWork]) -> list[RowResult]:
-        """Route a's round for rows that need the logits on the host (a grammar's mask, logprobs):
-        the forward the graphs hold (``forward_rows``, row-invariant, the same padded bucket), run
-        eagerly, then each row's mask and verdict by the reference rules. ``eager_round`` ran such
-        a round as one ``model`` forward per row, through other attention kernels, so every row of
-        a round that held one grammar row got other bits than in any other round, so greedy
-        tokens depended on what ran beside it (72 of 72 tokens off their plain steps on the H200,
-        run 25; a likely cause of run 24's 5 of 16 concurrent agent sessions equal to their solo
-        runs)."""
-        T = max(len(r.tokens) for r in rows)
-        key = BucketKey(rows=row_bucket(len(rows)), tokens=T, greedy=True, has_q=False, filtered=False,
-                        capture=any(r.capture for r in rows))
-        b = self.reference_buckets.get(key)
-        if b is None:  # its buffers only (pinned host memory is slow to allocate): nothing is captured
-            b = self.reference_buckets[key] = _Bucket(key, self.model.cfg.vocab_size, self.device)
-        self._fill(b, rows)
-        out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts,
-                                      capture_layers=self.capture_layers if key.capture else (), row_invariant=True)
         results = []
-        for i, row in enumerate(rows):
-            n = len(row.tokens)
-            raw = out.logits[i, :n]  # [n, V]
-            hidden = None if out.hidden is None else out.hidden[i, :n]
-            result = eager_verdict(self, row, masked_logits(raw, row.mask), hidden, verify_chain)
-            if row.logits:
-                result.logits = raw
+        for i, r in enumerate(rows):
+            n = len(r.tokens)
+            result = RowResult(out[i][0], out[i][1], None if b.hidden is None else b.hidden[i, :n])
+            if r.logits:  # a copy: the next replay overwrites the buffer
+                result.logits = b.raw[i, :n].clone()
             results.append(result)
         return results
 
@@ -440,11 +427,22 @@ class DeviceRunner(ModelRunner):
             view[3 * R + i] = r.params.top_k
             view[4 * R + i * T : 4 * R + i * T + len(r.tokens)] = r.tokens
         b.ints.copy_(ints, non_blocking=True)
+        if b.key.masked:
+            self._fill_masks(b, rows)
         if b.key.greedy:
             return
         self._fill_params(b, rows)
         if noise:
             self._fill_noise(b, rows)
+
+    def _fill_masks(self, b: _Bucket, rows: list[RowWork]) -> None:
+        """Each row's bitmasks [l+1, W] at its positions; every other position allows every token."""
+        host = b.mask_host  # safe to overwrite: the last round's copy finished at its sync
+        host.fill_(-1)
+        for i, r in enumerate(rows):
+            if r.mask is not None:
+                host[i, : r.mask.shape[0]] = r.mask
+        b.mask.copy_(host, non_blocking=True)
 
     def _fill_params(self, b: _Bucket, rows: list[RowWork]) -> None:
         R = b.key.rows
