@@ -6,19 +6,23 @@ servers return logprobs (asked as ``logprobs: true, top_logprobs: 2``) the token
 ``choices[0].logprobs.content`` are compared, and a divergence carries the reference's top-2
 logprob margin at that token: a small margin is a near-tie (two kernels rounding a tie apart), a
 large one a real bug. Where they do not, the reply texts are compared and a divergence is the
-first differing character. The local audit (``agentspark.audit``) proves the same on one machine
-against plain decoding; this one checks what a deployment actually serves.
+first differing character. A server that refuses logprobs (HTTP 400 about them) is asked that
+request again without them, and not asked for them again in this audit run: its requests are
+compared by text, and the report names it. The local audit (``agentspark.audit``) proves the
+same on one machine against plain decoding; this one checks what a deployment actually serves.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .backends.base import Backend, BackendResponse
+from .backends.remote import LogprobsRefusedError, RemoteBackendError
 from .errors import AgentSparkError
 from .sampling import SamplingParams
 
@@ -72,22 +76,29 @@ def _shown(text: str | None) -> str:
 
 @dataclass
 class RequestOutcome:
-    """One request's verdict: identical, diverged (``divergence``) or failed (``error``)."""
+    """One request's verdict: identical, diverged (``divergence``) or failed (``error``).
+
+    ``logprobs_refused_by``: the servers that were asked this request without logprobs, having
+    refused them (this request or an earlier one); with any, ``compared`` is "text"."""
 
     label: str
     identical: bool
-    compared: str  # "tokens" | "text" | "" (an error: nothing compared)
+    compared: str  # "tokens" (the logprobs' token texts) | "text" | "" (an error: nothing compared)
     reference_tokens: int = 0
     candidate_tokens: int = 0
     divergence: Divergence | None = None
     error: str | None = None
+    logprobs_refused_by: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         if self.error is not None:
             return f"ERROR {self.label}: {self.error}"
         if self.identical:
-            return f"identical {self.label}: {self.reference_tokens} tokens, compared by {self.compared}"
-        return f"DIVERGED {self.label}: {self.divergence.describe()}"
+            return f"identical {self.label}: {self.reference_tokens} tokens, compared by {self.compared}{self._why_text()}"
+        return f"DIVERGED {self.label}: {self.divergence.describe()}{self._why_text()}"
+
+    def _why_text(self) -> str:
+        return f" (logprobs refused by {', '.join(self.logprobs_refused_by)})" if self.logprobs_refused_by else ""
 
 
 @dataclass
@@ -98,6 +109,7 @@ class RemoteAuditReport:
     reference_model: str
     seed: int
     outcomes: list[RequestOutcome] = field(default_factory=list)
+    logprobs_refused: dict[str, str] = field(default_factory=dict)  # server -> its first refusal (LogprobsRefusals)
 
     @property
     def diverged(self) -> int:
@@ -114,9 +126,16 @@ class RemoteAuditReport:
     def verdict(self) -> str:
         total = len(self.outcomes)
         if self.passed:
-            return f"all {total} identical"
+            return f"all {total} identical{self._by_text()}"
         failed = f" ({self.errors} of them could not be compared: a server failed)" if self.errors else ""
-        return f"{sum(not o.identical for o in self.outcomes)} of {total} diverged{failed}" if total else "nothing audited"
+        return (f"{sum(not o.identical for o in self.outcomes)} of {total} diverged{failed}{self._by_text()}" if total
+                else "nothing audited")
+
+    def _by_text(self) -> str:
+        """Text comparison is weaker than token comparison (a near-tie gets no margin): say so."""
+        if not self.logprobs_refused:
+            return ""
+        return f"; {', '.join(self.logprobs_refused)} refused logprobs, so their requests were compared by text"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": self.verdict(), "passed": self.passed, "diverged": self.diverged,
@@ -184,29 +203,80 @@ def compare_responses(label: str, reference: BackendResponse, candidate: Backend
     return RequestOutcome(label, found is None, by if found is None else "text", divergence=found, **counts)
 
 
-def audit_params(request: AuditRequest) -> SamplingParams:
+def audit_params(request: AuditRequest, *, logprobs: bool = True) -> SamplingParams:
     return SamplingParams(temperature=0.0, seed=AUDIT_SEED, max_new_tokens=request.max_new_tokens,
-                          logprobs=TOP_LOGPROBS)
+                          logprobs=TOP_LOGPROBS if logprobs else None)
 
 
-def audit_one(request: AuditRequest, candidate: Backend, reference: Backend) -> RequestOutcome:
-    """Both servers, one request; a server's failure (after its retries) is this request's error."""
-    params = audit_params(request)
+def server_of(backend: Backend) -> str:
+    """What names a server in the report: a remote backend's base URL, else the backend's name."""
+    return getattr(backend, "base_url", None) or backend.name
+
+
+class LogprobsRefusals:
+    """The servers that refused logprobs in one audit run, each with its first refusal's message;
+    shared by the run's threads, so that once one request learns it, later ones do not ask."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_server: dict[str, str] = {}
+
+    def refused(self, server: str) -> bool:
+        with self._lock:
+            return server in self.by_server
+
+    def record(self, server: str, message: str) -> None:
+        with self._lock:
+            self.by_server.setdefault(server, message)
+
+
+def ask(backend: Backend, request: AuditRequest, refusals: LogprobsRefusals) -> tuple[BackendResponse, bool]:
+    """The backend's reply, and whether it was asked without logprobs (it refused them, now or
+    before). A refusal is retried once without them, and recorded only when that retry succeeds:
+    a 400 that merely quotes the request's logprobs fails again and stays this request's error."""
+    def complete(logprobs: bool) -> BackendResponse:
+        return backend.complete(request.messages, request.tools, audit_params(request, logprobs=logprobs),
+                                request.tool_choice)
+
+    server = server_of(backend)
+    if refusals.refused(server):
+        return complete(logprobs=False), True
     try:
-        ref = reference.complete(request.messages, request.tools, params, request.tool_choice)
-        cand = candidate.complete(request.messages, request.tools, params, request.tool_choice)
+        return complete(logprobs=True), False
+    except LogprobsRefusedError as refusal:
+        try:
+            reply = complete(logprobs=False)
+        except AgentSparkError as exc:
+            raise RemoteBackendError(f"{refusal}; asked again without logprobs, it failed too: {exc}") from exc
+        refusals.record(server, str(refusal))
+        return reply, True
+
+
+def audit_one(request: AuditRequest, candidate: Backend, reference: Backend,
+              refusals: LogprobsRefusals | None = None) -> RequestOutcome:
+    """Both servers, one request; a server's failure (after its retries) is this request's error."""
+    refusals = LogprobsRefusals() if refusals is None else refusals
+    try:
+        ref, ref_without = ask(reference, request, refusals)
+        cand, cand_without = ask(candidate, request, refusals)
     except AgentSparkError as exc:  # RemoteBackendError: refused, or unreachable after the retries
         return RequestOutcome(request.label, False, "", error=str(exc))
-    return compare_responses(request.label, ref, cand)
+    outcome = compare_responses(request.label, ref, cand)
+    asked_without = [server_of(b) for b, without in ((reference, ref_without), (candidate, cand_without)) if without]
+    outcome.logprobs_refused_by = list(dict.fromkeys(asked_without))  # one server can be both sides
+    return outcome
 
 
 def audit_many(requests: Sequence[AuditRequest], candidate: Backend, reference: Backend, *, concurrency: int = 1,
-               on_done: Callable[[RequestOutcome], None] | None = None) -> list[RequestOutcome]:
+               on_done: Callable[[RequestOutcome], None] | None = None,
+               refusals: LogprobsRefusals | None = None) -> list[RequestOutcome]:
     """Every request, at most ``concurrency`` at a time (each holds one connection to each server);
-    outcomes in the requests' order. ``on_done`` sees each as it finishes (a progress bar)."""
+    outcomes in the requests' order. ``on_done`` sees each as it finishes (a progress bar).
+    ``refusals`` collects the servers that refused logprobs (a fresh one per run by default)."""
+    refusals = LogprobsRefusals() if refusals is None else refusals
 
     def one(request: AuditRequest) -> RequestOutcome:
-        outcome = audit_one(request, candidate, reference)
+        outcome = audit_one(request, candidate, reference, refusals)
         if on_done is not None:
             on_done(outcome)
         return outcome

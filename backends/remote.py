@@ -3,8 +3,11 @@
 Retries (tenacity, exponential backoff) on connection errors, timeouts, 429 and 5xx, waiting at
 least what a ``Retry-After`` header asks (seconds or an HTTP date, capped at MAX_RETRY_AFTER_S);
 any other 4xx is the caller's mistake and raises ``RemoteBackendError`` at once with the server's
-message. Streaming reads server-sent events through httpx-sse (the events' framing: multi-line
-``data``, comments, CRLF), the chunks' JSON here. ``transport`` is the httpx seam for tests.
+message; a 400 about logprobs on a request that asked for them (servers that do not serve logprobs:
+some llama.cpp builds, deployments that turn them off) is ``LogprobsRefusedError``, so that a
+caller can ask again without them (the deployment audit does). Streaming reads server-sent
+events through httpx-sse (the events' framing: multi-line ``data``, comments, CRLF), the chunks'
+JSON here. ``transport`` is the httpx seam for tests.
 
 finish_reason is what the local backend reports (``base.finish_reason``): "length" whenever the
 server says ``max_tokens`` cut the reply, even in the middle of a call, and "tool_calls" only for
@@ -66,6 +69,30 @@ def response_format(grammar: Grammar) -> dict[str, Any]:
 
 class RemoteBackendError(AgentSparkError):
     """The server refused the request or stayed unreachable after the retries."""
+
+
+class LogprobsRefusedError(RemoteBackendError):
+    """HTTP 400 to a request that asked for logprobs, with an error about logprobs (``about_logprobs``):
+    the server does not serve them. Never retried here: asking again without them changes the
+    request, which only the caller may decide."""
+
+
+def about_logprobs(error_body: str) -> bool:
+    """Whether a 400's body is about ``logprobs`` / ``top_logprobs``: OpenAI's error ``param``
+    where the server names one (a 400 about another parameter is not, whatever its message
+    quotes), else its message (vLLM, llama.cpp and our server name no param)."""
+    try:
+        data = json.loads(error_body)
+    except ValueError:
+        return "logprob" in error_body.lower()
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        param = error.get("param")
+        if isinstance(param, str) and param:
+            return "logprob" in param.lower()
+        return "logprob" in str(error.get("message", error)).lower()
+    message = data.get("message", error) if isinstance(data, dict) else data  # vLLM: {"object": "error", "message": ...}
+    return "logprob" in str(message).lower()
 
 
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer gets this; the caller's timeout still bounds the whole
@@ -196,8 +223,9 @@ class RemoteBackend(Backend):
         self.model = model
         self.retries = retries
         self.backoff = backoff
+        self.base_url = checked_base_url(base_url).rstrip("/")  # names the server (the audit keys its refusals by it)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=checked_base_url(base_url).rstrip("/"), timeout=timeout, headers=headers, transport=transport)
+        self.client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
 
     def _body(self, messages, tools, sampling: SamplingParams, tool_choice, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -247,6 +275,9 @@ class RemoteBackend(Backend):
             if response.status_code >= 400:
                 response.read()
                 response.close()
+                if response.status_code == 400 and "logprobs" in body and about_logprobs(response.text):
+                    raise LogprobsRefusedError(f"{self.name} at {self.base_url} refused logprobs: HTTP 400: "
+                                               f"{response.text[:500]}")
                 raise RemoteBackendError(f"{self.name} refused the request: HTTP {response.status_code}: {response.text[:500]}")
             return response
 

@@ -177,13 +177,14 @@ def test_retries_wait_with_exponential_backoff(monkeypatch):
     assert slept == [0.5, 1.0, 2.0]
 
 
+@pytest.mark.parametrize("status", [429, 503])
 @pytest.mark.parametrize("header,at_least", [("3", 3.0), ("0.25", 0.25), ("999", 60.0), ("soon", None)])
-def test_retry_after_is_honoured(monkeypatch, header, at_least):
+def test_retry_after_is_honoured(monkeypatch, status, header, at_least):
     """A 429 or 503 with Retry-After waits at least that long before the retry (capped at a
     minute; an unreadable header leaves the exponential backoff alone)."""
     slept: list[float] = []
     monkeypatch.setattr("tenacity.nap.time.sleep", slept.append)
-    busy = httpx.Response(429, headers={"retry-after": header}, json={"error": {"message": "busy"}})
+    busy = httpx.Response(status, headers={"retry-after": header}, json={"error": {"message": "busy"}})
     server = Server(busy, completion("ok"))
     assert backend(server, retries=2, backoff=0.1).complete(user("hi")).message.content == "ok"
     assert slept == [at_least if at_least is not None else 0.1]
@@ -271,6 +272,48 @@ def test_client_errors_raise_at_once_with_the_server_message(status, message, ty
     assert str(status) in text
     assert message in text
     assert "refused" in text
+
+
+def openai_400(message: str, param: str | None) -> httpx.Response:
+    return httpx.Response(400, json={"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                               "code": None}})
+
+
+LOGPROBS = SamplingParams(logprobs=2)
+
+
+@pytest.mark.parametrize("refusal", [
+    pytest.param(openai_400("This model does not support top_logprobs.", "top_logprobs"), id="openai-param"),
+    pytest.param(httpx.Response(400, json={"error": {"code": 400, "message": "logprobs is not supported",
+                                                     "type": "invalid_request_error"}}), id="llama.cpp-message"),
+    pytest.param(httpx.Response(400, json={"object": "error", "message": "Logprobs are disabled", "code": 400}),
+                 id="vllm-message"),
+    pytest.param(httpx.Response(400, text="logprobs not allowed"), id="plain-text"),
+])
+@pytest.mark.parametrize("streaming", [False, True], ids=["complete", "stream"])
+def test_a_400_about_logprobs_is_logprobs_refused_and_not_retried(refusal, streaming):
+    from agentspark.backends.remote import LogprobsRefusedError
+
+    server = Server(refusal, completion("must not be reached"))
+    b = backend(server, retries=4)
+    with pytest.raises(LogprobsRefusedError, match="refused logprobs: HTTP 400"):
+        list(b.stream(user("hi"), sampling=LOGPROBS)) if streaming else b.complete(user("hi"), sampling=LOGPROBS)
+    assert len(server.requests) == 1  # asking again without logprobs is the caller's decision
+
+
+@pytest.mark.parametrize("refusal,sampling", [
+    pytest.param(openai_400("max_tokens is too large (with logprobs on)", "max_tokens"), LOGPROBS,
+                 id="param-names-another-field"),
+    pytest.param(openai_400("'messages' must contain at least one message.", None), LOGPROBS, id="message-about-else"),
+    pytest.param(openai_400("logprobs is not supported", None), SamplingParams(), id="logprobs-not-asked"),
+])
+def test_other_400s_stay_plain_refusals(refusal, sampling):
+    from agentspark.backends.remote import LogprobsRefusedError
+
+    server = Server(refusal, completion("must not be reached"))
+    with pytest.raises(RemoteBackendError, match="refused the request: HTTP 400") as info:
+        backend(server, retries=4).complete(user("hi"), sampling=sampling)
+    assert not isinstance(info.value, LogprobsRefusedError) and len(server.requests) == 1
 
 
 # ---- 4. the request -----------------------------------------------------------------------

@@ -88,7 +88,7 @@ def _audit(args, requests, candidate, reference, model: str, reference_model: st
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..remote_audit import AUDIT_SEED, RemoteAuditReport, audit_many
+    from ..remote_audit import AUDIT_SEED, LogprobsRefusals, RemoteAuditReport, audit_many
 
     out = console()
     out.print(f"audit of {escape(args.base_url)} ({escape(model)}) against {escape(args.reference_url)} "
@@ -96,15 +96,21 @@ def _audit(args, requests, candidate, reference, model: str, reference_model: st
               f"{args.concurrency} at a time")
     columns = (TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     # a bar only on a terminal: in a pipe or a log the verdict lines below are the record
+    refusals = LogprobsRefusals()
     with Progress(*columns, console=out, transient=True, disable=not out.is_terminal) as progress:
         task = progress.add_task("audit", total=len(requests))
         outcomes = audit_many(requests, candidate, reference, concurrency=args.concurrency,
-                              on_done=lambda _: progress.advance(task))
+                              on_done=lambda _: progress.advance(task), refusals=refusals)
+    # soft_wrap: one line per request and per refusal, however long, so a log can be grepped
     for outcome in outcomes:
         style = "green" if outcome.identical else "red"
-        out.print(f"[{style}]{escape(outcome.line())}[/]")
-    report = RemoteAuditReport(args.base_url, args.reference_url, model, reference_model, AUDIT_SEED, outcomes)
-    out.print(f"[bold {'green' if report.passed else 'red'}]verdict: {escape(report.verdict())}[/]")
+        out.print(f"[{style}]{escape(outcome.line())}[/]", soft_wrap=True)
+    for refusal in refusals.by_server.values():  # the message names the server
+        out.print(f"[yellow]{escape(refusal)}; its requests were asked again without logprobs and compared by text[/]",
+                  soft_wrap=True)
+    report = RemoteAuditReport(args.base_url, args.reference_url, model, reference_model, AUDIT_SEED, outcomes,
+                               dict(refusals.by_server))
+    out.print(f"[bold {'green' if report.passed else 'red'}]verdict: {escape(report.verdict())}[/]", soft_wrap=True)
     return report
 
 
