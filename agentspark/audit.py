@@ -78,15 +78,15 @@ class SessionRecord:
 
 
 def rebuilt_round(backend, trace_round) -> tuple[list[int], SamplingParams, SessionRecord]:  # noqa: ANN001
-    """A traced round's request rebuilt as the session's backend built it (the forced prefix, and
-    the forced call closed where the recording closed it): (prompt ids, params, what the session
-    produced). ``backend`` is a LocalBackend without cache reuse; ``trace_round`` a TraceRound."""
-    from .traces.replay import sampling_of  # late: the traces package loads matplotlib for its plots
+    """A traced round's request rebuilt as the session's backend built it (a forced call through
+    the tool-call grammar, or on the text path with the recorded prefix and closed where the
+    recording closed it): (prompt ids, params, what the session produced). ``backend`` is a
+    LocalBackend without cache reuse; ``trace_round`` a TraceRound."""
+    from .traces.replay import forced_by, sampling_of  # late: the traces package loads matplotlib for its plots
 
     request = trace_round.request
     params, tool_choice = sampling_of(request)
-    prepared = backend.prepare(request.messages, request.tools, params, tool_choice,
-                               close_forced_call=bool(request.sampling.get("forced_suffix")))
+    prepared = backend.prepare(request.messages, request.tools, params, tool_choice, **forced_by(request))
     record = SessionRecord(token_ids=trace_round.response.get("token_ids"), prompt_hash=request.prompt_hash,
                            params=prepared.params)
     return prepared.prompt_ids, prepared.params, record

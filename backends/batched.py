@@ -21,14 +21,16 @@ from ..batch_worker import BatchWorker
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from .base import Backend, BackendChunk, ToolChoice
-from .local import PreparedRequest, prepare_request, relay, text_request, token_text
+from .local import PreparedRequest, forcing, prepare_request, relay, text_request, token_text
 
 
 class BatchBackend(Backend):
     concurrent = True  # stream() may be called from many threads at once
 
     def __init__(self, engine: BatchEngine, *, speculative: bool = True, close_forced_calls: bool = False,
-                 constrain_tool_calls: bool = False) -> None:
+                 constrain_tool_calls: bool = True) -> None:
+        """``constrain_tool_calls`` and ``close_forced_calls``: the local backend's (a forced call
+        is a grammar by default; False is the older text path)."""
         if engine.tokenizer is None:
             raise InvalidRequestError("a batch backend needs a model with a tokenizer and a chat template")
         self.engine = engine
@@ -48,10 +50,9 @@ class BatchBackend(Backend):
 
     def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                 sampling: SamplingParams | None = None, tool_choice: ToolChoice = "auto", *,
-                close_forced_call: bool | None = None) -> PreparedRequest:
-        close = self.close_forced_calls if close_forced_call is None else close_forced_call
-        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice, close_forced_call=close,
-                               constrain_tool_calls=self.constrain_tool_calls)
+                close_forced_call: bool | None = None, constrain_tool_call: bool | None = None) -> PreparedRequest:
+        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice,
+                               **forcing(self, close_forced_call, constrain_tool_call))
 
     def open(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
              sampling: SamplingParams | None = None, tool_choice: ToolChoice = "auto") -> Iterator[BackendChunk]:

@@ -5,11 +5,15 @@ Chat template and tools: models whose template renders tools get them through
 ``<tool_call>`` text is parsed back. A session keeps the engine's KV cache between rounds, so each
 round prefills only what was appended (tool results, the next user turn).
 
-tool_choice: "auto" offers the tools; "none" hides them; "required" or a tool's name put the start
-of a tool call in the model's mouth — for a named tool up to the value of its first required
-argument (``forced_prefix`` says exactly what was forced). With ``close_forced_calls`` the model
-writes only that argument's value and the call is closed for it (``forced_suffix``), unless the
-token budget cut the value.
+tool_choice: "auto" offers the tools; "none" hides them; "required" or a tool's name force a call.
+By default (``constrain_tool_calls=True``) a forced call is a grammar (``tool_call_grammar``): the
+model writes the whole call, only an offered tool's name (the named one) and arguments of its
+schema, and the grammar closes it. ``constrain_tool_calls=False`` is the older text path, kept for
+``agentspark serve --tool-calls forced`` and for rebuilding rounds recorded on it (their traces
+carry ``forced_prefix``): the start of the call is put in the model's mouth — for a named tool up
+to the value of its first required argument (``forced_prefix`` says exactly what was forced) — and
+with ``close_forced_calls`` the model writes only that argument's value and the call is closed for
+it (``forced_suffix``), unless the token budget cut the value.
 
 finish_reason is "length" whenever the budget cut the reply, even in the middle of a call: the
 fragment of that call is in ``invalid_tool_calls``, never reported as a call.
@@ -97,8 +101,10 @@ class PreparedRequest:
 class LocalBackend(Backend):
     def __init__(
         self, engine: Engine, *, speculative: bool = True, reuse_cache: bool = True, close_forced_calls: bool = False,
-        constrain_tool_calls: bool = False,
+        constrain_tool_calls: bool = True,
     ) -> None:
+        """``constrain_tool_calls``: a forced tool_choice is a grammar (the default) or, False, the
+        text path (module docstring; ``close_forced_calls`` applies to that path only)."""
         if engine.tokenizer is None:
             raise InvalidRequestError("a local backend needs a model with a tokenizer and a chat template")
         self.engine = engine
@@ -119,13 +125,14 @@ class LocalBackend(Backend):
         tool_choice: ToolChoice = "auto",
         *,
         close_forced_call: bool | None = None,
+        constrain_tool_call: bool | None = None,
     ) -> PreparedRequest:
         """What the engine runs for a request: prompt ids (ending with the forced prefix, if any)
-        and sampling parameters; ``close_forced_call`` overrides ``close_forced_calls`` (audits
-        reproduce a recorded round with it)."""
-        close = self.close_forced_calls if close_forced_call is None else close_forced_call
-        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice, close_forced_call=close,
-                               constrain_tool_calls=self.constrain_tool_calls)
+        and sampling parameters (with the tool-call grammar, if any); ``close_forced_call`` and
+        ``constrain_tool_call`` override the backend's settings for this request (audits rebuild a
+        recorded round with them)."""
+        return prepare_request(self.engine.tokenizer, messages, tools, sampling, tool_choice,
+                               **forcing(self, close_forced_call, constrain_tool_call))
 
     def open(
         self,
@@ -159,6 +166,12 @@ class LocalBackend(Backend):
         chunks = self.engine.stream(prepared.prompt_ids, prepared.params, speculative=self.speculative,
                                     reuse_cache=self.reuse_cache)
         yield from relay(chunks, prepared, offered, self.name, token_text(self.engine.tokenizer))
+
+
+def forcing(backend: Any, close_forced_call: bool | None, constrain_tool_call: bool | None) -> dict[str, bool]:
+    """``prepare_request``'s forcing keywords: a request's overrides, else the backend's settings."""
+    return {"close_forced_call": backend.close_forced_calls if close_forced_call is None else close_forced_call,
+            "constrain_tool_calls": backend.constrain_tool_calls if constrain_tool_call is None else constrain_tool_call}
 
 
 def tool_call_grammar(tools: list[dict[str, Any]], tool_choice: ToolChoice, *, parallel: bool = False) -> Grammar:

@@ -652,11 +652,15 @@ def part_agent(res: dict, state: dict, max_new: int = 64) -> None:
     from agentspark.model.loading import resolve_folder
 
     hf = AutoModelForCausalLM.from_pretrained(str(resolve_folder("default")), dtype=getattr(torch, DTYPE)).to(DEVICE).eval()
+    # Forced calls on the text path (constrain_tool_calls=False), for all three alike: HF generate
+    # takes no grammar, so the tool-call grammar would leave it nothing to compare with (and the
+    # recorded figures, README "Agent session", were measured on this path).
+    forcing = {"close_forced_calls": True, "constrain_tool_calls": False}
     backends = {
-        "auto": lambda: LocalBackend(state["engines"]["auto"], close_forced_calls=True),
-        "plain": lambda: LocalBackend(state["engines"]["plain"], speculative=False, close_forced_calls=True),
+        "auto": lambda: LocalBackend(state["engines"]["auto"], **forcing),
+        "plain": lambda: LocalBackend(state["engines"]["plain"], speculative=False, **forcing),
         "hf_generate": lambda: LocalBackend(HFGenerateEngine(hf, target.tokenizer, target.eos_token_ids), speculative=False,
-                                            close_forced_calls=True),
+                                            **forcing),
     }
     workspace = Path(tempfile.mkdtemp(prefix="agentspark-gpu-agent-"))
     (workspace / "notes.txt").write_text(NOTES)

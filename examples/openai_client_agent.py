@@ -4,12 +4,14 @@ Starts the app of ``agentspark serve`` (``create_app``; speculative with drafter
 this process on 127.0.0.1 with a free port, waits for ``/health``, runs a tool loop with
 ``OpenAI(base_url=...)`` (round 1: a tool call, run here and sent back as a ``tool`` message;
 round 2: the answer), prints each response's ``agentspark`` extension field (backend, speculative
-stats, forced prefix) and shuts the server down. Forced, honestly: the 135M model rarely calls a
-tool on its own, so round 1 sends ``tool_choice={"type": "function", "function": {"name":
-"calculator"}}``: the server writes the call's opening, the model the expression, and the call is
-closed for it (``close_forced_calls=True``). Round 2 sends no tool_choice.
+stats, forced prefix: empty, nothing is put in the model's mouth) and shuts the server down.
+Forced, honestly: the 135M model rarely calls a tool on its own, so round 1 sends
+``tool_choice={"type": "function", "function": {"name": "calculator"}}``, which the server turns
+into a grammar (as ``agentspark serve --tool-calls constrained``, its default): the model writes
+the whole call, only a calculator call with an ``expression`` string, and the grammar closes it.
+Round 2 sends no tool_choice.
 
-Run:  python examples/openai_client_agent.py [--max-tokens 40] [--base-url http://127.0.0.1:8000/v1]
+Run:  python examples/openai_client_agent.py [--max-tokens 64] [--base-url http://127.0.0.1:8000/v1]
 (--base-url: use a running server instead). Exit code 0 when the tool call was made and both
 rounds completed, 1 otherwise.
 """
@@ -34,13 +36,13 @@ TOOLS = [{"type": "function", "function": {
 STATS = ("new_tokens", "rounds_count", "mean_accepted_length", "acceptance_rate", "tokens_per_second")
 
 
-def local_server():  # what `agentspark serve` runs, built here so that forced calls are closed for the model
+def local_server():  # what `agentspark serve` runs with --slots 1 (forced calls: the tool-call grammar)
     from agentspark import Engine, build_drafter, load_model
     from agentspark.backends.local import LocalBackend
     from agentspark.server import create_app, serve_in_thread
 
     target = load_model("default")  # SmolLM2-135M-Instruct, float32 on the CPU
-    backend = LocalBackend(Engine(target, build_drafter("auto", target), max_draft=4), close_forced_calls=True)
+    backend = LocalBackend(Engine(target, build_drafter("auto", target), max_draft=4))
     return serve_in_thread(create_app(backend, model_name="agentspark-default"), "127.0.0.1", 0)  # 0: a free port
 
 
@@ -98,7 +100,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default=None, help="use this running server (.../v1) instead of starting one")
     parser.add_argument("--api-key", default="unused", help="bearer key for --base-url (default: none needed)")
-    parser.add_argument("--max-tokens", type=int, default=40, help="new tokens per round (default: 40)")
+    # 64: the model writes the whole call under the grammar (about 45 tokens on the default model)
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per round (default: 64)")
     args = parser.parse_args()
     with nullcontext(args.base_url) if args.base_url else local_server() as url:
         base_url = url if args.base_url else f"{url}/v1"

@@ -8,10 +8,11 @@ TRACE`` runs (``audit_round``: the tokens the session recorded with its KV reuse
 speculative re-run, each against plain decoding from scratch), each verdict written into the trace;
 the trace's table.
 Forced, honestly: the 135M model rarely calls a tool on its own, so round 1 runs with
-``tool_choice="calculator"`` (the call's opening is written for the model, it writes the
-expression, ``close_forced_calls=True`` closes the call); round 2 is the model's own.
+``tool_choice="calculator"``, which the local backend turns into a grammar (the model writes the
+whole call, only a calculator call with an ``expression`` string, and the grammar closes it; the
+replay and the audit decode under the same grammar); round 2 is the model's own.
 
-Run:  python examples/replay_and_audit.py [--trace-dir DIR] [--max-new-tokens 40]
+Run:  python examples/replay_and_audit.py [--trace-dir DIR] [--max-new-tokens 64]
 Exit code 0 when every round passes the audit and the replay, 1 otherwise.
 """
 
@@ -28,6 +29,7 @@ from agentspark.agent.loop import Agent
 from agentspark.audit import audit_round, rebuilt_round
 from agentspark.backends.local import LocalBackend
 from agentspark.commands.common import console as make_console
+from agentspark.commands.demo import warm_grammar
 from agentspark.tools import calculator
 from agentspark.traces import AuditVerdict, compare_table, read_trace, render_table, set_audit, speedup_line
 from agentspark.traces.replay import replay
@@ -36,7 +38,8 @@ from agentspark.traces.replay import replay
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace-dir", default=None, help="where to write the trace (default: a new temp dir)")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="per round (default: 40)")
+    # 64: the model writes the whole call under the grammar (about 45 tokens on the default model)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="per round (default: 64)")
     args = parser.parse_args()
     out = make_console()
     trace_dir = Path(args.trace_dir) if args.trace_dir else Path(tempfile.mkdtemp(prefix="agentspark-example-"))
@@ -45,7 +48,8 @@ def main() -> int:
 
     target = load_model("default")  # SmolLM2-135M-Instruct, float32 on the CPU
     engine = Engine(target, NgramDrafter(), max_draft=4)
-    agent = Agent(LocalBackend(engine, close_forced_calls=True), [calculator], trace=trace, max_rounds=2,
+    warm_grammar(target)  # the grammar's one-time tokenizer cost, not charged to the session's first round
+    agent = Agent(LocalBackend(engine), [calculator], trace=trace, max_rounds=2,
                   system="You are a helpful assistant. Use the tools when asked.",
                   sampling=SamplingParams(max_new_tokens=args.max_new_tokens))
     task = "Use the calculator to compute 1234 * 5678."
@@ -59,7 +63,7 @@ def main() -> int:
 
     # Replay: the same recorded requests (tool results included) against plain target decoding.
     recorded = read_trace(trace)
-    plain_rounds = replay(recorded, LocalBackend(Engine(target), speculative=False, close_forced_calls=True))
+    plain_rounds = replay(recorded, LocalBackend(Engine(target), speculative=False))
     out.print(compare_table(plain_rounds, recorded, "plain", "speculative", plain_side="a"))
     print(speedup_line(plain_rounds, recorded))  # with tau and the drafted tokens verified
     same = [a.response.get("token_ids") == b.response.get("token_ids") for a, b in zip(recorded, plain_rounds)]

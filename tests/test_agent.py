@@ -102,11 +102,12 @@ def test_a_session_keeps_its_messages_across_turns():
 
 def test_local_backend_session_on_the_real_model(default_model, tmp_path):
     """A forced calculator call, its result fed back, an answer: every round after the first
-    prefills only what it appended, and speculative equals plain over the whole session."""
+    prefills only what it appended, and speculative equals plain over the whole session. The
+    default local backend forces the call through the tool-call grammar: the model writes it all."""
     from agentspark import Engine, NgramDrafter, SamplingParams
     from agentspark.backends.local import LocalBackend
 
-    params = SamplingParams(max_new_tokens=48)
+    params = SamplingParams(max_new_tokens=48)  # the whole call, written under the grammar, is 35 tokens
     runs = {}
     for name, engine in (("spec", Engine(default_model, NgramDrafter(), max_draft=4, schedule="full")),
                          ("plain", Engine(default_model))):
@@ -114,14 +115,15 @@ def test_local_backend_session_on_the_real_model(default_model, tmp_path):
         agent = Agent(backend, [calculator], sampling=params, max_rounds=3, trace=tmp_path / f"{name}.jsonl")
         result = agent.run("What is 12 times 7? Use the calculator.", tool_choice="calculator")
         first = result.rounds[0]
-        assert first.response.forced_prefix.startswith("<tool_call>")
+        assert first.response.forced_prefix == "" and first.response.forced_suffix == ""
+        assert first.response.message.raw_text.startswith('<tool_call>\n{"name": "calculator", "arguments": {')
         assert first.response.message.tool_calls[0].name == "calculator"
         assert first.tool_results[0].status in ("ok", "error", "invalid_arguments")
         if len(result.rounds) > 1:
             second = result.rounds[1].response
             appended = second.prompt_tokens - first.response.prompt_tokens - first.response.completion_tokens
             # At most the appended tokens plus the last reply, whose re-tokenised text can split
-            # differently where the forced prefix met the generated text; never the conversation.
+            # differently than it was generated; never the conversation.
             assert second.stats.prefill_tokens <= appended + first.response.completion_tokens
             assert second.stats.prefill_tokens < second.prompt_tokens / 4
         runs[name] = [(r.response.message.content, [c.args for c in r.response.message.tool_calls]) for r in result.rounds]

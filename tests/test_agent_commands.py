@@ -14,7 +14,9 @@ from agentspark.traces import read_trace
 @pytest.fixture(scope="module")
 def demo_trace(tmp_path_factory, default_model):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--trace-dir", str(out), "--max-new-tokens", "32"])
+    # 56 tokens: under the tool-call grammar the model writes the whole calculator call (53 tokens
+    # on the default model; the text path wrote only the expression)
+    code = main(["demo", "--trace-dir", str(out), "--max-new-tokens", "56"])
     assert code == 0  # the demo's own audit passed
     (trace,) = list(out.glob("demo-*.jsonl"))
     return trace
@@ -24,8 +26,11 @@ def test_demo_writes_an_audited_trace(demo_trace):
     rounds = read_trace(demo_trace)
     assert len(rounds) >= 3
     assert all(r.audit is not None and r.audit.passed for r in rounds)
-    assert rounds[0].request.sampling["forced_prefix"].startswith("<tool_call>")
+    # the forced call went through the grammar: nothing was put in the model's mouth or closed for it
+    first = rounds[0].request.sampling
+    assert first["tool_choice"] == "calculator" and first["forced_prefix"] == "" and first["forced_suffix"] == ""
     assert rounds[0].tool_calls and rounds[0].tool_calls[0].name == "calculator"
+    assert rounds[0].tool_calls[0].status == "ok" and rounds[0].tool_calls[0].args.keys() == {"expression"}
     assert rounds[1].prefill_tokens < rounds[1].request.prompt_tokens / 2  # the session reused its cache
     # on disk each later round holds only what it added to the conversation (read back in full above)
     lines = [json.loads(line) for line in demo_trace.read_text(encoding="utf-8").splitlines()]

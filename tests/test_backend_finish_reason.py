@@ -55,7 +55,8 @@ class FakeEngine:
 
 
 def reply(text: str, budget: int, tool_choice: str = "auto", *, close: bool = False):
-    backend = LocalBackend(FakeEngine(text), close_forced_calls=close)
+    # the text path for forced calls (serve --tool-calls forced): the fake engine knows no grammar
+    backend = LocalBackend(FakeEngine(text), close_forced_calls=close, constrain_tool_calls=False)
     chunks = list(backend.stream([{"role": "user", "content": "read notes.txt"}], TOOLS,
                                  SamplingParams(max_new_tokens=budget), tool_choice))
     response = chunks[-1].response

@@ -30,7 +30,7 @@ def run_example(name: str, *args: str) -> str:
 
 def test_langchain_agent(default_model):  # the fixture makes sure the default model is cached first
     out = run_example("langchain_agent.py")
-    assert "forced by tool_choice='calculator': '<tool_call>" in out
+    assert "constrained by tool_choice='calculator' (a grammar): the model wrote '<tool_call>\\n{\"name\": \"calculator\"" in out
     assert "assistant tool_calls: [{'name': 'calculator'" in out and "tool calculator(" in out
     assert out.count('agentspark stats: {"new_tokens": ') == 2
     assert "OK: 2 rounds" in out and "backend local-ngram+dspark" in out
@@ -40,7 +40,7 @@ def test_openai_client_agent(default_model):
     out = run_example("openai_client_agent.py")
     assert "health: {'status': 'ok'" in out and "server: http://127.0.0.1:" in out
     assert "round 1: finish_reason=tool_calls" in out and "tool calculator(" in out
-    assert "round 1 agentspark: backend=local-ngram+dspark forced_prefix='<tool_call>" in out
+    assert "round 1 agentspark: backend=local-ngram+dspark forced_prefix=''" in out  # the grammar forced it
     assert "round 2 agentspark: backend=local-ngram+dspark forced_prefix=''" in out
     assert out.count('stats: {"new_tokens": ') == 2
     assert "OK: 2 rounds through the openai client" in out and out.rstrip().endswith("server stopped")
@@ -55,6 +55,6 @@ def test_replay_and_audit(default_model, tmp_path):
     (trace,) = tmp_path.glob("session-*.jsonl")
     rounds = read_trace(trace)
     assert len(rounds) == 2 and all(r.audit is not None and r.audit.passed for r in rounds)
-    assert rounds[0].request.sampling["tool_choice"] == "calculator"
+    assert rounds[0].request.sampling["tool_choice"] == "calculator" and rounds[0].request.sampling["forced_prefix"] == ""
     assert rounds[0].tool_calls and rounds[0].tool_calls[0].name == "calculator"
     assert rounds[1].request.sampling["tool_choice"] == "auto"

@@ -3,9 +3,11 @@
 Each recorded round holds the request exactly as it was sent (the conversation so far, the tools,
 the sampling parameters and tool choice). Replaying sends those same requests, in order, to the
 new backend; tool results are not re-executed (they are already inside the recorded messages),
-so two configurations are compared on identical work. A local backend also closes forced tool
-calls exactly where the recorded backend did (``forced_suffix``). The replayed rounds keep the session id and
-round index, which is what ``compare_table`` matches on.
+so two configurations are compared on identical work. A local backend also forces tool calls as
+the recorded backend did (``forced_by``): through the tool-call grammar, or, for a round recorded
+on the text path (its ``forced_prefix``), with that prefix and closed exactly where the recording
+closed it (``forced_suffix``). The replayed rounds keep the session id and round index, which is
+what ``compare_table`` matches on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ def sampling_of(request: RequestRecord) -> tuple[SamplingParams, str]:
     return sampling_params(s), str(s.get("tool_choice") or "auto")
 
 
+def forced_by(request: RequestRecord) -> dict[str, bool]:
+    """How the recorded backend forced the round's call, as a local backend's ``prepare``
+    overrides: a recorded ``forced_prefix`` is the text path (traces from before the grammar path,
+    or ``serve --tool-calls forced``), closed where ``forced_suffix`` says; none is the grammar (a
+    round without a forced tool_choice is the same either way)."""
+    s = request.sampling
+    return {"constrain_tool_call": not s.get("forced_prefix"), "close_forced_call": bool(s.get("forced_suffix"))}
+
+
 def replay(rounds: Iterable[TraceRound], backend: Backend) -> list[TraceRound]:
     """Send every recorded request to ``backend``; return the new rounds (one per recorded round)."""
     out: list[TraceRound] = []
@@ -34,8 +45,10 @@ def replay(rounds: Iterable[TraceRound], backend: Backend) -> list[TraceRound]:
             backend.reset()
             session = r.session_id
         params, tool_choice = sampling_of(r.request)
-        if hasattr(backend, "close_forced_calls"):  # a local backend: close forced calls as the recording did
-            backend.close_forced_calls = bool(r.request.sampling.get("forced_suffix"))
+        if hasattr(backend, "constrain_tool_calls"):  # a local backend: force calls as the recording did
+            forced = forced_by(r.request)
+            backend.constrain_tool_calls = forced["constrain_tool_call"]
+            backend.close_forced_calls = forced["close_forced_call"]
         started = time.time()
         t0 = time.perf_counter()
         response = backend.complete(r.request.messages, r.request.tools, params, tool_choice)

@@ -32,7 +32,8 @@ from ..stats import RequestStats
 TRACE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 ROLES = ("system", "user", "assistant", "tool")
-SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed", "max_new_tokens")
+# parallel_tool_calls: a forced ``required`` call's grammar allows one call or several by it
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed", "max_new_tokens", "parallel_tool_calls")
 
 
 class TraceError(AgentSparkError):

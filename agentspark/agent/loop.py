@@ -130,7 +130,8 @@ class Agent:
         self._recorder = trace if isinstance(trace, TraceRecorder) or trace is None else TraceRecorder(trace)
 
     def run(self, task: str, *, tool_choice: ToolChoice = "auto") -> AgentResult:
-        """Run one user turn to its answer. ``tool_choice`` applies to this turn's first round."""
+        """Run one user turn to its answer. ``tool_choice`` applies to this turn's first round (a
+        local backend forces a named or ``required`` choice with the tool-call grammar)."""
         for event in self.stream(task, tool_choice=tool_choice):
             if isinstance(event, Finished):
                 return event.result
@@ -235,6 +236,8 @@ class Agent:
             prompt_tokens=resp.prompt_tokens, new_tokens=resp.completion_tokens, total_s=r.model_s,
             finish_reason=resp.finish_reason, drafter=resp.backend,
         )
+        # forced_prefix / forced_suffix: empty when the call was forced by the tool-call grammar (a
+        # local backend's default); replay and audit read them to rebuild the round on its path.
         request = RequestRecord(
             messages=self.messages[: len(self.messages) - n_after],
             tools=schemas,

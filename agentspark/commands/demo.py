@@ -5,10 +5,13 @@ per-round greedy audit (speculative tokens == plain tokens) written into the tra
 
 What is forced, and why: a 135M model rarely emits a tool call on its own, and when it does it
 adds arguments that do not exist. The first round of the two tool tasks is given
-``tool_choice=<tool>``: the opening of the call (``<tool_call> {"name": ..., "arguments":
-{"<first arg>": "``) is written into the model's reply, the model writes the argument's value,
-and the call is closed for it (``"}} </tool_call>``). The demo prints what was forced each time;
-everything else the model writes on its own.
+``tool_choice=<tool>``, which both backends (speculative and plain, so the audit compares like
+with like) turn into a grammar (``LocalBackend(constrain_tool_calls=True)``,
+``backends.local.tool_call_grammar``): the model writes the whole call, ``<tool_call>`` then a
+JSON object whose name is that tool's and whose arguments follow its schema (only the declared
+ones), and the grammar closes the call (``</tool_call>``, then only the end). Nothing is written
+into the model's reply for it. The demo prints what was constrained each time; everything else
+the model writes on its own.
 """
 
 from __future__ import annotations
@@ -30,6 +33,38 @@ TASKS = [
 NOTES = "Project Falcon\nDeadline: March 14, 2027\nBudget: 12,500 EUR\nOwner: Dana Reyes\n"
 
 
+def demo_backends(spec_engine, plain_engine):  # noqa: ANN001, ANN201 (Engine, LocalBackend: they load torch)
+    """(speculative, plain) local backends, both turning a forced tool_choice into the tool-call
+    grammar: the replay and audit compare the speculative session with plain decoding under the
+    same grammar (the grammar is lossless under speculation, constraints.py)."""
+    from ..backends.local import LocalBackend
+
+    return (LocalBackend(spec_engine, constrain_tool_calls=True),
+            LocalBackend(plain_engine, speculative=False, constrain_tool_calls=True))
+
+
+def warm_grammar(target) -> None:  # noqa: ANN001 (LoadedModel: it loads torch)
+    """Pay llguidance's one-time cost, wrapping the tokenizer (seconds, once per tokenizer and
+    process), before the session: paid inside the speculative session's first forced round it
+    would be charged to speculation, since the plain replay then finds it done."""
+    from ..constraints import Constraint, Grammar
+    from ..progress import status
+
+    with status("preparing the tool-call grammar for the tokenizer (once)"):
+        Constraint(Grammar("regex", "a"), target.tokenizer, target.model.cfg.vocab_size, target.eos_token_ids)
+
+
+def constraint_text(tool: str, schemas: list[dict]) -> str:
+    """What the grammar of ``tool_choice=tool`` allows, in one line: the call's signature as its
+    schema declares it (``?`` marks an optional argument)."""
+    fn = next(s["function"] for s in schemas if s["function"]["name"] == tool)
+    params = fn.get("parameters") or {}
+    required = set(params.get("required") or [])
+    args = ", ".join(f"{name}{'' if name in required else '?'}: {schema.get('type', 'any')}"
+                     for name, schema in (params.get("properties") or {}).items())
+    return f"the grammar allows only the call {tool}({args}) and closes it"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a traced, audited multi-turn agent session on the default model")
     add_model_args(p)
@@ -42,7 +77,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..agent.loop import Agent, ModelTurn, ToolOutputs
-    from ..backends.local import LocalBackend
     from ..drafters.factory import build_drafter
     from ..engine import Engine
     from ..model.loading import load_model
@@ -61,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError("the demo compares speculative with plain decoding: choose a drafter, not none")
     spec_engine = Engine(target, drafter, max_draft=args.max_draft, exact=exact_of(args), schedule=args.schedule,
                          confidence_threshold=args.confidence_threshold)
-    spec_backend = LocalBackend(spec_engine, close_forced_calls=True)
-    plain_backend = LocalBackend(Engine(target, exact=exact_of(args)), speculative=False, close_forced_calls=True)
+    spec_backend, plain_backend = demo_backends(spec_engine, Engine(target, exact=exact_of(args)))
+    warm_grammar(target)
     workspace = Path(tempfile.mkdtemp(prefix="agentspark-demo-"))
     (workspace / "notes.txt").write_text(NOTES)
     trace_path = trace_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
@@ -75,14 +109,16 @@ def run(args: argparse.Namespace) -> int:
         console.print("[dim]The default model (SmolLM2-135M-Instruct) is tiny: expect weak answers. What the demo "
                       "shows is the engine: the same tokens as plain decoding (the audit at the end), in less time "
                       "(the speedup line: plain wall time over speculative, per round and in all).[/]")
+    schemas = agent.registry.openai_schemas()
     for task, choice in TASKS:
         console.print(f"[bold]user:[/] {task}")
+        forced = choice not in ("auto", "none")  # a forced choice covers the turn's first round only
         for event in agent.stream(task, tool_choice=choice):
             if isinstance(event, ModelTurn):
                 r = event.response
-                if r.forced_prefix:
-                    console.print(f"  [yellow]forced (tool_choice={choice}):[/] {r.forced_prefix!r} "
-                                  f"… model writes the value … {r.forced_suffix!r}")
+                if forced:
+                    console.print(f"  [yellow]constrained (tool_choice={choice}):[/] {constraint_text(choice, schemas)}")
+                    forced = False
                 for call in r.message.tool_calls:
                     console.print(f"  [cyan]tool call:[/] {call.name}({call.args})")
                 for bad in r.message.invalid_tool_calls:

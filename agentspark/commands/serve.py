@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "tools' names and argument schemas; the model writes the whole call and the grammar ends it) "
                         "or forced (the call's opening is put in the model's mouth as text)")
     p.add_argument("--close-forced-calls", action="store_true",
-                   help="with tool_choice naming a tool, the model writes only its first argument's value and the "
-                        "server closes the call (small models; what the demo does)")
+                   help="with --tool-calls forced and tool_choice naming a tool, the model writes only its first "
+                        "argument's value and the server closes the call (small models)")
     p.add_argument("--default-max-tokens", type=int, default=256,
                    help="max_tokens of requests that set none (default: 256)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,

@@ -5,8 +5,9 @@ different: a long system prompt with the tools' schemas, tool calls, tool result
 from, follow-up turns. So the target runs N sessions (agent_tasks.py: arithmetic, note look-up,
 multi-step, listing, training prompts) through ``Agent`` with the demo's builtin tools (calculator,
 read_file and list_dir over a temporary workspace of note files; never a shell, never the network),
-the demo's system prompt and forced first calls, sampled like the regeneration (T 0.7, top-p 0.8,
-top-k 20, one seed per session and turn).
+the demo's system prompt, forced first calls (on the text path, the call's opening given and
+its value closed: ``target_backend`` says why not the demo's grammar), sampled like the
+regeneration (T 0.7, top-p 0.8, top-k 20, one seed per session and turn).
 
 A session becomes one ``Sample``: the token ids of its last request exactly as the backend sent
 them to the model (chat template, tools in the system prompt, forced call prefixes), followed by
@@ -122,14 +123,19 @@ def generate_agent_samples(backend: Backend, prompts: Sequence[PromptRecord], pa
 def target_backend(target: LoadedModel, params: AgentDataParams, max_seq_len: int = 4096) -> Any:
     """Plain target decoding behind the agent loop: one Engine (its session cache keeps the shared
     system prompt), or with ``slots`` > 1 a BatchEngine serving that many sessions at once. Forced
-    calls are closed for the model, as the demo does. The caller closes a batch backend."""
+    calls are on the text path, closed for the model. The caller closes a batch backend."""
     from ..backends.local import LocalBackend
     from ..engine import Engine
 
+    # The text path (constrain_tool_calls=False), not the demo's grammar: the samples' loss mask
+    # and the shipped drafter's data mix were built on it (a forced opening is prompt, no loss);
+    # moving the data to the grammar path changes what the drafter learns and is to be measured
+    # as a data change of its own, not slipped in with the demo's.
+    forcing = {"close_forced_calls": True, "constrain_tool_calls": False}
     if params.slots <= 1:
-        return LocalBackend(Engine(target, max_seq_len=max_seq_len), speculative=False, close_forced_calls=True)
+        return LocalBackend(Engine(target, max_seq_len=max_seq_len), speculative=False, **forcing)
     from ..backends.batched import BatchBackend
     from ..batch import BatchEngine
 
     return BatchBackend(BatchEngine(target, None, slots=params.slots, max_seq_len=max_seq_len), speculative=False,
-                        close_forced_calls=True)
+                        **forcing)
