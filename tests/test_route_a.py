@@ -46,13 +46,14 @@ class Setup:
     """R slots, slot s holding a context of contexts[s] tokens, and the plain steps' logits at the
     next ``tokens`` positions of each: ref[s][t] [V]."""
 
-    def __init__(self, cfg: DecoderConfig, slots: int, tokens: int, seed: int = 0) -> None:
+    def __init__(self, cfg: DecoderConfig, slots: int, tokens: int, seed: int = 0, scratch: bool = False) -> None:
         self.model = random_model(cfg, device=DEVICE, dtype=torch.bfloat16, seed=seed)
         self.tokens = tokens
         g = torch.Generator().manual_seed(seed + 1)
         self.contexts = [int(x) for x in torch.randint(5, 40, (slots,), generator=g)]
         self.seq = torch.randint(0, cfg.vocab_size, (slots, 40 + tokens), generator=g).to(DEVICE)
-        self.cache = self.model.new_cache(64 + tokens, batch_size=slots)
+        # ``scratch``: one more slot, as a runner's cache has (its graphs' warm-up and padding rows write there)
+        self.cache = self.model.new_cache(64 + tokens, batch_size=slots + scratch)
         self.ref: list[list[torch.Tensor]] = []
         with torch.inference_mode(), kernels():
             for s, n in enumerate(self.contexts):
@@ -166,9 +167,12 @@ def test_route_a_reference_rounds_keep_every_rows_bits():
     from agentspark.sampling import SamplingParams
     from agentspark.verify import verify_chain
 
-    setup = Setup(DEFAULT_SHAPE, slots=8, tokens=5)
+    setup = Setup(DEFAULT_SHAPE, slots=8, tokens=5, scratch=True)
     runner = DeviceRunner(setup.model, graphs=True, exact=True, exact_route="a", capacity=64 + 5, slots=8, max_tokens=5)
-    runner.cache = setup.cache  # the slots' prefixes are in it
+    # the slots' prefixes are in it, and its last slot is the runner's scratch: without it a capture's
+    # warm-up wrote past slot 7, into the next layer's slot 0 (9 mismatches of 72, all of slot 0, run 26)
+    runner.cache = setup.cache
+    assert runner.scratch == 8
     greedy = SamplingParams(temperature=0.0)
 
     def rows(T: int) -> list[RowWork]:
