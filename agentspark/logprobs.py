@@ -5,9 +5,9 @@ k most likely tokens at its position (k = 0: the chosen token's only). They are 
 model's own: log-softmax of its logits before temperature, top-k, top-p or a grammar's mask (as
 vLLM and OpenAI report them), from the forward that decided the token. Under speculation that
 forward is the verify whose row sits at the token's position; it computes the bits a plain step
-there computes (row-invariant on the CPU in float32; on CUDA the rows of a request asking for
-logprobs take the eager reference path, see model/graph_runner.py), so the values equal plain
-decoding's, like the tokens.
+there computes (row-invariant on the CPU in float32, and on CUDA in exact mode's route a, where the
+round graphs keep the raw logits of such rows, see model/graph_runner.py), so the values equal
+plain decoding's, like the tokens.
 """
 
 from __future__ import annotations

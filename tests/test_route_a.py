@@ -94,7 +94,7 @@ def test_route_a_rows_equal_plain_steps_under_the_interpreter():
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the GPU suite runs the engines on real weights (test_gpu_runtime.py)")
 @pytest.mark.parametrize("reporting", [False, True], ids=["graph-body", "beside-a-logprobs-row"])
-def test_batched_route_a_equals_each_request_alone_under_the_interpreter(reporting):
+def test_batched_route_a_equals_each_request_alone_under_the_interpreter(reporting, monkeypatch):
     """Three greedy requests speculating side by side through the device runner's body in route a
     (bfloat16, the kernels under the interpreter) get the tokens each gets from plain decoding
     alone: the rows' bits depend neither on the verify length nor on the rows beside them. With
@@ -105,6 +105,8 @@ def test_batched_route_a_equals_each_request_alone_under_the_interpreter(reporti
     from agentspark.model.graph_runner import DeviceRunner
     from agentspark.model.loading import LoadedModel
 
+    # prefill chunks of 8 and 16 tokens: route a's chunks attend through the kernel, slow under the interpreter
+    monkeypatch.setattr("agentspark.model.graph_runner.PREFILL_TOKENS", (8, 16))
     target = LoadedModel(random_model(TINY, device=DEVICE, dtype=torch.bfloat16, seed=3), tokenizer=None, source="tiny")
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, 96, (int(n),), generator=g).tolist() * 2 for n in (5, 8, 11)]
@@ -190,3 +192,60 @@ def test_route_a_reference_rounds_keep_every_rows_bits():
     print(f"reference rounds: route a's path {bad} mismatches of {8 * 9}; the old path {control}")
     assert bad == 0
     assert control > 0
+
+
+def prefill_mismatches(cfg: DecoderConfig, graphs: bool, route_a: bool, cuts: tuple[int, ...] = (13,),
+                       n: int = 40) -> tuple[int, int]:
+    """One prompt of ``n`` tokens written three ways into three slots of a device runner: one
+    prefill call, prefills cut at ``cuts`` (what prefix reuse does: the rest after a reused
+    prefix), and one-token plain steps. Returns (K/V positions of any layer, over both other ways,
+    whose bits differ from the one-token steps'; prefill calls whose last logits differ from the
+    step's at that position)."""
+    from agentspark.model.graph_runner import DeviceRunner
+    from agentspark.model.runner import RowWork
+    from agentspark.sampling import SamplingParams
+
+    model = random_model(cfg, device=DEVICE, dtype=torch.bfloat16, seed=7)
+    ids = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(8)).tolist()
+    greedy = SamplingParams(temperature=0.0)
+    with torch.inference_mode(), kernels():  # the runner too: route a needs the kernels where it is made
+        runner = DeviceRunner(model, graphs=graphs, exact=route_a, exact_route="a" if route_a else None,
+                              capacity=64, slots=3, max_tokens=2)
+        assert runner.route == ("a" if route_a else None)
+        whole = runner.prefill(0, ids, 0).logits[0]
+        starts = (0, *cuts, n)
+        cut = [runner.prefill(1, ids[a:b], a).logits[0] for a, b in zip(starts, starts[1:])][-1]
+        steps = [runner.round([RowWork(2, p, [t], greedy, None, logits=True)])[0].logits[0] for p, t in enumerate(ids)]
+    k, v = runner.cache.k, runner.cache.v  # [L, slots + 1, Hkv, S, D]
+
+    def differ(a: int) -> int:
+        same = (k[:, a, :, :n] == k[:, 2, :, :n]) & (v[:, a, :, :n] == v[:, 2, :, :n])  # [L, Hkv, n, D]
+        return int((~same.flatten(0, 1).permute(1, 0, 2).flatten(1).all(-1)).sum())  # positions
+
+    logits = sum(not torch.equal(x, steps[-1]) for x in (whole, cut))
+    return differ(0) + differ(1), logits
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the GPU runs the larger test below")
+def test_route_a_prefill_writes_the_bits_of_plain_steps_however_cut_under_the_interpreter(monkeypatch):
+    """Prefix reuse prefills the rest of a prompt from wherever the reused prefix ends; in route a
+    a prefill chunk is a row-invariant step, so the K/V and logits it leaves are those of one-token
+    steps however the prompt is cut. Control: fast mode's chunks (SDPA over a key window, torch's
+    bfloat16 products) leave other bits (so did route a's before its chunks took decode attention:
+    every position). Chunks of 8 and 16 tokens here: the interpreter's attention over a chunk of 32
+    took 14 s."""
+    monkeypatch.setattr("agentspark.model.graph_runner.PREFILL_TOKENS", (8, 16))
+    assert prefill_mismatches(TINY, graphs=False, route_a=True, cuts=(5,), n=12) == (0, 0)
+    assert sum(prefill_mismatches(TINY, graphs=False, route_a=False, cuts=(5,), n=12)) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="bitwise bfloat16 on the GPU")
+@pytest.mark.parametrize("cfg", [DEFAULT_SHAPE, GQA6_SHAPE], ids=["default-shape", "gqa6-shape"])
+def test_route_a_prefill_writes_the_bits_of_plain_steps_however_cut(cfg):
+    cuts = (5, 37, 41)  # chunks of 32 with 5 and 32 real tokens, 4 real tokens, the rest in a 32
+    ours = prefill_mismatches(cfg, graphs=True, route_a=True, cuts=cuts, n=60)
+    control = prefill_mismatches(cfg, graphs=True, route_a=False, cuts=cuts, n=60)
+    print(f"prefill vs one-token steps: route a {ours}, fast mode (the control) {control}")
+    assert ours == (0, 0)
+    assert sum(control) > 0

@@ -342,15 +342,18 @@ class DecoderModel(nn.Module):
         tensors [R] long; the caller keeps every position inside the cache). No host sync and no
         shape from the data: this is the forward the model runner captures in CUDA graphs.
 
-        logit_index, key_window: a prefill chunk. Logits only for that token of each row (device
-        tensor [1] long: the chunk's last real one, the rest is padding), and attention for a long
-        T over the keys [0, key_window), which must hold every row's positions.
+        logit_index: a prefill chunk: logits only for that token of each row (device tensor [1]
+        long: the chunk's last real one, the rest is padding). key_window: its attention for a
+        long T through SDPA over the keys [0, key_window), which must hold every row's positions;
+        without it, the decode attention kernel (route a's prefill: a chunk's tokens then get the
+        bits, and write the K/V, of their own one-token steps, however the prompt was chunked).
         row_invariant: exact mode's route a (DevicePlacement): every token's logits are the bits
         of its own one-row, one-token step."""
-        if (logit_index is None) != (key_window is None):
-            raise ValueError("a prefill chunk gives both logit_index and key_window")
+        if key_window is not None and logit_index is None:
+            raise ValueError("a key window is a prefill chunk's: give logit_index too")
         if row_invariant and key_window is not None:
-            raise ValueError("a prefill chunk is not a row-invariant step (its attention is SDPA's)")
+            raise ValueError("a prefill chunk with a key window is not a row-invariant step (its attention is "
+                             "SDPA's): route a's chunks attend through decode attention, without key_window")
         placement = DevicePlacement(self, cache, slots, starts, input_ids.shape[1], key_window=key_window,
                                     row_invariant=row_invariant)
         return self._run(input_ids, placement, None, capture_layers, logit_index)

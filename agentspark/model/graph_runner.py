@@ -23,18 +23,24 @@ too: the prompt's tokens are padded up to the chunk, the padding writes K/V past
 real token, a device index. An eager prefill launches ~20 ops per layer from Python (16 ms for
 the 135M model on the H200, whatever the prompt); a chunk costs one replay. A chunk's attention
 reads a window of the cache that holds its context (256, 512, ... positions, part of the bucket),
-not the whole capacity. Where the padding would run past the cache's capacity, the rest of the
+not the whole capacity (except in exact mode's route a, below: the decode attention kernel, which
+reads each row only up to its own length anyway). Where the padding would run past the cache's capacity, the rest of the
 prompt is prefilled eagerly.
 
 Exact mode (``exact=True``): greedy speculative output equals plain in bf16 too, because a verify
 row gets the bits the plain step at its position gets. Two routes (DESIGN.md), ``exact_route``:
 
-- ``"a"`` (where the Triton kernels run): every decode-phase forward is row-invariant
+- ``"a"`` (where the Triton kernels run): every forward is row-invariant
   (``DecoderModel.forward_rows(row_invariant=True)``): the products go through kernels/gemv.py in
   fixed 16-row tiles, attention computes every query in 16-row tiles whatever T is, and the norms,
   activation, RoPE and verifier are one program per row. A row's bits then depend neither on T nor
   on how many rows, of how many requests, share the launch: exact at batch 1 and under batching,
-  with each forward at its own size.
+  with each forward at its own size. Prefill chunks too (through the decode attention kernel over
+  the whole cache, not SDPA over a key window): a prompt's K/V and first logits are those of
+  one-token steps however it was cut, so a request that reuses another conversation's prefix
+  (prefix reuse prefills only the rest, from wherever the reuse ends) gets the bits it gets alone.
+  Rows under a grammar (its bitmask applied in the graph) and rows reporting logprobs (the graph
+  keeps the raw logits) run in the same graphs.
 - ``"b"`` (batch 1 only): every decode-phase forward runs at one shape, T = γ+1 tokens per row,
   plain steps and verifies alike, through cuBLAS; the rows past a round's own tokens are padding
   (their K/V land past the sequence, where a later step overwrites them before anything reads
@@ -304,7 +310,9 @@ class DeviceRunner(ModelRunner):
         return b
 
     def _prefill_body(self, b: _PrefillBucket) -> tuple[Tensor, Tensor | None]:
-        out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts, logit_index=b.last, key_window=b.key.keys,
+        invariant = self.route == "a"  # module docstring: route a's chunks are row-invariant steps
+        out = self.model.forward_rows(b.ids, self.cache, b.slots, b.starts, logit_index=b.last,
+                                      key_window=None if invariant else b.key.keys, row_invariant=invariant,
                                       capture_layers=self.capture_layers if b.key.capture else ())
         return out.logits[:, 0], None if out.hidden is None else out.hidden[0]  # [1, V], [C, m*H] | None
 
@@ -334,7 +342,9 @@ class DeviceRunner(ModelRunner):
         staged = host.to(self.device, non_blocking=True)
         logits, hidden = None, []
         for o, size, n, first in chunks:
-            b = self._prefill_bucket(PrefillKey(size, key_window(first + size, self.capacity), capture))
+            # route a attends over the whole cache (decode attention): one bucket per chunk size
+            keys = self.cache.capacity if self.route == "a" else key_window(first + size, self.capacity)
+            b = self._prefill_bucket(PrefillKey(size, keys, capture))
             b.ints.copy_(staged[o : o + 3 + size])  # device to device, ordered behind the H2D copy
             if self.graphs:
                 b.graph.replay()
@@ -344,12 +354,22 @@ class DeviceRunner(ModelRunner):
             if b.hidden is not None:
                 hidden.append(b.hidden[:n].clone())  # the next chunk's replay overwrites the buffer
         if pos < len(ids):  # the padding would pass the capacity: the rest eagerly, exact length
-            rest = super().prefill(slot, ids[pos:], start + pos, capture=capture)
+            rest = (self._invariant_prefill if self.route == "a" else super().prefill)(
+                slot, ids[pos:], start + pos, capture=capture)
             logits = rest.logits
             if rest.hidden is not None:
                 hidden.append(rest.hidden)
         self.cache.length = start + len(ids)
         return PrefillOutput(logits=logits.clone(), hidden=torch.cat(hidden) if hidden else None)
+
+    def _invariant_prefill(self, slot: int, ids: list[int], start: int, *, capture: bool = False) -> PrefillOutput:
+        """Route a's eager prefill (the tail no chunk's padding fits): the chunks' row-invariant
+        forward at the exact length."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, P]
+        where = torch.tensor([slot, start, len(ids) - 1], dtype=torch.long, device=self.device)
+        out = self.model.forward_rows(x, self.cache, where[0:1], where[1:2], logit_index=where[2:3], row_invariant=True,
+                                      capture_layers=self.capture_layers if capture else ())
+        return PrefillOutput(logits=out.logits[:, 0], hidden=None if out.hidden is None else out.hidden[0])
 
     # ---- rounds ---------------------------------------------------------------------------
     @torch.inference_mode()
