@@ -14,20 +14,12 @@ from agentspark.engine import GenerationResult, StreamChunk
 from agentspark.sampling import SamplingParams
 from agentspark.stats import RequestStats
 
+from char_tokenizer import CharTokenizer
+
 TOOLS = [{"type": "function", "function": {
     "name": "read_file", "description": "Read a file.",
     "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]
 CALL = '<tool_call>\n{"name": "read_file", "arguments": {"path": "notes.txt"}}\n</tool_call>'
-
-
-class CharTokenizer:
-    chat_template = "{{ messages }}"  # a plain template: tools go into the system prompt
-
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, **kwargs):
-        return [ord(c) % 256 for m in messages for c in m["content"]]
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) % 256 for c in text]
 
 
 class FakeEngine:

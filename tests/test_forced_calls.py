@@ -20,17 +20,9 @@ from agentspark.tools import ToolRegistry, calculator, make_file_tools
 from agentspark.traces import prompt_hash, read_trace
 from agentspark.traces.replay import forced_by, replay
 
+from char_tokenizer import CharTokenizer
+
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>'
-
-
-class CharTokenizer:
-    chat_template = "{{ messages }}"  # a plain template: tools go into the system prompt
-
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, **kwargs):
-        return [ord(c) % 256 for m in messages for c in m["content"]]
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) % 256 for c in text]
 
 
 class RecordingEngine:
