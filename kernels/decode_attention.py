@@ -75,6 +75,7 @@ if triton is not None:
         T: tl.constexpr, G: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
         BLOCK_D: tl.constexpr, TILE_M: tl.constexpr, TILES: tl.constexpr, BLOCK_N: tl.constexpr,
         SPLIT: tl.constexpr, NUM_SPLITS: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr,
+        SUM_DOT: tl.constexpr,
     ):
         r = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
@@ -115,7 +116,9 @@ if triton is not None:
                     if DOT_F32:
                         k = k.to(tl.float32)
                         v = v.to(tl.float32)
-                    if DOT_F32:  # float32 activations (or the interpreter): no tf32 rounding
+                    if SUM_DOT:  # the interpreter (support.py): one summation order for every row
+                        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)
+                    elif DOT_F32:  # float32 activations: no tf32 rounding
                         s = tl.dot(q, tl.trans(k), input_precision="ieee")
                     else:
                         s = tl.dot(q, tl.trans(k))
@@ -126,7 +129,9 @@ if triton is not None:
                     p = tl.exp2(s - m_base[:, None])
                     alpha = tl.exp2(m_i - m_base)
                     l_i = l_i * alpha + tl.sum(p, axis=1)
-                    if DOT_F32:
+                    if SUM_DOT:
+                        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+                    elif DOT_F32:
                         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
                     else:
                         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
@@ -202,7 +207,7 @@ def decode_attention(
     _attention_chunk_kernel[(R, Hkv, num_splits)](
         q, k_cache, v_cache, slots, starts, part_o, part_lse,
         D**-0.5 * math.log2(math.e), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        BLOCK_N=BLOCK_N, CAUSAL=causal, DOT_F32=interpreting() or q.dtype == torch.float32, num_warps=4, **meta,
+        BLOCK_N=BLOCK_N, CAUSAL=causal, DOT_F32=interpreting() or q.dtype == torch.float32, SUM_DOT=interpreting(), num_warps=4, **meta,
     )
     _attention_merge_kernel[(R, Hkv)](part_o, part_lse, starts, out, num_warps=4, **meta)
     return out

@@ -154,7 +154,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=["M"])
     def _gemv_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, M, K, N, k_per_split,
-        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr, SUM_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         pid_m = tl.program_id(0)  # the row tile: fastest, so one weight tile's readers run together
@@ -174,7 +174,9 @@ if triton is not None:
             k_ok = (k0 + rk) < k_hi
             x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            if DOT_F32:  # float32 inputs (or the interpreter): exact float32 products, no tf32
+            if SUM_DOT:  # the interpreter (support.py): one summation order for every row
+                acc += tl.sum(x.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+            elif DOT_F32:  # float32 inputs: exact float32 products, no tf32
                 acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
             else:
                 acc = tl.dot(x, w, acc)
@@ -246,6 +248,7 @@ def gemv(x: Tensor, weight_t: Tensor, bias: Tensor | None = None, *, config: Gem
     _gemv_kernel[(tiles, triton.cdiv(N, cfg.block_n), splits)](
         x, weight_t, b, out, part, M, K, N, k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, DOT_F32=interpreting() or x.dtype == torch.float32,
+        SUM_DOT=interpreting(),
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

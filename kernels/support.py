@@ -6,7 +6,12 @@ their logic is tested on machines without a GPU. Everywhere else the callers use
 reference that sits beside each kernel.
 
 What the interpreter cannot do (triton 3.9, checked 2026-12-01): a ``tl.dot`` of bfloat16
-operands returns garbage, so kernels upcast dot operands to float32 when ``interpreting()``.
+operands returns garbage, so kernels upcast dot operands to float32 when ``interpreting()``. And
+its ``tl.dot`` is numpy's matmul, whose BLAS may sum a row's products in an order that depends on
+the row's place in the tile (seen on an AMD EPYC machine, 2026-12-02: the row-invariance tests of
+gemv and decode attention failed there and passed on another machine). So under the interpreter
+the kernels take their products as a broadcast multiply and a sum over the shared axis
+(``SUM_DOT``): one order for every row, as the GPU's mma tiles give.
 """
 
 from __future__ import annotations
