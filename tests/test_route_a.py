@@ -93,13 +93,13 @@ def test_route_a_rows_equal_plain_steps_under_the_interpreter():
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the GPU suite runs the engines on real weights (test_gpu_runtime.py)")
-@pytest.mark.parametrize("reporting", [False, True], ids=["graph-body", "beside-a-logprobs-row"])
-def test_batched_route_a_equals_each_request_alone_under_the_interpreter(reporting, monkeypatch):
+def test_batched_route_a_equals_each_request_alone_under_the_interpreter(monkeypatch):
     """Three greedy requests speculating side by side through the device runner's body in route a
     (bfloat16, the kernels under the interpreter) get the tokens each gets from plain decoding
-    alone: the rows' bits depend neither on the verify length nor on the rows beside them. With
-    ``reporting`` the first request reports logprobs, so every round it is in runs in a bucket
-    that also keeps the raw logits (``BucketKey.logits``), the others' rows with it."""
+    alone: the rows' bits depend neither on the verify length nor on the rows beside them. Then
+    again with the first request reporting logprobs, so every round it is in runs in a bucket that
+    also keeps the raw logits (``BucketKey.logits``), the others' rows with it. One set of plain
+    references serves both batches (the interpreter makes each generation cost seconds)."""
     from agentspark import Engine, NgramDrafter, SamplingParams
     from agentspark.batch import BatchEngine
     from agentspark.model.graph_runner import DeviceRunner
@@ -122,14 +122,15 @@ def test_batched_route_a_equals_each_request_alone_under_the_interpreter(reporti
             engine = Engine(target, max_draft=3, schedule="full", max_seq_len=64)
             engine.runner = runner(1)
             refs.append(engine.generate(p, params, speculative=False).token_ids)
-        batch = BatchEngine(target, NgramDrafter, slots=3, max_draft=3, max_seq_len=64, reuse_prefix=False)
-        batch.runner = runner(3)
-        assert batch.runner.kind == "device-eager-exact-a"
-        per = [SamplingParams(max_new_tokens=8, logprobs=2 if reporting and i == 0 else None) for i in range(3)]
-        results = batch.generate_many(prompts, per)
-    assert [r.token_ids for r in results] == refs
-    assert (results[0].logprobs is not None) is reporting
-    assert sum(x.accepted for r in results for x in r.stats.rounds) > 0  # drafts were verified and kept
+        for reporting in (False, True):
+            batch = BatchEngine(target, NgramDrafter, slots=3, max_draft=3, max_seq_len=64, reuse_prefix=False)
+            batch.runner = runner(3)
+            assert batch.runner.kind == "device-eager-exact-a"
+            per = [SamplingParams(max_new_tokens=8, logprobs=2 if reporting and i == 0 else None) for i in range(3)]
+            results = batch.generate_many(prompts, per)
+            assert [r.token_ids for r in results] == refs, reporting
+            assert (results[0].logprobs is not None) is reporting
+            assert sum(x.accepted for r in results for x in r.stats.rounds) > 0  # drafts were verified and kept
 
 
 def test_forward_rows_refuses_what_route_a_cannot_promise():
