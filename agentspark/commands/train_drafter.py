@@ -74,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--regen-max-new-tokens", type=sampling_value("max_new_tokens"), default=384,
                    help="their length, at most (default: 384)")
     r.add_argument("--regen-batch-size", type=_at_least_1, default=64, help="answers regenerated at once (default: 64)")
+    r.add_argument("--regen-answers", type=_at_least_1, default=1,
+                   help="sampled answers per prompt, each its own draw (default: 1)")
+    r.add_argument("--regen-greedy", action="store_true",
+                   help="also one greedy answer per prompt (what greedy decoding meets; default: off)")
     c = p.add_argument_group("calibration")
     c.add_argument("--held-out", type=real_in(0.0, 1.0, open_high=True), default=0.05,
                    help="fraction of samples kept for calibration, in [0, 1)")
@@ -145,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                            time_budget_s=args.time_budget, stop_after_s=args.stop_after,
                            stop_at_step=args.stop_at_step, eval_samples=args.eval_samples),
         regen=RegenParams(temperature=args.regen_temperature, top_p=args.regen_top_p, top_k=args.regen_top_k,
-                          max_new_tokens=args.regen_max_new_tokens, batch_size=args.regen_batch_size, seed=args.seed),
+                          max_new_tokens=args.regen_max_new_tokens, batch_size=args.regen_batch_size, seed=args.seed,
+                          answers=args.regen_answers, greedy=args.regen_greedy),
         agent=AgentDataParams(sessions=args.agent_sessions, temperature=args.regen_temperature, top_p=args.regen_top_p,
                               top_k=args.regen_top_k, max_new_tokens=args.agent_max_new_tokens, seed=args.seed,
                               slots=args.agent_slots or (16 if args.device.startswith("cuda") else 1)),

@@ -44,6 +44,8 @@ class RegenParams:
     max_new_tokens: int = 384
     batch_size: int = 64
     seed: int = 42
+    answers: int = 1  # sampled answers per prompt (each its own draw: more data from the same prompts)
+    greedy: bool = False  # one greedy answer per prompt besides them (what greedy decoding will meet)
 
 
 def pick_mask_token(tokenizer: Any, vocab_size: int) -> int:
@@ -70,12 +72,21 @@ def regenerate(hf_model: Any, tokenizer: Any, prompts_source: str | Path, params
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [(r.dataset, prompt_ids_for(tokenizer, r.turns[0])[-max_prompt_tokens:]) for r in records]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][1]))  # similar lengths share a batch
+    if params.answers < 1:
+        raise InvalidRequestError(f"answers per prompt must be at least 1, got {params.answers}")
+    # every prompt answered ``answers`` times sampled (and once greedy): job = (prompt, sampled?)
+    jobs = [(i, False) for i in range(len(prompts))] if params.greedy else []
+    jobs += [(i, True) for _ in range(params.answers) for i in range(len(prompts))]
+    # a batch is all greedy or all sampled, prompts of similar lengths together
+    order = sorted(range(len(jobs)), key=lambda j: (jobs[j][1], len(prompts[jobs[j][0]][1])))
     device = next(hf_model.parameters()).device
     torch.manual_seed(params.seed)
-    samples: list[Sample | None] = [None] * len(prompts)
-    for b in range(0, len(order), params.batch_size):
-        idx = order[b : b + params.batch_size]
+    samples: list[Sample | None] = [None] * len(jobs)
+    batches = [order[b : b + params.batch_size] for b in range(0, len(order), params.batch_size)]
+    batches = [[j for j in b if not jobs[j][1]] for b in batches] + [[j for j in b if jobs[j][1]] for b in batches]
+    for batch in (b for b in batches if b):
+        idx = [jobs[j][0] for j in batch]
+        sampled = jobs[batch[0]][1]
         width = max(len(prompts[i][1]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         attn = torch.zeros((len(idx), width), dtype=torch.long)
@@ -85,18 +96,19 @@ def regenerate(hf_model: Any, tokenizer: Any, prompts_source: str | Path, params
             attn[row, width - len(p) :] = 1
         with torch.no_grad():
             out = hf_model.generate(
-                input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True,
-                temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                max_new_tokens=params.max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=params.max_new_tokens,
+                pad_token_id=pad, eos_token_id=eos,
+                **(dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+                   if sampled else dict(do_sample=False, temperature=None, top_p=None, top_k=None)),
             )
-        for row, i in enumerate(idx):
+        for row, (i, j) in enumerate(zip(idx, batch)):
             response = out[row, width:].tolist()
             if eos in response:  # keep the end-of-turn token: the drafter must learn to predict it
                 response = response[: response.index(eos) + 1]
             else:
                 response = [t for t in response if t != pad] if pad != eos else response
             p = prompts[i][1]
-            samples[i] = Sample(input_ids=p + response, loss_mask=[0] * len(p) + [1] * len(response),
+            samples[j] = Sample(input_ids=p + response, loss_mask=[0] * len(p) + [1] * len(response),
                                 dataset=prompts[i][0])
         if progress is not None:
             progress(len(idx))
@@ -142,13 +154,26 @@ def load_samples(path: Path) -> list[Sample]:
         raise InvalidRequestError(f"{path} is not a samples file written by train-drafter: {exc}") from exc
 
 
+def _prompt_of(s: Sample) -> tuple[int, ...]:
+    """The tokens before a sample's first loss token: its prompt (answers of one prompt share it)."""
+    first = s.loss_mask.index(1) if 1 in s.loss_mask else len(s.loss_mask)
+    return tuple(s.input_ids[:first])
+
+
 def split_held_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(train, held_out): a seeded shuffle; the held-out part calibrates the confidence head."""
-    order = list(range(len(samples)))
+    """(train, held_out): a seeded shuffle of the prompts, so that every answer of a held-out
+    prompt is held out (with several answers per prompt a held-out score would otherwise be read
+    off prompts the drafter trained on); the held-out part calibrates the confidence head.
+    With one answer per prompt, every prompt distinct, it is the seeded shuffle of the samples it
+    always was (the same split)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(_prompt_of(s), []).append(i)
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
-    n_held = max(1, int(round(len(samples) * fraction))) if len(samples) > 1 and fraction > 0 else 0
-    held = [samples[i] for i in order[:n_held]]
-    return [samples[i] for i in order[n_held:]], held
+    n_held = max(1, int(round(len(order) * fraction))) if len(order) > 1 and fraction > 0 else 0
+    held = [samples[i] for g in order[:n_held] for i in g]
+    return [samples[i] for g in order[n_held:] for i in g], held
 
 
 def draft_vocabulary(samples: list[Sample], size: int, always: set[int]) -> tuple[int, ...]:
