@@ -70,7 +70,7 @@ from .model.loading import LoadedModel
 from .model.runner import RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
-from .scheduler import SpsTable, choose_lengths, choose_lengths_no_early_stop, threshold_length
+from .scheduler import SpsTable, choose_length, choose_lengths, choose_lengths_no_early_stop, threshold_length
 from .sps_cache import cached_or_measured, sps_key
 from .stats import EngineClock, RequestStats, RoundStats
 
@@ -170,6 +170,7 @@ class BatchEngine:
         self.clock = EngineClock()  # where the rounds' time went (benchmarks read it)
         self.skip_drafting = skip_drafting
         self._table: SpsTable | None = None
+        self._can_pay: dict[tuple[int, int, int], bool] = {}  # (rows, table, its version) -> _drafts_can_pay
         if sps_table is not None:
             self._table = SpsTable(sps_table, fixed=True)
         elif schedule in ("adaptive", "no-early-stop") and self._prototype is not None:
@@ -423,9 +424,16 @@ class BatchEngine:
         cost). Decided from the table and the row count only, never from a draft: lossless."""
         if self.schedule not in ("adaptive", "no-early-stop") or self._table is None:
             return True
-        sps = self._table.values()
-        plain, spec = self.runner.round_tokens(rows, 1, rows), self.runner.round_tokens(rows, 2, rows + 1)
-        return spec <= len(sps) and (rows + 1) * sps[spec - 1] > rows * sps[plain - 1]
+        key = (rows, id(self._table), self._table.version)  # changes only with the table (a refit) or the rows
+        known = self._can_pay.get(key)
+        if known is None:
+            sps = self._table.view()
+            plain, spec = self.runner.round_tokens(rows, 1, rows), self.runner.round_tokens(rows, 2, rows + 1)
+            known = spec <= len(sps) and (rows + 1) * sps[spec - 1] > rows * sps[plain - 1]
+            if len(self._can_pay) > 4 * MAX_DEVICE_SLOTS:  # entries of old versions
+                self._can_pay.clear()
+            self._can_pay[key] = known
+        return known
 
     def _lengths(self, drafts: list[Draft | None]) -> list[int]:
         """Every request's verified length, chosen together before the verify forward."""
@@ -436,8 +444,13 @@ class BatchEngine:
                        for d in drafts]
         if self.schedule == "threshold":
             return [threshold_length(c, self.confidence_threshold) for c in confidences]
+        sps = self._table.view()
+        if self.schedule == "adaptive" and len(drafts) == 1 and self.runner.round_tokens(1, 2, 2) == 2:
+            # one row whose forward computes its own tokens: choose_lengths is choose_length (the
+            # candidates are its positions in order), at a third of the host time
+            return [choose_length(confidences[0], sps)]
         choose = choose_lengths if self.schedule == "adaptive" else choose_lengths_no_early_stop
-        return choose(confidences, self._table.values(), self.runner.round_tokens)
+        return choose(confidences, sps, self.runner.round_tokens)
 
     def _release(self, h: BatchRequest) -> None:
         """h leaves its slot, which keeps the K/V of its committed sequence but its last token

@@ -7,7 +7,6 @@ choice changes no output distribution.
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 
 
@@ -42,6 +41,10 @@ class DraftingRates:
     def __init__(self) -> None:
         self.seconds: dict[tuple[int, bool], deque[float]] = {}
         self.gains: deque[tuple[int, int]] = deque(maxlen=self.GAIN_ROUNDS)  # drafting rounds: (tokens, rows)
+        # the latest drafting rounds that hold GAIN_ROWS rows (tokens_per_row's pool), with its sums,
+        # kept as rounds come: the walk over up to 64 rounds cost ~10 us a round in Python
+        self._pool: deque[tuple[int, int]] = deque()
+        self._pool_tokens = self._pool_rows = 0
         # kept up to date by observe, so that choose (every round, before the round's work) only
         # compares two numbers: the medians and the pooled gain cost tens of us a round in Python
         self._median: dict[tuple[int, bool], float] = {}
@@ -54,13 +57,22 @@ class DraftingRates:
         window = self.seconds.setdefault((rows, drafted), deque(maxlen=self.WINDOW))
         window.append(seconds)
         if len(window) >= self.MIN_ROUNDS:
-            self._median[(rows, drafted)] = statistics.median(window)
+            self._median[(rows, drafted)] = _median(window)
         if drafted:
             self.gains.append((tokens, rows))
-            self._per_row = self.tokens_per_row()
+            pool = self._pool
+            pool.append((tokens, rows))
+            self._pool_tokens, self._pool_rows = self._pool_tokens + tokens, self._pool_rows + rows
+            # drop the oldest while the rest still holds GAIN_ROWS rows (or past GAIN_ROUNDS rounds):
+            # what is left is the newest rounds up to the first that reaches GAIN_ROWS, as the walk finds
+            while len(pool) > self.GAIN_ROUNDS or (len(pool) > 1 and self._pool_rows - pool[0][1] >= self.GAIN_ROWS):
+                t, r = pool.popleft()
+                self._pool_tokens, self._pool_rows = self._pool_tokens - t, self._pool_rows - r
+            self._per_row = self._pool_tokens / self._pool_rows if self._pool_rows else None
 
     def tokens_per_row(self) -> float | None:
-        """Committed tokens per row of the latest drafting rounds (``GAIN_ROWS`` rows of them)."""
+        """Committed tokens per row of the latest drafting rounds (``GAIN_ROWS`` rows of them): the
+        reference walk, which ``observe`` keeps current incrementally (a test holds them equal)."""
         tokens = rows = 0
         for t, r in reversed(self.gains):
             tokens, rows = tokens + t, rows + r
@@ -98,3 +110,10 @@ class DraftingRates:
         settled = len(self.seconds[(rows, not drafting)]) >= self.WINDOW  # the loser's window is full
         self.interval[rows] = min(2 * interval, self.MAX_PROBE_EVERY) if settled else interval
         return not drafting  # the probe: a round of the losing mode
+
+
+def _median(xs: deque[float]) -> float:
+    """statistics.median's value (the mean of the middle two of an even count), a third of its cost."""
+    s = sorted(xs)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2

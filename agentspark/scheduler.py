@@ -272,6 +272,7 @@ class SpsTable:
         self._values = [1.0 / c for c in costs]
         self._rounds: list[deque[tuple[int, float]]] = [deque(maxlen=_WINDOW) for _ in vals]  # (index, seconds)
         self._count = 0  # observations so far
+        self.version = 0  # bumped whenever the values change (callers cache what they derive from them)
 
     @classmethod
     def measure(
@@ -318,6 +319,11 @@ class SpsTable:
         """Steps per second at 1..n tokens per forward: positive, finite, non-increasing."""
         return list(self._values)
 
+    def view(self) -> Sequence[float]:
+        """``values()`` without the copy (a round's scheduling reads it; 512 entries at 64 slots): the
+        table's own list, replaced (never changed in place) by a refit. Read it, never write it."""
+        return self._values
+
     def observe(self, tokens: int, seconds: float) -> None:
         """One real forward of ``tokens`` tokens (a round's verify: the anchor and the verified
         drafts) took ``seconds``. Sizes beyond the table and timings that are not finite and
@@ -339,6 +345,7 @@ class SpsTable:
         load = statistics.median(ratios)
         raw = [m * load if o is None else o for o, m in zip(observed, self._measured)]
         self._values = [1.0 / c for c in _monotone_costs(raw, self.spikes)]
+        self.version += 1
 
 
 def measure_sps(step: Callable[[int], None], max_tokens: int, repeats: int = 5) -> list[float]:
