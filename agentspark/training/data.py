@@ -99,7 +99,7 @@ def regenerate(hf_model: Any, tokenizer: Any, prompts_source: str | Path, params
                 input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=params.max_new_tokens,
                 pad_token_id=pad, eos_token_id=eos,
                 **(dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-                   if sampled else dict(do_sample=False, temperature=None, top_p=None, top_k=None)),
+                   if sampled else dict(do_sample=False)),
             )
         for row, (i, j) in enumerate(zip(idx, batch)):
             response = out[row, width:].tolist()
