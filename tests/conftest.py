@@ -3,7 +3,10 @@ default model, and prompts from the bundled eval sample."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from pathlib import Path
 
 if "PYTEST_XDIST_WORKER" in os.environ:
     # Two workers on two cores: one BLAS/OpenMP thread each, or their spinning threads fight
@@ -94,17 +97,90 @@ def eval_chat_prompts(default_model) -> list[list[int]]:
     return [encode_prompt(default_model.tokenizer, [{"role": "user", "content": r.turns[0]}]) for r in mixed]
 
 
-@pytest.fixture(scope="session")
-def default_references(default_model, eval_chat_prompts):
-    """(prompt, plain greedy result) for 10 eval prompts, 128 new tokens: what every drafter on
-    the default model must reproduce (computed once per test process: ~1.5 minutes of CPU)."""
-    from agentspark import Engine, SamplingParams
+class Reference:
+    """What a reference run must be reproduced as: its tokens, its text, why it stopped."""
 
-    plain = Engine(default_model)
-    params = SamplingParams(max_new_tokens=128)
-    refs = [(p, plain.generate(p, params, speculative=False)) for p in eval_chat_prompts[:10]]
-    assert all(r.stats.new_tokens == 128 or r.finish_reason == "stop" for _, r in refs)
-    return refs
+    def __init__(self, token_ids: list[int], text: str, finish_reason: str) -> None:
+        self.token_ids, self.text, self.finish_reason = token_ids, text, finish_reason
+
+
+class References:
+    """Plain greedy references, each computed once per test run and shared by the xdist workers
+    through files: a worker claims a prompt (an exclusive create), decodes it and writes the
+    result; a worker that finds a prompt claimed by the other goes on to the next and reads it
+    when it is written. Iteration yields (prompt, reference) in the order they become available
+    (every consumer checks each pair on its own). Slicing selects prompts, as on a list."""
+
+    NEW_TOKENS = 128
+    WAIT_S = 900.0  # a claim never written (its worker died): decode it here after this long
+
+    def __init__(self, model, prompts: list[list[int]], root: Path, indices: list[int] | None = None) -> None:
+        self.model, self.prompts, self.root = model, prompts, root
+        self.indices = list(range(len(prompts))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: slice) -> References:
+        return References(self.model, self.prompts, self.root, self.indices[key])
+
+    def _decode(self, i: int) -> Reference:
+        from agentspark import Engine, SamplingParams
+
+        r = Engine(self.model).generate(self.prompts[i], SamplingParams(max_new_tokens=self.NEW_TOKENS),
+                                        speculative=False)
+        ref = Reference(r.token_ids, r.text, r.finish_reason)
+        tmp = self.root / f"{i}.json.{os.getpid()}"
+        tmp.write_text(json.dumps({"token_ids": ref.token_ids, "text": ref.text, "finish_reason": ref.finish_reason,
+                                   "prompt": self.prompts[i]}))
+        tmp.replace(self.root / f"{i}.json")  # atomic: a reader sees all of it or nothing
+        return ref
+
+    def _ready(self, i: int) -> Reference | None:
+        path = self.root / f"{i}.json"
+        if not path.exists():
+            return None
+        d = json.loads(path.read_text())
+        assert d["prompt"] == self.prompts[i]  # the same prompt in both workers
+        return Reference(d["token_ids"], d["text"], d["finish_reason"])
+
+    def _claim(self, i: int) -> bool:
+        try:
+            os.close(os.open(self.root / f"{i}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
+
+    def __iter__(self):
+        pending = list(self.indices)
+        since = time.monotonic()
+        while pending:
+            for i in list(pending):
+                ref = self._ready(i)
+                if ref is None and self._claim(i):
+                    ref = self._decode(i)
+                if ref is None and time.monotonic() - since > self.WAIT_S:
+                    ref = self._decode(i)
+                if ref is not None:
+                    assert len(ref.token_ids) == self.NEW_TOKENS or ref.finish_reason == "stop"
+                    pending.remove(i)
+                    yield self.prompts[i], ref
+                    since = time.monotonic()
+            if pending:
+                time.sleep(0.2)  # the rest are being decoded by the other worker
+
+
+@pytest.fixture(scope="session")
+def default_references(default_model, eval_chat_prompts, tmp_path_factory) -> References:
+    """(prompt, plain greedy result) for 10 eval prompts, 128 new tokens: what every drafter on
+    the default model must reproduce (~1.5 minutes of CPU in all, shared by the xdist workers of
+    one run: each prompt is decoded by one of them, see ``References``)."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the run's directory, above each worker's own (never shared across runs)
+    root = root / "default-references"
+    root.mkdir(exist_ok=True)
+    return References(default_model, eval_chat_prompts[:10], root)
 
 
 def assert_reproduces(engine, references) -> int:
