@@ -183,6 +183,31 @@ def default_references(default_model, eval_chat_prompts, tmp_path_factory) -> Re
     return References(default_model, eval_chat_prompts[:10], root)
 
 
+def patch_default_loads(mp: pytest.MonkeyPatch, default_model: LoadedModel) -> None:
+    """CLI commands get the session's default model (float32, CPU) instead of reading and
+    converting the GGUF again (2-4 s a load, several loads a test); any other source, dtype or
+    device goes to the real loader as before (its errors included)."""
+    from agentspark.commands import generate
+    from agentspark.model import loading
+
+    real = loading.load_model
+
+    def load(source="default", *, dtype="float32", device="cpu"):
+        if str(source) == "default" and dtype in ("float32", torch.float32) and str(device) == "cpu":
+            return default_model
+        return real(source, dtype=dtype, device=device)
+
+    mp.setattr(loading, "load_model", load)
+    mp.setattr(generate, "load_model", load)  # imported by name at module level there
+
+
+@pytest.fixture
+def reuse_default_model(monkeypatch, default_model) -> LoadedModel:
+    """This test's CLI commands load the default model as the session's (``patch_default_loads``)."""
+    patch_default_loads(monkeypatch, default_model)
+    return default_model
+
+
 def assert_reproduces(engine, references) -> int:
     """Every reference reproduced token for token and character for character; returns how many
     draft tokens were accepted in all (so a test can show the fast path ran)."""

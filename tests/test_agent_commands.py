@@ -9,6 +9,7 @@ import pytest
 
 from agentspark.cli import main
 from agentspark.traces import read_trace
+from conftest import patch_default_loads
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,9 @@ def demo_trace(tmp_path_factory, default_model):
     out = tmp_path_factory.mktemp("demo")
     # 56 tokens: under the tool-call grammar the model writes the whole calculator call (53 tokens
     # on the default model; the text path wrote only the expression)
-    code = main(["demo", "--trace-dir", str(out), "--max-new-tokens", "56"])
+    with pytest.MonkeyPatch.context() as mp:
+        patch_default_loads(mp, default_model)  # the session's model, not a second load of the GGUF
+        code = main(["demo", "--trace-dir", str(out), "--max-new-tokens", "56"])
     assert code == 0  # the demo's own audit passed
     (trace,) = list(out.glob("demo-*.jsonl"))
     return trace
@@ -48,7 +51,7 @@ def test_trace_show_and_plot(demo_trace, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_replay_against_plain_decoding(demo_trace, tmp_path, capsys):
+def test_replay_against_plain_decoding(demo_trace, tmp_path, capsys, reuse_default_model):
     out = tmp_path / "replayed.jsonl"
     assert main(["replay", str(demo_trace), "--plain", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -60,7 +63,7 @@ def test_replay_against_plain_decoding(demo_trace, tmp_path, capsys):
     assert [r.response.get("token_ids") for r in replayed] == [r.response.get("token_ids") for r in recorded]
 
 
-def test_audit_of_a_trace_writes_verdicts(demo_trace, tmp_path, capsys):
+def test_audit_of_a_trace_writes_verdicts(demo_trace, tmp_path, capsys, reuse_default_model):
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(demo_trace.read_bytes())
     assert main(["audit", str(copy), "--limit", "2", "--max-new-tokens", "24"]) == 0
@@ -73,7 +76,7 @@ def test_audit_of_a_trace_writes_verdicts(demo_trace, tmp_path, capsys):
         assert "fresh speculative vs plain: ok, identical" in r.audit.detail
 
 
-def test_audit_of_prompts_and_a_failing_audit_exits_non_zero(tmp_path, capsys, default_model, monkeypatch):
+def test_audit_of_prompts_and_a_failing_audit_exits_non_zero(tmp_path, capsys, reuse_default_model, monkeypatch):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"turns": ["List five fruits."]}) + "\n")
     assert main(["audit", "--prompts", str(prompts), "--max-new-tokens", "24"]) == 0

@@ -60,20 +60,20 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         (["--dtype", "float32", "--device", "tpu"], "device"),
     ],
 )
-def test_bad_input_is_one_line_with_exit_2(capsys, extra, message, default_model):
+def test_bad_input_is_one_line_with_exit_2(capsys, extra, message, reuse_default_model):
     code, out, err = run_cli(capsys, "generate", "--prompt", "hi", "--max-new-tokens", "4", *extra)
     assert code == 2 and err.startswith("agentspark: error:") and message in err
     assert "Traceback" not in err
 
 
-def test_empty_and_too_long_prompts(capsys, default_model):
+def test_empty_and_too_long_prompts(capsys, reuse_default_model):
     code, _, err = run_cli(capsys, "generate", "--prompt", "")
     assert code == 2 and "empty" in err
     code, _, err = run_cli(capsys, "generate", "--prompt", "word " * 5000, "--max-new-tokens", "4")
     assert code == 2 and "context" in err
 
 
-def test_mismatched_draft_tokenizer_from_the_cli(capsys, tmp_path, default_model):
+def test_mismatched_draft_tokenizer_from_the_cli(capsys, tmp_path, reuse_default_model):
     hf = tiny_hf_model("llama", seed=4)
     hf.save_pretrained(tmp_path, safe_serialization=True)  # no tokenizer at all
     code, _, err = run_cli(capsys, "generate", "--prompt", "hi", "--drafter", f"draft-model:{tmp_path}")
@@ -87,7 +87,7 @@ def test_corrupt_model_file_from_the_cli(capsys, tmp_path):
     assert code == 2 and "GGUF" in err
 
 
-def test_generate_json_with_compare_plain(capsys, default_model):
+def test_generate_json_with_compare_plain(capsys, reuse_default_model):
     code, out, _ = run_cli(
         capsys, "generate", "--prompt", "Count from 1 to 20.", "--chat", "--max-new-tokens", "24",
         "--json", "--compare-plain",
@@ -100,7 +100,7 @@ def test_generate_json_with_compare_plain(capsys, default_model):
         assert key in data["stats"]
 
 
-def test_generate_prints_text_and_statistics(capsys, default_model):
+def test_generate_prints_text_and_statistics(capsys, reuse_default_model):
     code, out, err = run_cli(capsys, "generate", "--prompt", "Say hello.", "--chat", "--max-new-tokens", "8",
                              "--drafter", "none", "--seed", "3", "--temperature", "0.7")
     assert code == 0 and out.strip() and "round statistics" in err and "tokens_per_second" in err

@@ -36,7 +36,7 @@ def test_default_drafter_is_lossless_on_the_default_model(default_model, default
     assert_reproduces(adaptive, default_references[4:])
 
 
-def test_generate_with_the_default_drafter_compares_equal(default_model, capsys):
+def test_generate_with_the_default_drafter_compares_equal(reuse_default_model, capsys):
     code = main(["generate", "--drafter", "default", "--chat", "--prompt", "Name three primary colors.",
                  "--max-new-tokens", "48", "--compare-plain", "--json"])
     assert code == 0

@@ -68,7 +68,7 @@ def test_default_model_logprobs_on_the_wire(default_model):
     assert [i for p in pieces if p.logprobs for i in p.logprobs] == got == pieces[-1].response.logprobs
 
 
-def test_serve_command_wires_the_engine(monkeypatch, capsys):
+def test_serve_command_wires_the_engine(monkeypatch, capsys, reuse_default_model):
     import uvicorn
 
     from agentspark.cli import main
