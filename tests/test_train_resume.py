@@ -197,3 +197,27 @@ def test_checkpoint_files_group_into_device_calls(tiny_target, tmp_path, monkeyp
     step, _, back, _ = optimizer_state(tmp_path / "back", tiny_target)
     _, _, here, _ = optimizer_state(tmp_path / "run", tiny_target)
     assert step == 1 and all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), here.state_dict().values()))
+
+
+def test_time_budget_paces_by_the_steps_after_the_start_up(tiny_target, tmp_path, monkeypatch):
+    """--time-budget fits the schedule at the pace of steps 21..60, not of the first 20, which carry
+    the start-up (a resumed checkpoint, kernel selection on a GPU). On a synthetic clock the first
+    20 steps take 1 s each and the rest 0.1 s: with a 26 s budget the pace of steps 21..60 plans
+    60 + (26 - 24) / 0.1 = 80 steps; the pace of the first 20 (the old rule, the control) would
+    have planned 20 + (26 - 20) / 1 = 26."""
+    import types
+
+    from agentspark.training import trainer
+
+    now = [0.0]
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def tick(step, stats):
+        now[0] += 1.0 if step <= 20 else 0.1
+
+    samples = random_samples(6, seed=5)
+    model = fresh_model(tiny_target)
+    history = train(model, tiny_target, samples, opts(steps=100_000, eval_samples=0, time_budget_s=26.0),
+                    tmp_path / "run", weights=ObjectiveWeights(), pad_id=0, on_step=tick)
+    planned = read_state(tmp_path / "run")["runs"][-1]["steps"]
+    assert len(history) == planned and 78 <= planned <= 80
