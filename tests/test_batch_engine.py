@@ -403,3 +403,44 @@ def test_slots_past_the_largest_row_bucket_are_refused_on_the_device_runner(tiny
     assert MAX_DEVICE_SLOTS == ROW_BUCKETS[-1]
     with pytest.raises(InvalidRequestError, match="at most 64"):
         BatchEngine(tiny, slots=65, graphs=True)
+
+
+def test_dspark_observe_later_drafts_what_observe_drafts(family):  # noqa: F811 (the fixture)
+    """``observe_later`` (a batch round without a draft) keeps the features and writes their K/V
+    at the next draft: the same cache (within float rounding: one projection of many rows instead
+    of one per round) and the same draft as observing at once, whether the kept positions are
+    contiguous or a later observe goes back over them (a new request reusing a shorter prefix)."""
+    from test_learned_drafters import make_drafter, random_drafter_model
+
+    target, ps, _, _ = family
+    proto = make_drafter(random_drafter_model(target, "dspark", seed=74), target)
+    width = len(proto.capture_layers) * target.config.hidden_size
+    g = torch.Generator().manual_seed(75)
+    ctx = ps[0][:6] + ps[1][:6]
+    feats = torch.randn(len(ctx) - 1, width, generator=g)
+    now, later = proto.sibling(), proto.sibling()
+    for d in (now, later):
+        d.start(ctx, SamplingParams(), None)
+        d.observe(feats[:4], 0)  # the prefill
+    for pos in range(4, len(ctx) - 1):  # then rounds of one committed token each
+        now.observe(feats[pos : pos + 1], pos)
+        later.observe_later(feats[pos : pos + 1], pos)
+    assert later.length == now.length == len(ctx) - 1 and later._pending  # nothing written yet
+    x, y = now.propose(ctx, 4), later.propose(ctx, 4)
+    assert not later._pending and x.tokens.tolist() == y.tokens.tolist()
+    assert torch.allclose(now.keys, later.keys, atol=1e-5) and torch.allclose(now.values, later.values, atol=1e-5)
+    # control: a drafter whose kept features were never written drafts from a stale cache
+    stale = proto.sibling()
+    stale.start(ctx, SamplingParams(), None)
+    stale.observe(feats[:4], 0)
+    for pos in range(4, len(ctx) - 1):
+        stale.observe_later(feats[pos : pos + 1], pos)
+    stale._pending = []
+    assert not torch.allclose(now.keys, stale.keys, atol=1e-5)
+    # a new request keeps a shorter prefix: its prefill goes back over kept positions
+    for d in (now, later):
+        d.observe_later(torch.randn(2, width, generator=torch.Generator().manual_seed(76)), d.length)
+        d.start(ctx[:5], SamplingParams(), None)
+        d.observe(feats[2:4], 2)
+    assert now.length == later.length == 4 and not later._pending
+    assert torch.allclose(now.keys[..., :4, :], later.keys[..., :4, :], atol=1e-5)

@@ -72,6 +72,12 @@ class Drafter(ABC):
     def observe(self, hidden: Tensor, start: int) -> None:
         """Target hidden states [T, m*H] of positions [start, start+T) from the last forward."""
 
+    def observe_later(self, hidden: Tensor, start: int) -> None:
+        """``observe``, from a round this drafter did not draft in: a drafter may keep the features
+        and do the work when it next drafts (one forward for many such rounds). The default
+        observes now."""
+        self.observe(hidden, start)
+
     def reusable_context(self) -> int:
         """After ``start``: how many leading prompt positions' target features this drafter still
         holds from its last request (a session then prefills only what was appended). 0 = none."""
