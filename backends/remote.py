@@ -207,6 +207,15 @@ def checked_base_url(base_url: str) -> str:
     return base_url
 
 
+def server_root(base_url: str) -> str:
+    """The server's root, to which ``/v1/...`` paths are added: ``base_url`` without trailing
+    slashes and without a final ``/v1``. OpenAI's clients, vLLM's, SGLang's and llama.cpp's docs
+    give base URLs ending in ``/v1`` (``http://localhost:8000/v1``); taken as they are, every
+    request went to ``/v1/v1/chat/completions`` and 404ed (found against a real llama-server)."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
 class RemoteBackend(Backend):
     def __init__(
         self,
@@ -223,7 +232,7 @@ class RemoteBackend(Backend):
         self.model = model
         self.retries = retries
         self.backoff = backoff
-        self.base_url = checked_base_url(base_url).rstrip("/")  # names the server (the audit keys its refusals by it)
+        self.base_url = server_root(checked_base_url(base_url))  # names the server (the audit keys its refusals by it)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
 

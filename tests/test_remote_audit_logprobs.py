@@ -192,3 +192,28 @@ def test_a_400_that_only_quotes_the_requests_logprobs_is_still_an_error(serve_st
     assert quoting.asked_logprobs == [True, False] * 3  # each request retried once, the server never marked
     assert all("asked again without logprobs, it failed too" in o["error"] for o in report["outcomes"])
     assert report["logprobs_refused"] == {}
+
+
+def test_base_urls_ending_in_v1_reach_the_same_endpoints(serve_stubs, tmp_path, capsys):
+    """OpenAI-style base URLs (``.../v1``, as vLLM's, SGLang's and llama.cpp's docs write them)
+    name the same server as the bare root: found against a real llama-server, where ``.../v1``
+    was sent to ``/v1/v1/models`` and every audit ended "lists no models (HTTP 404)"."""
+    candidate, reference = Stub(), Stub()
+    candidate_url, reference_url = serve_stubs(candidate, reference)
+    code, out, report = run_audit(capsys, tmp_path, candidate_url + "/v1", reference_url + "/v1/", "--concurrency", "1")
+    assert code == 0, out
+    assert len(candidate.bodies) == len(reference.bodies) == 3
+    assert report["model"] == f"stub-{candidate_url.rsplit('/', 1)[1]}"  # the listing was reached too
+    assert [o["compared"] for o in report["outcomes"]] == ["tokens"] * 3
+
+
+def test_server_root_strips_only_a_final_v1():
+    from agentspark.backends.remote import RemoteBackend, server_root
+
+    assert server_root("http://h:8000/v1") == server_root("http://h:8000/v1/") == "http://h:8000"
+    assert server_root("http://h:8000/") == "http://h:8000"
+    assert server_root("http://h/proxy/v1") == "http://h/proxy"
+    assert server_root("http://h/v1beta") == "http://h/v1beta"  # not a /v1 segment
+    backend = RemoteBackend("http://h:8000/v1", "m")
+    assert backend.base_url == "http://h:8000" and str(backend.client.base_url) == "http://h:8000"
+    backend.close()

@@ -143,9 +143,11 @@ def _model_name(url: str, given: str | None, args: argparse.Namespace, flag: str
     an error per request after every retry."""
     import httpx
 
+    from ..backends.remote import server_root
+
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
-        response = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=min(args.timeout, 30.0))
+        response = httpx.get(server_root(url) + "/v1/models", headers=headers, timeout=min(args.timeout, 30.0))
     except httpx.HTTPError as exc:
         raise InvalidRequestError(f"cannot reach {flag} {url}: {type(exc).__name__}: {exc}") from None
     if response.status_code in (401, 403):
