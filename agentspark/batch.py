@@ -445,9 +445,9 @@ class BatchEngine:
         if self.schedule == "threshold":
             return [threshold_length(c, self.confidence_threshold) for c in confidences]
         sps = self._table.view()
-        if self.schedule == "adaptive" and len(drafts) == 1 and self.runner.round_tokens(1, 2, 2) == 2:
-            # one row whose forward computes its own tokens: choose_lengths is choose_length (the
-            # candidates are its positions in order), at a third of the host time
+        if self.schedule == "adaptive" and len(drafts) == 1:
+            # one row (its forward computes its own tokens, padded or not): choose_lengths is
+            # choose_length (the candidates are its positions in order), at a third of the host time
             return [choose_length(confidences[0], sps)]
         choose = choose_lengths if self.schedule == "adaptive" else choose_lengths_no_early_stop
         return choose(confidences, sps, self.runner.round_tokens)

@@ -22,6 +22,8 @@ from .dspark_model import DSparkModel
 
 
 class DSparkDrafter(Drafter):
+    PENDING_LIMIT = 256  # observe_later keeps at most this many positions before it writes them
+
     def __init__(self, model: DSparkModel, capacity: int = 4096) -> None:
         cfg = model.cfg
         self.model = model.eval()
@@ -94,8 +96,6 @@ class DSparkDrafter(Drafter):
         """Target features [T, m*H] of positions [start, start+T) -> context K/V at those positions."""
         self._flush()
         self._write(hidden, start)
-
-    PENDING_LIMIT = 256  # observe_later keeps at most this many positions before it writes them
 
     @torch.inference_mode()
     def observe_later(self, hidden: Tensor, start: int) -> None:
