@@ -329,6 +329,7 @@ class BatchEngine:
             self.running.append(h)  # before its first commit, which may already end it (EOS, a budget of 1)
             self._emit(h, *commit_tokens(req, [first], out.logits))
             joined.append(h)
+            self.clock.admissions += 1
         return joined
 
     def _pick_slot(self, prompt_ids: list[int]) -> tuple[int, int]:
@@ -370,7 +371,12 @@ class BatchEngine:
             q = None if not length or draft.probs is None else draft.probs[:length].to(self.device)
             req = h._req
             capture = h._drafter is not None and bool(h._drafter.capture_layers)
-            mask = None if req.constraint is None else req.constraint.masks(d_tokens)  # [l+1, W]
+            if req.constraint is None:
+                mask = None
+            else:
+                tm = time.perf_counter()
+                mask = req.constraint.masks(d_tokens)  # [l+1, W]
+                self.clock.mask_s += time.perf_counter() - tm
             rows.append(RowWork(h._slot, len(req.tokens) - 1, [req.tokens[-1], *d_tokens], h.params, h._generator, q,
                                 capture=capture, mask=mask, logits=req.logprobs is not None))
             verified.append(d_tokens)
@@ -403,7 +409,8 @@ class BatchEngine:
         if self.schedule == "adaptive" and self._prototype is not None:
             self._rates.observe(len(live), drafting, produced, seconds)
         clock = self.clock
-        clock.rounds, clock.draft_s, clock.runner_s = clock.rounds + 1, clock.draft_s + t1 - t0, clock.runner_s + t2 - t1
+        clock.rounds, clock.rows = clock.rounds + 1, clock.rows + len(live)
+        clock.draft_s, clock.runner_s = clock.draft_s + t1 - t0, clock.runner_s + t2 - t1
         clock.commit_s += time.perf_counter() - t2
         return live
 

@@ -24,17 +24,20 @@ class EngineClock:
     scheduling, the runner's round (the forward, the verifier, the host sync), committing."""
 
     rounds: int = 0
+    rows: int = 0  # requests summed over rounds (rows / rounds: how full the batch ran)
+    admissions: int = 0  # requests admitted (each one prefill and first token)
     admit_s: float = 0.0
-    draft_s: float = 0.0
+    draft_s: float = 0.0  # drafting and scheduling, the constraint masks included
+    mask_s: float = 0.0  # of draft_s: the grammar masks of constrained rows (host work, per row)
     runner_s: float = 0.0
     commit_s: float = 0.0
 
     def since(self, before: EngineClock) -> dict[str, float]:
         """Per-round milliseconds of each part since ``before`` (a copy taken earlier)."""
         n = max(1, self.rounds - before.rounds)
-        return {"rounds": self.rounds - before.rounds,
+        return {"rounds": self.rounds - before.rounds, "rows_per_round": (self.rows - before.rows) / n,
                 **{f"{k}_ms_per_round": 1e3 * (getattr(self, k) - getattr(before, k)) / n
-                   for k in ("admit_s", "draft_s", "runner_s", "commit_s")}}
+                   for k in ("admit_s", "draft_s", "mask_s", "runner_s", "commit_s")}}
 
 
 @dataclass

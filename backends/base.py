@@ -18,7 +18,7 @@ from typing import Any, Literal
 from ..agent.parsing import parse_tool_calls
 from ..agent.tool_prompt import RAW_TEXT_KEY
 from ..sampling import SamplingParams
-from ..stats import RequestStats
+from ..stats import EngineClock, RequestStats
 
 ToolChoice = Literal["auto", "none", "required"] | str  # or the name of one tool to force
 
@@ -149,6 +149,10 @@ class Backend(ABC):
 
     def load(self) -> tuple[int, int] | None:
         """(requests running, requests waiting) where the backend knows them, else None."""
+        return None
+
+    def engine_clock(self) -> EngineClock | None:
+        """Where the backend's batch engine spent its rounds' time, where it has one, else None."""
         return None
 
     def complete(

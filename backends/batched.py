@@ -20,6 +20,7 @@ from ..batch import BatchEngine
 from ..batch_worker import BatchWorker
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
+from ..stats import EngineClock
 from .base import Backend, BackendChunk, ToolChoice
 from .local import PreparedRequest, forcing, prepare_request, relay, text_request, token_text
 
@@ -47,6 +48,9 @@ class BatchBackend(Backend):
     def load(self) -> tuple[int, int]:
         """(requests running, requests waiting for a slot)."""
         return self.worker.load()
+
+    def engine_clock(self) -> EngineClock:
+        return self.engine.clock  # read from the server's thread while the worker adds to it: floats, no lock
 
     def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                 sampling: SamplingParams | None = None, tool_choice: ToolChoice = "auto", *,

@@ -11,6 +11,11 @@ waits for /health, then:
             client's tools/tool_choice, the tools run here: calculator, read_file on the demo's
             notes): N threads at once, then in turn; wall times, ratio, identical transcripts
 
+Each pass also reports where the server's batch engine spent it (``engine_concurrent`` and
+``engine_sequential``, from /metrics' agentspark_engine_* counters): rounds, rows per round,
+milliseconds per round of admission (prefill), drafting (of it: grammar masks), the runner and
+committing, and how busy the engine's thread was over the pass.
+
 Prints one JSON object (also to --out) and exits 1 when an output differs.
 
     python examples/serve_concurrency.py --chats 4 -- --slots 4 --drafter auto
@@ -119,21 +124,50 @@ def session(client: OpenAI, model: str, max_tokens: int, index: int) -> list[str
     return transcript
 
 
-def compare(name: str, n: int, work) -> dict:  # noqa: ANN001 (a callable of the index)
+def engine_counters(metrics_text: str) -> dict[str, float]:
+    """The batch engine's clock from /metrics (agentspark_engine_*; empty without a batch engine)."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("agentspark_engine_"):
+            key, value = line.rsplit(" ", 1)
+            out[key.removeprefix("agentspark_engine_").replace('seconds_total{part="', "").replace('"}', "_s")
+                .removesuffix("_total")] = float(value)
+    return out
+
+
+def engine_profile(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Where the engine's thread spent one pass: per-round ms of each part, rows per round, and
+    how busy the thread was (its parts over the pass's wall time: low means the engine waited for
+    requests, so the time went elsewhere: HTTP, templates, the clients)."""
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    if not d:
+        return {}
+    rounds = max(1.0, d["rounds"])
+    parts = ("admit_s", "draft_s", "runner_s", "commit_s")  # mask_s is inside draft_s
+    return {"rounds": d["rounds"], "admissions": d["admissions"], "rows_per_round": d["rows"] / rounds,
+            **{f"{k[:-2]}_ms_per_round": 1e3 * d[k] / rounds for k in (*parts, "mask_s")},
+            **{f"{k[:-2]}_s": d[k] for k in (*parts, "mask_s")},
+            "engine_busy": sum(d[k] for k in parts) / wall_s}
+
+
+def compare(name: str, n: int, work, counters=dict) -> dict:  # noqa: ANN001 (callables)
     # warm-up: all n at once, so the row counts the timed concurrent pass meets have their graphs
     # captured (run 24 warmed up with one request, and its concurrent chats paid the captures)
     with ThreadPoolExecutor(n) as pool:
         list(pool.map(work, range(n)))
-    t0 = time.perf_counter()
+    c0, t0 = counters(), time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         together = list(pool.map(work, range(n)))
     concurrent_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    c1, t0 = counters(), time.perf_counter()
     alone = [work(i) for i in range(n)]
     sequential_s = time.perf_counter() - t0
+    c2 = counters()
     same = sum(a == b for a, b in zip(together, alone))
     out = {"n": n, "concurrent_s": concurrent_s, "sequential_s": sequential_s,
-           "speedup": sequential_s / concurrent_s, "identical": same}
+           "speedup": sequential_s / concurrent_s, "identical": same,
+           "engine_concurrent": engine_profile(c0, c1, concurrent_s),
+           "engine_sequential": engine_profile(c1, c2, sequential_s)}
     print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
 
@@ -158,10 +192,16 @@ def main() -> int:
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
         model = client.models.list().data[0].id
+
+        def counters() -> dict[str, float]:
+            return engine_counters(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+
         if args.chats:
-            result["chats"] = compare("chats", args.chats, lambda i: chat(client, model, questions[i], args.max_tokens))
+            result["chats"] = compare("chats", args.chats, lambda i: chat(client, model, questions[i], args.max_tokens),
+                                      counters)
         if args.sessions:
-            result["sessions"] = compare("sessions", args.sessions, lambda i: session(client, model, args.max_tokens, i))
+            result["sessions"] = compare("sessions", args.sessions,
+                                         lambda i: session(client, model, args.max_tokens, i), counters)
         result["metrics"] = [line for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines()
                              if line.startswith(("agentspark_tau", "agentspark_requests_total",
                                                  "agentspark_prefill_tokens_reused_total", "agentspark_prompt_tokens_total"))]

@@ -67,6 +67,16 @@ def test_concurrent_requests_each_get_their_solo_output(default_model, solo):
                  "agentspark_prefill_tokens_reused_total", "agentspark_time_per_output_token_seconds_bucket",
                  "agentspark_tokens_per_second"):
         assert name in metrics
+    # the engine's clock: 4 admissions, rows summed over rounds between the rounds and 4x them,
+    # and every part's seconds as the engine counted them
+    value = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+             if line.startswith("agentspark_engine_")}
+    clock = backend.engine_clock()
+    assert value["agentspark_engine_admissions_total"] == clock.admissions == 4
+    assert value["agentspark_engine_rounds_total"] <= value["agentspark_engine_rows_total"] \
+        <= 4 * value["agentspark_engine_rounds_total"]
+    assert value['agentspark_engine_seconds_total{part="runner"}'] == clock.runner_s > 0
+    assert value['agentspark_engine_seconds_total{part="mask"}'] == 0.0  # no grammar here
 
 
 def test_disconnect_frees_its_slot_admission_and_queued_headers(default_model, solo):

@@ -73,7 +73,7 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
             return own
         return min(admission.count, 1), max(0, admission.count - 1)
 
-    metrics = ServerMetrics(load)
+    metrics = ServerMetrics(load, backend.engine_clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

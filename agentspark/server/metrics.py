@@ -13,6 +13,11 @@ Per app, in a registry of its own (two apps in one process, as in tests, do not 
   ``agentspark_tau`` (tokens committed per decoding round over all requests so far);
 - ``agentspark_prompt_tokens_total`` and ``agentspark_prefill_tokens_reused_total`` (prompt tokens whose
   K/V came from a cached conversation);
+- ``agentspark_engine_seconds_total{part}`` (admit, draft, mask, runner, commit: where the batch
+  engine's thread spent its time; mask is the grammar masks' share of draft),
+  ``agentspark_engine_rounds_total``, ``agentspark_engine_rows_total`` (requests summed over rounds:
+  rows / rounds is how full the batch ran) and ``agentspark_engine_admissions_total``, for a backend
+  with a batch engine (absent otherwise);
 - histograms ``agentspark_time_to_first_token_seconds`` (request received to first content delta)
   and ``agentspark_time_per_output_token_seconds`` (per request, the time after its first token
   over the tokens after it).
@@ -26,8 +31,10 @@ from collections import deque
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-from ..stats import RequestStats
+from ..stats import EngineClock, RequestStats
 
 _RATE_WINDOW_S = 10.0
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -35,10 +42,36 @@ _TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+ENGINE_PARTS = ("admit", "draft", "mask", "runner", "commit")
+
+
+class _EngineClockCollector(Collector):
+    """The batch engine's clock as counters, read when scraped (the engine keeps the sums)."""
+
+    def __init__(self, clock: Callable[[], EngineClock | None]) -> None:
+        self.clock = clock
+
+    def collect(self):  # noqa: ANN201 (prometheus-client's collector protocol)
+        c = self.clock()
+        if c is None:
+            return
+        seconds = CounterMetricFamily("agentspark_engine_seconds", "Batch engine thread time, by part",
+                                      labels=["part"])
+        for part in ENGINE_PARTS:
+            seconds.add_metric([part], getattr(c, f"{part}_s"))
+        yield seconds
+        yield CounterMetricFamily("agentspark_engine_rounds", "Batch engine rounds", value=c.rounds)
+        yield CounterMetricFamily("agentspark_engine_rows", "Requests summed over batch rounds", value=c.rows)
+        yield CounterMetricFamily("agentspark_engine_admissions", "Requests admitted (prefill)", value=c.admissions)
+
+
 class ServerMetrics:
-    def __init__(self, load: Callable[[], tuple[int, int]]) -> None:
-        """load: (requests running, requests queued) when scraped."""
+    def __init__(self, load: Callable[[], tuple[int, int]],
+                 clock: Callable[[], EngineClock | None] = lambda: None) -> None:
+        """load: (requests running, requests queued) when scraped; clock: the batch engine's
+        clock, if the backend has one."""
         self.registry = r = CollectorRegistry()
+        r.register(_EngineClockCollector(clock))
         self._lock = threading.Lock()
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, tokens) of finished requests
         self._committed = self._rounds_seen = 0
