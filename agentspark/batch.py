@@ -388,8 +388,9 @@ class BatchEngine:
             a = res.accepted
             if h._drafter is not None:
                 h._drafter.feedback(len(d_tokens), a)
-                if row.capture:  # x0, d_1..d_a: what was committed (a round without a draft: whenever it next drafts)
-                    (h._drafter.observe if draft is not None else h._drafter.observe_later)(res.hidden[: a + 1], row.start)
+                if row.capture:  # x0, d_1..d_a: what was committed, written when the drafter next drafts
+                    # (then for all rows in one projection: DSparkDrafter.propose_rows)
+                    h._drafter.observe_later(res.hidden[: a + 1], row.start)
             committed, delta = commit_tokens(h._req, d_tokens[:a] + [res.token],
                                              None if res.logits is None else res.logits[: a + 1])
             produced += len(committed)

@@ -270,8 +270,9 @@ def test_learned_drafters_in_the_batch_are_lossless(family, method, batch_drafts
 
 def test_dspark_rows_draft_in_one_forward_what_each_drafts_alone(family):  # noqa: F811 (the fixture)
     """``DSparkDrafter.propose_rows``: the rows of one block forward (contexts of different lengths,
-    padded and masked) give each drafter the draft, q and confidences its own ``propose`` gives,
-    greedy and sampled (the same generator state); rows that cannot draft get nothing."""
+    padded and masked, written from features deferred with ``observe_later``) give each drafter the
+    draft, q and confidences its own ``propose`` gives (after ``observe``), greedy and sampled (the
+    same generator state) and mixed; rows that cannot draft get nothing."""
     from agentspark.drafters.dspark import DSparkDrafter
     from test_learned_drafters import make_drafter, random_drafter_model
 
@@ -279,19 +280,26 @@ def test_dspark_rows_draft_in_one_forward_what_each_drafts_alone(family):  # noq
     proto = make_drafter(random_drafter_model(target, "dspark", seed=72), target)
     width = len(proto.capture_layers) * target.config.hidden_size
     g = torch.Generator().manual_seed(73)
-    for params in (SamplingParams(), SamplingParams(temperature=0.9, seed=5)):
+    greedy, sampled = SamplingParams(), SamplingParams(temperature=0.9, seed=5)
+    # all greedy (drafted together), all sampled (row by row), and mixed: greedy rows together, the others alone
+    for row_params in ([greedy] * 4, [sampled] * 4, [greedy, sampled, greedy, greedy]):
         contexts = [ps[i][: 4 + 3 * i] for i in range(4)]
         pairs = []
-        for ctx in contexts:
+        for r, (ctx, params) in enumerate(zip(contexts, row_params)):
             feats = torch.randn(len(ctx) - 1, width, generator=g)
             pair = []
-            for _ in range(2):
+            for batched in (False, True):
                 d = proto.sibling()
                 d.start(ctx, params, torch.Generator().manual_seed(9) if not params.greedy else None)
-                d.observe(feats, 0)
+                if r == 2:
+                    pass  # features missing: this row drafts nothing
+                elif batched:  # deferred in two pieces: propose_rows writes every row's in one projection
+                    d.observe_later(feats[:2], 0)
+                    d.observe_later(feats[2:], 2)
+                else:
+                    d.observe(feats, 0)
                 pair.append(d)
             pairs.append(pair)
-        pairs[2][0].length = pairs[2][1].length = 0  # features missing: this row drafts nothing
         alone = [a.propose(ctx, 4) for (a, _), ctx in zip(pairs, contexts)]
         rows = DSparkDrafter.propose_rows([b for _, b in pairs], contexts, [4] * 4)
         for r, (x, y) in enumerate(zip(alone, rows)):

@@ -170,15 +170,18 @@ class DSparkDrafter(Drafter):
         drafter a sibling over the same model with its own context cache: row r's block [anchor,
         MASK x (B-1)] at its own positions attends to its own context (padded to the longest, the
         rest masked) and its whole block. The Markov head then samples each row as ``propose``
-        does, with the row's own parameters and generator. A row that cannot draft gets an empty
-        draft; with fewer than two rows that can, each drafts alone."""
+        does, with the row's own parameters and generator; greedy rows (no generator to keep
+        apart) go through it together, slot by slot, in one pass for all of them (the per-row
+        passes cost ~1.2 ms a row on the H200 at 16 rows, run 29). Pending features
+        (``observe_later``) are written first, all rows in one projection. A row that cannot
+        draft gets an empty draft; with fewer than two rows that can, each drafts alone."""
         if any(d.model is not drafters[0].model for d in drafters):  # siblings of different models
             return Drafter.propose_rows(drafters, tokens, rooms)
         drafts: list[Draft | None] = [None] * len(drafters)
         live = []
+        DSparkDrafter._flush_rows(drafters)
         for i, (d, toks, room) in enumerate(zip(drafters, tokens, rooms)):
             d._last_logits = None
-            d._flush()
             room = d._can_draft(toks, room) if d.device_drafting is None else 0
             if room:
                 live.append((i, room))
@@ -195,8 +198,8 @@ class DSparkDrafter(Drafter):
         B = cfg.block_size
         anchors = [len(tokens[i]) - 1 for i, _ in live]  # each row's anchor position
         S = max(anchors)
-        block = torch.stack([torch.cat([torch.tensor([tokens[i][-1]], device=device), first._mask_tail])
-                             for i, _ in live])  # [R, B]
+        block = torch.tensor([[tokens[i][-1]] for i, _ in live], device=device)  # [R, 1]: the anchors
+        block = torch.cat([block, first._mask_tail.expand(len(live), -1)], dim=1)  # [R, B]
         positions = torch.tensor(anchors, device=device)[:, None] + first._offsets  # [R, B]
         ctx = [(torch.cat([drafters[i].keys[layer, :, :, :S] for i, _ in live]),
                 torch.cat([drafters[i].values[layer, :, :, :S] for i, _ in live]))
@@ -206,11 +209,80 @@ class DSparkDrafter(Drafter):
         mask = seen[:, None, None, :].expand(len(live), 1, B, S + B)  # [R, 1, B, S+B]
         h = model.block_hidden(block, positions, ctx, mask)  # [R, B, H]
         base = model.base_logits(h).float()  # [R, B, Vd]
+        greedy = [r for r, (i, _) in enumerate(live) if drafters[i].params.greedy]
+        if len(greedy) > 1:  # one Markov pass over all greedy rows: no generator, so nothing is per row
+            g = max(live[r][1] for r in greedy)
+            rows = torch.tensor(greedy, device=device)
+            tokens_out, conf = first._greedy_rows(block[rows, 0], h[rows, :g], base[rows, :g])  # [G, g] each
+            # on the host in one copy each: the schedule reads every row's confidences, the verify its tokens
+            tokens_out, calibrated = tokens_out.cpu(), None if conf is None else first._calibrated(conf).cpu()
+            for k, r in enumerate(greedy):
+                i, room = live[r]
+                d = drafters[i]
+                d.seen = tokens[i][: anchors[r]]
+                if conf is not None:
+                    d._last_logits = conf[k, :room]
+                drafts[i] = Draft(tokens=tokens_out[k, :room],
+                                  confidences=None if calibrated is None else calibrated[k, :room])
         for r, (i, room) in enumerate(live):
+            if drafts[i] is not None:
+                continue
             d = drafters[i]
             d.seen = tokens[i][: anchors[r]]
             drafts[i] = d._sample_block(block[r, 0], h[r, :room], base[r, :room])
         return drafts
+
+    @staticmethod
+    def _flush_rows(drafters: list[DSparkDrafter]) -> None:
+        """Every drafter's pending features (observe_later) written in one context projection:
+        the projection is per position, so the rows' positions go through it together and each
+        drafter gets its own slice back."""
+        waiting = [d for d in drafters if d._pending]
+        if len(waiting) < 2 or any(d.model is not waiting[0].model for d in waiting):
+            for d in waiting:
+                d._flush()
+            return
+        model = waiting[0].model
+        pieces = [(d, torch.cat(d._pending), d._pending_start) for d in waiting]
+        for d in waiting:
+            d._pending = []
+        hidden = torch.cat([x for _, x, _ in pieces])[None]  # [1, sum T, m*H]
+        positions = torch.cat([torch.arange(start, start + x.shape[0]) for _, x, start in pieces])
+        context = model.fuse_context(hidden)  # [1, sum T, H]
+        kv = model.context_kv(context, positions.to(context.device)[None])  # per layer [1, Hkv, sum T, D]
+        at = 0
+        for d, x, start in pieces:
+            T = x.shape[0]
+            for layer, (k, v) in enumerate(kv):
+                d.keys[layer, :, :, start : start + T] = k[:, :, at : at + T]
+                d.values[layer, :, :, start : start + T] = v[:, :, at : at + T]
+            at += T
+            d.length = start + T
+
+    def _greedy_rows(self, anchors: Tensor, h: Tensor, base: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Greedy drafts of G rows at once: anchors [G], h [G, g, H], base [G, g, Vd] -> target ids
+        [G, g] and raw confidence logits [G, g] (None without a head): ``_sample_block`` with every
+        row's argmax taken together, slot by slot."""
+        model = self.model
+        if model.markov_head is None:  # DFlash
+            picks, prev_feats = base.argmax(dim=-1), None  # [G, g]
+        else:
+            prev, state, picks, feats = anchors, None, [], []
+            for k in range(h.shape[1]):
+                e_prev = model.markov_head.prev_features(prev)  # [G, r]
+                bias, state = model.markov_head.step(e_prev, h[:, k], state)  # [G, Vd]
+                pick = (base[:, k] + bias.float()).argmax(dim=-1)  # [G]
+                prev = model.draft_to_target(pick)
+                picks.append(pick)
+                feats.append(e_prev)
+            picks, prev_feats = torch.stack(picks, dim=1), torch.stack(feats, dim=1)  # [G, g], [G, g, r]
+        head = model.confidence_head
+        logits = None if head is None else head(h, prev_feats).float()  # [G, g]
+        return model.draft_to_target(picks), logits
+
+    def _calibrated(self, logits: Tensor) -> Tensor:
+        """Raw confidence logits [..., g] -> c_k = sigmoid(logit_k / T_k)."""
+        return torch.sigmoid(logits / self.model.confidence_temperatures[: logits.shape[-1]])
 
     def _sample_block(self, anchor: Tensor, h: Tensor, base: Tensor) -> Draft:
         """A block's hidden states h [g, H] and base logits [g, Vd] -> the draft: the Markov head's
@@ -251,5 +323,4 @@ class DSparkDrafter(Drafter):
         e_prev = torch.stack(prev_feats) if prev_feats is not None else None  # [g, r]
         logits = head(h, e_prev).float()  # [g]
         self._last_logits = logits
-        temps = self.model.confidence_temperatures[: logits.shape[0]]
-        return torch.sigmoid(logits / temps)
+        return self._calibrated(logits)
