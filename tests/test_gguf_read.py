@@ -20,9 +20,9 @@ import torch
 
 from agentspark import load_model
 from agentspark.errors import CorruptModelError, ModelLoadError
-from agentspark.model.config import DecoderConfig
+from agentspark.model.config import HF_ARCHITECTURES, DecoderConfig
 from agentspark.model.default_model import default_gguf_path, sha256_of
-from agentspark.model.gguf_convert import converted_dir_for, is_converted
+from agentspark.model.gguf_convert import converted_dir_for, hf_architectures, is_converted
 from agentspark.model.gguf_read import hf_name, hf_tensors, read_header
 from agentspark.model.gguf_write import write_gguf
 from agentspark.model.loading import resolve_folder, resolve_source
@@ -180,6 +180,38 @@ def test_first_converters_cache_is_replaced(tmp_path, cache):
     (old / "model.safetensors").write_bytes(b"\0" * (1 << 20))
     load_model(path)
     assert is_converted(old) and not (old / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_config_names_its_architecture(tmp_path, cache, family):
+    """config.json has transformers' class for the GGUF's general.architecture, as a checkpoint's
+    does (llama.cpp's convert_hf_to_gguf.py and transformers' Auto classes dispatch on it)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path, _ = tiny_gguf(tmp_path, family, Q.Q8_0)
+    folder, _ = resolve_source(path)
+    config = json.loads((folder / "config.json").read_text())
+    assert read_header(path)[0]["general.architecture"] == config["model_type"] == family
+    assert config["architectures"] == [HF_ARCHITECTURES[family]] == [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family]]
+    assert AutoConfig.from_pretrained(str(folder)).architectures == config["architectures"]
+    assert hf_architectures({"general.architecture": "mamba"}, "mamba") is None  # never made up
+    assert hf_architectures({"general.architecture": "qwen2"}, "llama") is None
+
+
+def test_format_2_cache_gets_architectures_in_place(tmp_path, cache):
+    """A format-2 cache (config.json without architectures) is completed, its twin kept."""
+    path, _ = tiny_gguf(tmp_path, "llama", Q.Q8_0)
+    folder, _ = resolve_source(path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["architectures"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "converted.json").write_text(json.dumps({"source": str(path), "sha256": sha256_of(path), "format": 2}))
+    (folder / "model.safetensors").write_bytes(b"twin")
+    assert not is_converted(folder)
+    assert resolve_source(path)[0] == folder and is_converted(folder)
+    assert json.loads((folder / "config.json").read_text()) == {**config, "architectures": ["LlamaForCausalLM"]}
+    assert (folder / "model.safetensors").read_bytes() == b"twin"
 
 
 def test_missing_tensor_is_named(tmp_path, cache):

@@ -10,7 +10,10 @@ from typing import Any
 
 from ..errors import UnsupportedModelError
 
-SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3")
+# Each family's transformers class, for a config.json's ``architectures`` (its ``model_type`` is the
+# family's name, which is also its GGUF ``general.architecture``). The one list of families.
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SUPPORTED_FAMILIES = tuple(HF_ARCHITECTURES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 

@@ -10,6 +10,10 @@ that takes seconds for a large vocabulary and is why those two are cached.
 ``weights=True`` adds a float32 model.safetensors in HF names: the "HF twin" for callers that
 load the same weights through transformers' from_pretrained (bench's HF baselines, drafter
 training's regeneration, parity tests). It is written tensor by tensor, only on such a request.
+
+config.json names its transformers class (``architectures``, from the GGUF's ``general.architecture``)
+as a checkpoint's does: llama.cpp's convert_hf_to_gguf.py (``--target-model-dir``) and transformers'
+Auto classes dispatch on it. A format-2 cache, which lacked it, gets it added in place (its twin kept).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from pathlib import Path
 
 from ..errors import CorruptModelError, UnsupportedModelError
 from ..progress import status
-from .config import SUPPORTED_FAMILIES, DecoderConfig
+from .config import HF_ARCHITECTURES, SUPPORTED_FAMILIES, DecoderConfig
 from .default_model import cache_dir, sha256_of
 from .gguf_read import checked_tensors, hf_tensors, import_gguf, read_header
 
 _DONE = "converted.json"
-FORMAT = 2  # 1 (unmarked): the first converter's, with a float32 model.safetensors; 2: metadata only
+# 1 (unmarked): the first converter's, with a float32 model.safetensors; 2: metadata only;
+# 3: config.json also has ``architectures``
+FORMAT = 3
 TWIN = "model.safetensors"
 
 
@@ -36,12 +42,25 @@ def converted_dir_for(sha256: str) -> Path:
     return cache_dir() / "gguf" / sha256[:32]
 
 
-def is_converted(folder: Path) -> bool:
-    """Whether ``folder`` holds a finished conversion of this format (an older one is redone)."""
+def _format(folder: Path) -> int | None:
     try:
-        return json.loads((folder / _DONE).read_text()).get("format") == FORMAT
+        return json.loads((folder / _DONE).read_text()).get("format")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+
+
+def is_converted(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished conversion of this format (format 2 is completed in
+    place, an older one is redone)."""
+    return _format(folder) == FORMAT
+
+
+def hf_architectures(metadata: dict, model_type: str) -> list[str] | None:
+    """config.json's ``architectures`` for a GGUF of ``model_type``: its ``general.architecture``'s
+    transformers class; None (the field left out) for an architecture we do not map or one that
+    disagrees with the model_type."""
+    arch = metadata.get("general.architecture")
+    return [HF_ARCHITECTURES[arch]] if arch == model_type and arch in HF_ARCHITECTURES else None
 
 
 def gguf_to_hf_folder(gguf_path: Path, sha256: str | None = None, *, weights: bool = False) -> Path:
@@ -49,6 +68,8 @@ def gguf_to_hf_folder(gguf_path: Path, sha256: str | None = None, *, weights: bo
     with ``weights``, also its float32 model.safetensors for transformers."""
     sha256 = sha256 or sha256_of(gguf_path)
     out = converted_dir_for(sha256)
+    if _format(out) == 2:
+        _add_architectures(gguf_path, sha256, out)
     if not is_converted(out):
         with status("reading the GGUF's config and tokenizer (once, then cached)"):
             _convert_metadata(gguf_path, sha256, out)
@@ -69,10 +90,35 @@ def _hf_config(gguf_path: Path):
         raise UnsupportedModelError(
             f"{gguf_path} holds a {hf_config.model_type!r} model; supported: {', '.join(SUPPORTED_FAMILIES)}"
         )
-    key_length = read_header(gguf_path)[0].get(f"{hf_config.model_type}.attention.key_length")
+    metadata = read_header(gguf_path)[0]
+    key_length = metadata.get(f"{hf_config.model_type}.attention.key_length")
     if key_length:  # transformers' qwen3 mapping skips it and keeps Qwen3Config's default of 128
         hf_config.head_dim = key_length
+    hf_config.architectures = hf_architectures(metadata, hf_config.model_type)  # transformers leaves it unset
     return hf_config
+
+
+def _add_architectures(gguf_path: Path, sha256: str, folder: Path) -> None:
+    """A format-2 conversion made format 3: ``architectures`` added to its config.json, nothing
+    else rewritten (a float32 twin stays). On any failure the folder stays format 2, so is redone."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        architectures = hf_architectures(read_header(gguf_path)[0], config.get("model_type"))
+        if architectures:
+            config["architectures"] = architectures
+        _replace(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        _replace(folder / _DONE, json.dumps({"source": str(gguf_path), "sha256": sha256, "format": FORMAT}))
+    except (OSError, ValueError, CorruptModelError):
+        pass
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _convert_metadata(gguf_path: Path, sha256: str, out: Path) -> None:
