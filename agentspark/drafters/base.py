@@ -72,10 +72,11 @@ class Drafter(ABC):
     def observe(self, hidden: Tensor, start: int) -> None:
         """Target hidden states [T, m*H] of positions [start, start+T) from the last forward."""
 
-    def observe_later(self, hidden: Tensor, start: int) -> None:
-        """``observe``, from a round this drafter did not draft in: a drafter may keep the features
-        and do the work when it next drafts (one forward for many such rounds). The default
-        observes now."""
+    def observe_later(self, hidden: Tensor, start: int, *, owned: bool = False) -> None:
+        """``observe``, with the work allowed to wait: a drafter may keep the features and do it
+        when it next drafts (one forward for many rounds, or for many rows). ``owned``: ``hidden``
+        is the caller's own copy (not a buffer the next forward overwrites), so a drafter may keep
+        it as it is. The default observes now."""
         self.observe(hidden, start)
 
     def reusable_context(self) -> int:

@@ -98,7 +98,7 @@ class DSparkDrafter(Drafter):
         self._write(hidden, start)
 
     @torch.inference_mode()
-    def observe_later(self, hidden: Tensor, start: int) -> None:
+    def observe_later(self, hidden: Tensor, start: int, *, owned: bool = False) -> None:
         """``observe`` deferred to the next draft (or read of the cache): in a batch round that did
         not draft (the adaptive schedule's plain rounds), the eager K/V projection cost about 0.7
         ms a row on the H200 (run 29), for features no draft may ever need before the next
@@ -110,7 +110,8 @@ class DSparkDrafter(Drafter):
             self._flush()
         if not self._pending:
             self._pending_start = start
-        self._pending.append(hidden[: end - start].clone())  # the runner's buffer is the next round's
+        piece = hidden[: end - start]
+        self._pending.append(piece if owned else piece.clone())  # the runner's buffer is the next round's
         self.length = end
         if end - self._pending_start >= self.PENDING_LIMIT:
             self._flush()

@@ -62,8 +62,8 @@ class HybridDrafter(Drafter):
     def observe(self, hidden: Tensor, start: int) -> None:
         self.learned.observe(hidden, start)
 
-    def observe_later(self, hidden: Tensor, start: int) -> None:
-        self.learned.observe_later(hidden, start)
+    def observe_later(self, hidden: Tensor, start: int, *, owned: bool = False) -> None:
+        self.learned.observe_later(hidden, start, owned=owned)
 
     def bind_device(self, features: Tensor, schedule: DeviceSchedule, *, graphs: bool = True) -> bool:
         return self.learned.bind_device(features, schedule, graphs=graphs)
