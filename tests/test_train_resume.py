@@ -204,7 +204,16 @@ def test_time_budget_paces_by_the_steps_after_the_start_up(tiny_target, tmp_path
     the start-up (a resumed checkpoint, kernel selection on a GPU). On a synthetic clock the first
     20 steps take 1 s each and the rest 0.1 s: with a 26 s budget the pace of steps 21..60 plans
     60 + (26 - 24) / 0.1 = 80 steps; the pace of the first 20 (the old rule, the control) would
-    have planned 20 + (26 - 20) / 1 = 26."""
+    have planned 20 + (26 - 20) / 1 = 26. The run ends before the first re-fit (step 120)."""
+    samples = random_samples(6, seed=5)
+    history, planned, _ = budget_run(tiny_target, samples, tmp_path / "run", monkeypatch, 26.0,
+                                     lambda step: 1.0 if step <= 20 else 0.1)
+    assert len(history) == planned and 78 <= planned <= 80
+
+
+def budget_run(target, samples, out, monkeypatch, budget_s, pace):
+    """train() with --time-budget on a synthetic clock: step s (1-based) takes pace(s) seconds.
+    Returns the history, the schedule's length in training_state.json and the clock at the end."""
     import types
 
     from agentspark.training import trainer
@@ -213,11 +222,66 @@ def test_time_budget_paces_by_the_steps_after_the_start_up(tiny_target, tmp_path
     monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
 
     def tick(step, stats):
-        now[0] += 1.0 if step <= 20 else 0.1
+        now[0] += pace(step)
 
+    history = train(fresh_model(target), target, samples, opts(steps=100_000, eval_samples=0, time_budget_s=budget_s),
+                    out, weights=ObjectiveWeights(), pad_id=0, on_step=tick)
+    state = read_state(out)
+    assert state["options"]["steps"] == state["runs"][-1]["steps"]  # what a --resume run continues
+    return history, state["options"]["steps"], now[0]
+
+
+def simulate_budget(budget_s, steps, pace, **kw):
+    """train()'s loop around BudgetPlan without the training (thousands of steps in microseconds):
+    returns the schedule's length, the clock at its end and the plan (its fits)."""
+    from agentspark.training.trainer import BudgetPlan
+
+    plan, now, step = BudgetPlan(budget_s, 0, steps, 0.0, **kw), 0.0, 0
+    while step < steps:
+        now += pace(step + 1)
+        step += 1
+        steps = plan.after_step(step, steps, now)
+    return steps, now, plan
+
+
+def h200_pace(step):
+    """issue 12: on an H200 (11,100 samples, batch 16) steps meeting a new sequence shape were slow,
+    steps 21..60 ran at ~0.17 s against a median of 0.065 s; here the first 100 steps are slow."""
+    return 0.17 if step <= 100 else 0.065
+
+
+@pytest.mark.parametrize("refit", [True, False], ids=["refits", "control-single-fit"])
+def test_time_budget_refits_from_the_recent_pace(refit):
+    """--steps 7000 --time-budget 380 with the H200's slow first steps: one fit at the pace of steps
+    21..60 (0.17 s) planned 60 + 369.8 / 0.17 = 2,235 steps that end after 156 s, under half of the
+    budget (the H200 run: 2,196 steps, 162 s); re-fitted at steps 120, 240, 480, ... from the pace
+    since the previous fit, the run uses 85-100% of it and never goes past it."""
+    steps, end, plan = simulate_budget(380.0, 7000, h200_pace, **({} if refit else {"refit_until": 0.0}))
+    if not refit:
+        assert [s for s, _ in plan.fits] == [60] and 2200 <= steps <= 2240 and end < 0.5 * 380
+        return
+    assert 0.85 * 380 <= end <= 380 and 5000 < steps < 7000
+    assert [s for s, _ in plan.fits][:3] == [60, 120, 240]
+    assert all(s <= 0.5 * n for s, n in plan.fits[1:])  # re-fits only in the schedule's first half
+    assert steps == plan.fits[-1][1]
+
+
+def test_time_budget_fits_stay_between_the_step_reached_and_steps():
+    """A budget that a fast pace leaves unused keeps --steps (never more); a pace that slows down
+    shrinks the schedule at the next re-fit, never below the step reached (the run ends there)."""
+    steps, end, _ = simulate_budget(1000.0, 3000, lambda s: 0.1)
+    assert steps == 3000 and end == pytest.approx(300.0)
+    steps, end, plan = simulate_budget(30.0, 100_000, lambda s: 0.1 if s <= 60 else 1.0)
+    assert plan.fits[0] == (60, 60 + 240) and steps == 120 and plan.fits[1] == (120, 120)
+    assert end == pytest.approx(66.0)  # 6 s over the budget, not the 240 s of the first fit
+
+
+def test_time_budget_refit_in_train(tiny_target, tmp_path, monkeypatch):
+    """Through train(): steps 1..60 take 0.2 s and the rest 0.15 s. The first fit (step 60, at 12 s)
+    plans 60 + 36 / 0.2 = 240 steps (which would end at 39 s of the 48); the re-fit at step 120
+    (21 s, 0.15 s a step since step 60) plans 120 + 27 / 0.15 = 300, which end at the budget; no
+    re-fit at step 240 (past half of 300). The length saved in training_state.json is the last."""
     samples = random_samples(6, seed=5)
-    model = fresh_model(tiny_target)
-    history = train(model, tiny_target, samples, opts(steps=100_000, eval_samples=0, time_budget_s=26.0),
-                    tmp_path / "run", weights=ObjectiveWeights(), pad_id=0, on_step=tick)
-    planned = read_state(tmp_path / "run")["runs"][-1]["steps"]
-    assert len(history) == planned and 78 <= planned <= 80
+    history, planned, end = budget_run(tiny_target, samples, tmp_path / "run", monkeypatch, 48.0,
+                                       lambda step: 0.2 if step <= 60 else 0.15)
+    assert len(history) == planned and 298 <= planned <= 300 and 0.85 * 48 <= end <= 48 + 1e-6

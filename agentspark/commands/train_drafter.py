@@ -47,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=sampling_value("seed"), default=42, help="seed of the data order and init (default: 42)")
     t.add_argument("--resume", action="store_true", help="continue from out/checkpoint")
     t.add_argument("--time-budget", type=real_in(0.0), default=0.0,
-                   help="seconds of training: the schedule is fitted into it at the pace of steps 21-60 (0 = run all --steps)")
+                   help="seconds of training: the schedule (at most --steps) is fitted into it at the pace of "
+                        "steps 21-60 and re-fitted at steps 120, 240, 480, ... from the pace since the previous "
+                        "fit, until half the schedule (each fit moves the cosine learning rate a little); "
+                        "the last fit is saved, so --resume continues it (0 = run all --steps)")
     t.add_argument("--stop-after", type=real_in(0.0), default=0.0,
                    help="stop at the first step boundary this many seconds after the command started, save the "
                         "checkpoint and leave the schedule of --steps intact; a later --resume run continues it "
