@@ -68,7 +68,7 @@ from .request import (GenerationResult, StreamChunk, _Request, chunk_of, commit_
 from .errors import InvalidRequestError
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
-from .model.runner import RowWork, make_runner, pick_token
+from .model.runner import PrefillItem, RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_length, choose_lengths, choose_lengths_no_early_stop, threshold_length
@@ -307,30 +307,40 @@ class BatchEngine:
         return d
 
     def _admit(self) -> list[BatchRequest]:
+        """Waiting requests into free slots: each its slot (prefix reuse), its drafter's start,
+        then all their prefills together (``runner.prefill_rows``: one forward for the short ones
+        on the device runner) and each its first token. Again while a slot freed meanwhile (a
+        request that ended at its first token) and a waiting request remain."""
         joined = []
         while self.waiting and self.free:
-            h = self.waiting.popleft()
-            req = h._req
-            h._slot, keep = self._pick_slot(req.prompt_ids)
-            h._t0 = time.perf_counter()
-            self.slot_ids[h._slot] = []  # overwritten from here on, until this request ends
-            h._generator = make_generator(h.params, self.device)
-            capture = False
-            if h.speculative:
-                h._drafter = self._slot_drafter(h._slot)
-                h._drafter.start(req.prompt_ids, h.params, h._generator)
-                capture = bool(h._drafter.capture_layers)
-                if capture:  # the drafter must hold the features of what is not prefilled again
-                    keep = min(keep, h._drafter.reusable_context())
-            out = self.runner.prefill(h._slot, req.prompt_ids[keep:], keep, capture=capture)
-            first = pick_token(first_logits(req, out.logits), h.params, h._generator)  # host sync: the first token
-            if capture:
-                h._drafter.observe(out.hidden, keep)
-            h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
-            self.running.append(h)  # before its first commit, which may already end it (EOS, a budget of 1)
-            self._emit(h, *commit_tokens(req, [first], out.logits))
-            joined.append(h)
-            self.clock.admissions += 1
+            batch: list[tuple[BatchRequest, int, bool]] = []  # (request, prompt tokens kept, capture)
+            while self.waiting and self.free:
+                h = self.waiting.popleft()
+                req = h._req
+                h._slot, keep = self._pick_slot(req.prompt_ids)
+                h._t0 = time.perf_counter()
+                self.slot_ids[h._slot] = []  # overwritten from here on, until this request ends
+                h._generator = make_generator(h.params, self.device)
+                capture = False
+                if h.speculative:
+                    h._drafter = self._slot_drafter(h._slot)
+                    h._drafter.start(req.prompt_ids, h.params, h._generator)
+                    capture = bool(h._drafter.capture_layers)
+                    if capture:  # the drafter must hold the features of what is not prefilled again
+                        keep = min(keep, h._drafter.reusable_context())
+                batch.append((h, keep, capture))
+            outs = self.runner.prefill_rows([PrefillItem(h._slot, h._req.prompt_ids[keep:], keep, capture)
+                                             for h, keep, capture in batch])
+            for (h, keep, capture), out in zip(batch, outs):
+                req = h._req
+                first = pick_token(first_logits(req, out.logits), h.params, h._generator)  # host sync: the first token
+                if capture:  # written at its first draft, with the other rows' (one projection)
+                    h._drafter.observe_later(out.hidden, keep, owned=True)
+                h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
+                self.running.append(h)  # before its first commit, which may already end it (EOS, a budget of 1)
+                self._emit(h, *commit_tokens(req, [first], out.logits))
+                joined.append(h)
+                self.clock.admissions += 1
         return joined
 
     def _pick_slot(self, prompt_ids: list[int]) -> tuple[int, int]:

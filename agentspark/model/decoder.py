@@ -343,7 +343,8 @@ class DecoderModel(nn.Module):
         shape from the data: this is the forward the model runner captures in CUDA graphs.
 
         logit_index: a prefill chunk: logits only for that token of each row (device tensor [1]
-        long: the chunk's last real one, the rest is padding). key_window: its attention for a
+        long: the chunk's last real one, the rest is padding; or [R]: row r's own, for several
+        requests' chunks in one forward). key_window: its attention for a
         long T through SDPA over the keys [0, key_window), which must hold every row's positions;
         without it, the decode attention kernel (route a's prefill: a chunk's tokens then get the
         bits, and write the K/V, of their own one-token steps, however the prompt was chunked).
@@ -375,9 +376,13 @@ class DecoderModel(nn.Module):
         if num_logits is not None:
             residual = residual[:, -num_logits:].contiguous()
             delta = delta[:, -num_logits:].contiguous() if delta is not None else None
-        elif logit_index is not None:  # a device index: no host value, so it can be captured
+        elif logit_index is not None and logit_index.numel() == 1:  # a device index: no host value, so it can be captured
             residual = residual.index_select(1, logit_index)
             delta = delta.index_select(1, logit_index) if delta is not None else None
+        elif logit_index is not None:  # [B]: each row its own token (batched prefill chunks)
+            at = logit_index.view(-1, 1, 1).expand(-1, 1, residual.shape[-1])  # [B, 1, H]
+            residual = residual.gather(1, at)
+            delta = delta.gather(1, at) if delta is not None else None
         h, _ = placement.norm(delta, residual, self.norm.weight, self.norm.eps)
         logits = self.lm_head(h, placement.row_invariant)  # [B, K, V]
         hidden = torch.cat([captured[i] for i in capture_layers], dim=-1) if capture_layers else None

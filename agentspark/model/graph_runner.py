@@ -69,7 +69,8 @@ from ..kernels.verify import verify_rows
 from ..sampling import SamplingParams, probs_rows
 from ..verify import Verifier, verify_chain
 from .decoder import DecoderModel
-from .runner import ModelRunner, PrefillOutput, RowResult, RowWork, eager_round
+from .prefill_rows import prefill_rows
+from .runner import ModelRunner, PrefillItem, PrefillOutput, RowResult, RowWork, eager_round
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # The device runner's mode when the engine does not say (module docstring): exact. Measured on the
@@ -216,6 +217,7 @@ class DeviceRunner(ModelRunner):
         self.kind = ("cuda-graphs" if graphs else "device-eager") + (f"-exact-{self.route}" if exact else "")
         self.buckets: dict[BucketKey, _Bucket] = {}
         self.prefill_buckets: dict[PrefillKey, _PrefillBucket] = {}
+        self.prefill_row_buckets: dict = {}  # prefill_rows.RowsKey -> its bucket: admissions batched
         # Where every round leaves its rows' target features (one buffer for all buckets, so a
         # device drafter's observe graph reads one place): [rows, Tmax, m*H].
         self.features: Tensor | None = None
@@ -361,6 +363,11 @@ class DeviceRunner(ModelRunner):
                 hidden.append(rest.hidden)
         self.cache.length = start + len(ids)
         return PrefillOutput(logits=logits.clone(), hidden=torch.cat(hidden) if hidden else None)
+
+    @torch.inference_mode()
+    def prefill_rows(self, items: list[PrefillItem]) -> list[PrefillOutput]:
+        """Several slots' prefills, the short ones in one forward per chunk size (prefill_rows.py)."""
+        return prefill_rows(self, items)
 
     def _invariant_prefill(self, slot: int, ids: list[int], start: int, *, capture: bool = False) -> PrefillOutput:
         """Route a's eager prefill (the tail no chunk's padding fits): the chunks' row-invariant

@@ -57,6 +57,16 @@ class RowResult:
     logits: Tensor | None = None  # [l+1, V] the target's raw logits of the row, when RowWork.logits
 
 
+@dataclass(frozen=True)
+class PrefillItem:
+    """One slot's prefill among several (``ModelRunner.prefill_rows``)."""
+
+    slot: int
+    ids: list[int]  # the tokens to prefill, at positions [start, start + len(ids))
+    start: int
+    capture: bool = False  # return the target features of these tokens (a learned drafter's)
+
+
 @dataclass
 class PrefillOutput:
     logits: Tensor  # [1, V] the last prompt position's logits
@@ -88,6 +98,11 @@ class ModelRunner:
         out = self.model(x, self.cache, start, num_logits=1, slot=slot,
                          capture_layers=self.capture_layers if capture else ())
         return PrefillOutput(logits=out.logits[0], hidden=None if out.hidden is None else out.hidden[0])
+
+    def prefill_rows(self, items: list[PrefillItem]) -> list[PrefillOutput]:
+        """Several slots' prefills (the batch engine's admissions of one step), each what
+        ``prefill`` gives it; here one after another (the device runner batches them)."""
+        return [self.prefill(i.slot, i.ids, i.start, capture=i.capture) for i in items]
 
     def round(self, rows: list[RowWork], verifier: Verifier = verify_chain) -> list[RowResult]:
         raise NotImplementedError
