@@ -191,6 +191,9 @@ def test_checkpoint_files_group_into_device_calls(tiny_target, tmp_path, monkeyp
     assert len(found) >= 3 and sorted(f for g in found for f in g) == sorted(ckpt.iterdir())
     assert all(len(g) <= 3 and (sum(f.stat().st_size for f in g) <= 2 * CAP or len(g) == 1) for g in found)
     default_groups = groups(ckpt)
+    for bad in (["--group", "0"], [], ["--group", str(len(default_groups) + 1)]):  # nothing copied: said so
+        assert main([str(ckpt), str(tmp_path / "nowhere"), *bad]) == 2
+    assert not (tmp_path / "nowhere").exists()
     for k in range(1, len(default_groups) + 1):  # copied group by group, the checkpoint arrives whole
         assert main([str(ckpt), str(tmp_path / "back" / CHECKPOINT), "--group", str(k)]) == 0
     assert sorted(f.name for f in (tmp_path / "back" / CHECKPOINT).iterdir()) == sorted(f.name for f in ckpt.iterdir())

@@ -40,10 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agentspark.training.carry", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="e.g. OUT/checkpoint")
     p.add_argument("dest", type=Path, nargs="?", help="where group K's files are copied")
-    p.add_argument("--group", type=int, default=0, help="which group, from 1 (0: print the groups)")
+    p.add_argument("--group", type=int, default=0, help="which group, from 1 (without it and DEST: print the groups)")
     p.add_argument("--max-bytes", type=int, default=MAX_BYTES, help=f"bytes per group (default: {MAX_BYTES})")
     args = p.parse_args(argv)
     found = groups(args.folder, max_bytes=args.max_bytes)
+    if args.dest is not None and args.group == 0:
+        # a DEST without a group copied nothing and said nothing wrong: a device call then brought
+        # back an empty folder, and the checkpoint was lost with the machine (2026-12-02)
+        print(f"copying into {args.dest} needs --group K, K from 1 to {len(found)}", file=sys.stderr)
+        return 2
     if args.group == 0 or args.dest is None:
         for k, g in enumerate(found, start=1):
             print(f"group {k}: {sum(f.stat().st_size for f in g) / 2**20:.1f} MiB: {' '.join(f.name for f in g)}")
