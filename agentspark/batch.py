@@ -488,6 +488,12 @@ class BatchEngine:
         (never fed), for the next request that shares its prefix."""
         self.running = [r for r in self.running if r is not h]
         self.slot_ids[h._slot] = list(h._req.tokens[:-1])
+        if h._drafter is not None:
+            # the drafter learns which tokens its features belong to only when it drafts (or is
+            # told by a hybrid); rounds that did not draft (the adaptive schedule at many rows) left
+            # that record short, and the slot's next request then reused no prefix at all (4 CPU
+            # chats through serve: 52 of 406 prompt tokens reused at once, 402 one after another)
+            h._drafter.track(h._req.tokens)
         self.free.append(h._slot)
 
     def _emit(self, h: BatchRequest, committed: list[int], delta: str) -> None:

@@ -452,3 +452,43 @@ def test_dspark_observe_later_drafts_what_observe_drafts(family):  # noqa: F811 
         d.observe(feats[2:4], 2)
     assert now.length == later.length == 4 and not later._pending
     assert torch.allclose(now.keys[..., :4, :], later.keys[..., :4, :], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dspark", "auto"])
+def test_a_slot_whose_drafter_never_drafted_still_reuses_its_prefix(family, method):  # noqa: F811 (the fixture)
+    """Rounds that do not draft (here the SPS table makes any verified token a loss, so the
+    adaptive schedule never drafts) tell a learned drafter its features but not their tokens; the
+    engine tells it at the request's end, so the slot's next request (the conversation resent
+    with a turn appended) prefills only that turn. Control: without that, it prefilled it all."""
+    from agentspark.drafters.hybrid import HybridDrafter
+    from test_learned_drafters import make_drafter, random_drafter_model
+
+    target, ps, reference, params = family
+    model = random_drafter_model(target, "dspark", seed=77)
+    flat = [1000.0 / b**3 for b in range(1, 41)]  # steps/s at B = 1, 2, ... tokens: one more token never pays
+
+    def served(track: bool) -> list[int]:
+        drafter = make_drafter(model, target)  # its own: a slot's drafter keeps what it was told
+        if method == "auto":
+            drafter = HybridDrafter(drafter)
+        batch = BatchEngine(target, drafter, slots=2, max_draft=4, max_seq_len=128, schedule="adaptive",
+                            sps_table=flat)
+        if not track:  # the control: the drafter is never told
+            batch._release = lambda h, release=batch._release: _without_track(h, release)
+        first = batch.generate_many(ps[:2], params)
+        assert all(not any(r.drafted for r in res.stats.rounds) for res in first), [
+            [r.drafted for r in res.stats.rounds] for res in first]  # nothing was drafted
+        follow = [p + r.token_ids + p[:3] for p, r in zip(ps[:2], first)]
+        return [r.stats.prefill_tokens for r in batch.generate_many(follow, params)]
+
+    told, control = served(track=True), served(track=False)
+    assert all(n <= 4 for n in told), told  # the appended 3 tokens and the last one fed
+    assert all(n > 4 for n in control), control
+
+
+def _without_track(h, release):  # noqa: ANN001, ANN202 (the control above: release without telling the drafter)
+    drafter, h._drafter = h._drafter, None
+    try:
+        release(h)
+    finally:
+        h._drafter = drafter

@@ -62,6 +62,9 @@ class HybridDrafter(Drafter):
     def observe(self, hidden: Tensor, start: int) -> None:
         self.learned.observe(hidden, start)
 
+    def track(self, tokens: list[int]) -> None:
+        self.learned.track(tokens)
+
     def observe_later(self, hidden: Tensor, start: int, *, owned: bool = False) -> None:
         self.learned.observe_later(hidden, start, owned=owned)
 
