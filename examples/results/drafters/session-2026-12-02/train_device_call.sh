@@ -1,0 +1,9 @@
+# block 2, call D: join the default model, train default-v4 on the committed samples, evaluate it greedy
+cp .stage/4/* /root/stage/ && cat /root/stage/part-0* > /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /root/stage/gguf-*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 AGENTSPARK_DEFAULT_GGUF=/root/stage/SmolLM2-135M-Instruct.Q4_1.gguf
+for d in kernels backends tools traces; do ln -sfn ../$d agentspark/$d; done
+mkdir -p /root/data /root/work/out/data && cp -r .data/* /root/data/ && cp examples/results/drafters/default-v3/data/*.part-00 /root/work/out/data/
+AS="python3 -c 'import sys; from agentspark.cli import main; sys.exit(main(sys.argv[1:]))'"
+timeout 440 python3 -c 'import sys; from agentspark.cli import main; sys.exit(main(sys.argv[1:]))' train-drafter --target default --method dspark --device cuda --prompts /root/data/train --out /root/work/out --agent-sessions 1280 --agent-slots 64 --num-layers 1 --num-features 3 --markov-rank 32 --draft-vocab 16384 --batch-size 16 --anchors 64 --max-length 1024 --steps 7000 --save-every 0 --regen-max-new-tokens 320 --regen-batch-size 1024 --regen-answers 3 --regen-greedy --time-budget 380 > $OUT/train.log 2>&1; echo train rc=$?; tail -c 800 $OUT/train.log
+mkdir -p $OUT/drafter && cp /root/work/out/drafter/* $OUT/drafter/ && cp /root/work/out/report.json $OUT/report.json; ls -la $OUT/drafter
+timeout 100 python3 -c 'import sys; from agentspark.cli import main; sys.exit(main(sys.argv[1:]))' eval-drafter --device cuda --dtype bfloat16 --gpu-mode fast --drafter learned:/root/work/out/drafter --drafter default --prompts /root/data/eval --limit 20 --max-new-tokens 256 --temperature 0.0 --json $OUT/eval_gpu_20x256_T0.json > $OUT/eval_T0.log 2>&1; echo eval rc=$?; tail -25 $OUT/eval_T0.log
