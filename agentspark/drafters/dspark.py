@@ -117,22 +117,42 @@ class DSparkDrafter(Drafter):
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending:
-            hidden, start = torch.cat(self._pending), self._pending_start
-            self._pending = []
-            self._write(hidden, start)
+        DSparkDrafter._flush_rows([self])
 
     def _write(self, hidden: Tensor, start: int) -> None:
-        T = hidden.shape[0]
-        end = min(start + T, self.capacity)
-        if end <= start:
+        end = min(start + hidden.shape[0], self.capacity)
+        if end > start:
+            DSparkDrafter._write_pieces(self.model, [(self, hidden[: end - start], start)])
+
+    @staticmethod
+    def _flush_rows(drafters: list[DSparkDrafter]) -> None:
+        """Every drafter's pending features (observe_later) written, all in one projection
+        (siblings over one model: ``propose_rows`` checks)."""
+        waiting = [d for d in drafters if d._pending]
+        if not waiting:
             return
-        context = self.model.fuse_context(hidden[None, : end - start])  # [1, T, H]
-        positions = torch.arange(start, end, device=context.device)[None]  # [1, T]
-        for i, (k, v) in enumerate(self.model.context_kv(context, positions)):  # [1, Hkv, T, D] each
-            self.keys[i, :, :, start:end] = k
-            self.values[i, :, :, start:end] = v
-        self.length = end
+        pieces = [(d, torch.cat(d._pending), d._pending_start) for d in waiting]
+        for d in waiting:
+            d._pending = []
+        DSparkDrafter._write_pieces(waiting[0].model, pieces)
+
+    @staticmethod
+    def _write_pieces(model: DSparkModel, pieces: list[tuple[DSparkDrafter, Tensor, int]]) -> None:
+        """(drafter, features [T, m*H], start) pieces -> context K/V at positions [start, start+T)
+        of each drafter's cache (inside its capacity), through one projection: it is per position,
+        so the pieces' positions go through it together and each drafter gets its own slice back."""
+        hidden = torch.cat([x for _, x, _ in pieces])[None]  # [1, sum T, m*H]
+        positions = torch.cat([torch.arange(start, start + x.shape[0]) for _, x, start in pieces])
+        context = model.fuse_context(hidden)  # [1, sum T, H]
+        kv = model.context_kv(context, positions.to(context.device)[None])  # per layer [1, Hkv, sum T, D]
+        at = 0
+        for d, x, start in pieces:
+            T = x.shape[0]
+            for layer, (k, v) in enumerate(kv):
+                d.keys[layer, :, :, start : start + T] = k[:, :, at : at + T]
+                d.values[layer, :, :, start : start + T] = v[:, :, at : at + T]
+            at += T
+            d.length = start + T
 
     def _can_draft(self, tokens: list[int], max_tokens: int) -> int:
         """How many tokens a draft after ``tokens`` may hold (0: no room, or features missing)."""
@@ -232,33 +252,6 @@ class DSparkDrafter(Drafter):
             d.seen = tokens[i][: anchors[r]]
             drafts[i] = d._sample_block(block[r, 0], h[r, :room], base[r, :room])
         return drafts
-
-    @staticmethod
-    def _flush_rows(drafters: list[DSparkDrafter]) -> None:
-        """Every drafter's pending features (observe_later) written in one context projection:
-        the projection is per position, so the rows' positions go through it together and each
-        drafter gets its own slice back."""
-        waiting = [d for d in drafters if d._pending]
-        if len(waiting) < 2 or any(d.model is not waiting[0].model for d in waiting):
-            for d in waiting:
-                d._flush()
-            return
-        model = waiting[0].model
-        pieces = [(d, torch.cat(d._pending), d._pending_start) for d in waiting]
-        for d in waiting:
-            d._pending = []
-        hidden = torch.cat([x for _, x, _ in pieces])[None]  # [1, sum T, m*H]
-        positions = torch.cat([torch.arange(start, start + x.shape[0]) for _, x, start in pieces])
-        context = model.fuse_context(hidden)  # [1, sum T, H]
-        kv = model.context_kv(context, positions.to(context.device)[None])  # per layer [1, Hkv, sum T, D]
-        at = 0
-        for d, x, start in pieces:
-            T = x.shape[0]
-            for layer, (k, v) in enumerate(kv):
-                d.keys[layer, :, :, start : start + T] = k[:, :, at : at + T]
-                d.values[layer, :, :, start : start + T] = v[:, :, at : at + T]
-            at += T
-            d.length = start + T
 
     def _greedy_rows(self, anchors: Tensor, h: Tensor, base: Tensor) -> tuple[Tensor, Tensor | None]:
         """Greedy drafts of G rows at once: anchors [G], h [G, g, H], base [G, g, Vd] -> target ids
