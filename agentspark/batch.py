@@ -420,9 +420,10 @@ class BatchEngine:
             total = sum(len(r.tokens) for r in rows)
             self._table.observe(self.runner.round_tokens(len(rows), longest, total), t2 - t1)
         if self.schedule == "adaptive" and self._prototype is not None:
-            self._rates.observe(len(live), drafting, produced, seconds)
+            self._rates.observe(len(live), drafting, produced, seconds, key=self._rates_key(len(live)))
         clock = self.clock
         clock.rounds, clock.rows = clock.rounds + 1, clock.rows + len(live)
+        clock.drafting_rounds += drafting
         clock.draft_s, clock.runner_s = clock.draft_s + t1 - t0, clock.runner_s + t2 - t1
         clock.commit_s += time.perf_counter() - t2
         return live
@@ -446,7 +447,12 @@ class BatchEngine:
         its tokens bring. Past rounds decide, never this round's drafts: lossless."""
         if self.schedule != "adaptive" or self._prototype is None or not self.skip_drafting:
             return True
-        return self._rates.choose(rows)
+        return self._rates.choose(self._rates_key(rows))
+
+    def _rates_key(self, rows: int) -> int:
+        """What a round's cost follows, for DraftingRates: its plain forward's size (the graph
+        runner's row bucket, the row count elsewhere)."""
+        return self.runner.round_tokens(rows, 1, rows)
 
     def _drafts_can_pay(self, rows: int) -> bool:
         """Whether the adaptive schedule could verify anything this round: a draft token is worth

@@ -11,10 +11,11 @@ from collections import deque
 
 
 class DraftingRates:
-    """Committed tokens per second of rounds that draft and of rounds that do not, per row count,
-    as (tokens per row) x rows / (seconds per round):
+    """Committed tokens per second of rounds that draft and of rounds that do not, per key (what a
+    round's cost follows: the batch engine's plain forward size, so one graph bucket's row counts
+    share theirs), as (tokens per row) / (seconds per round):
 
-    - seconds per round: the median of the last ``WINDOW`` rounds of that mode at that row count
+    - seconds per round: the median of the last ``WINDOW`` rounds of that mode under that key
       (a garbage collection or a late wake-up in one round does not move it; a round's time is
       nearly the same from one round to the next, so few rounds measure it well);
     - tokens per row: a plain round commits one per row; a drafting round one plus what it
@@ -24,7 +25,7 @@ class DraftingRates:
 
     ``choose`` drafts while drafting is the faster mode, with hysteresis: the first comparison
     takes the faster one, later ones keep the standing choice unless the other is faster by more
-    than ``MARGIN``. Each mode gets ``MIN_ROUNDS`` rounds at a row count before they are compared
+    than ``MARGIN``. Each mode gets ``MIN_ROUNDS`` rounds under a key before they are compared
     there, and the losing mode one round in ``interval`` (costs change as contexts grow, rows come
     and go, text turns repetitive). Once the loser has ``WINDOW`` rounds, every probe that confirms
     the choice doubles the interval (``PROBE_EVERY`` up to ``MAX_PROBE_EVERY``); a flip resets it.
@@ -53,11 +54,17 @@ class DraftingRates:
         self.interval: dict[int, int] = {}
         self.choice: dict[int, bool] = {}  # the winning mode at the last comparison
 
-    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
-        window = self.seconds.setdefault((rows, drafted), deque(maxlen=self.WINDOW))
+    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float, key: int | None = None) -> None:
+        """A round of ``rows`` rows that committed ``tokens`` in ``seconds``. ``key`` (default
+        ``rows``) is what its cost follows, under which its time is kept and ``choose`` is asked:
+        the batch engine passes the plain round's forward size, so the rows of one graph bucket
+        (33 to 64 rows all run a 64-row forward) share one comparison instead of each row count
+        learning its own from scratch as requests finish."""
+        key = rows if key is None else key
+        window = self.seconds.setdefault((key, drafted), deque(maxlen=self.WINDOW))
         window.append(seconds)
         if len(window) >= self.MIN_ROUNDS:
-            self._median[(rows, drafted)] = _median(window)
+            self._median[(key, drafted)] = _median(window)
         if drafted:
             self.gains.append((tokens, rows))
             pool = self._pool
@@ -80,35 +87,46 @@ class DraftingRates:
                 break
         return tokens / rows if rows else None
 
-    def rate(self, rows: int, drafted: bool) -> float | None:
-        seconds = self._median.get((rows, drafted))  # set once the mode has MIN_ROUNDS rounds here
+    def rate(self, key: int, drafted: bool) -> float | None:
+        """Committed tokens per second per row of the rounds kept under ``key`` (both modes are
+        compared under one key, so a common factor of rows would change nothing)."""
+        seconds = self._median.get((key, drafted))  # set once the mode has MIN_ROUNDS rounds here
         per_row = self._per_row if drafted else 1.0
-        return None if seconds is None or per_row is None or seconds <= 0 else rows * per_row / seconds
+        return None if seconds is None or per_row is None or seconds <= 0 else per_row / seconds
 
-    def choose(self, rows: int) -> bool:
-        spec, plain = self.rate(rows, True), self.rate(rows, False)
+    def summary(self) -> dict[str, dict[str, float | bool | None]]:
+        """Per key: each mode's median seconds a round, the pooled tokens per row of drafting
+        rounds and the standing choice (benchmarks record it beside their figures)."""
+        keys = sorted({k for k, _ in self.seconds})
+        return {str(k): {"draft_ms": 1e3 * self._median[(k, True)] if (k, True) in self._median else None,
+                         "plain_ms": 1e3 * self._median[(k, False)] if (k, False) in self._median else None,
+                         "tokens_per_row": self._per_row, "drafts": self.choice.get(k)} for k in keys}
+
+    def choose(self, key: int) -> bool:
+        """Whether the next round of this key (``observe``'s; the row count by default) drafts."""
+        spec, plain = self.rate(key, True), self.rate(key, False)
         if spec is None:
             return True
         if plain is None:
             return False
-        previous = self.choice.get(rows)
+        previous = self.choice.get(key)
         if previous is None:
             drafting = spec >= plain
         elif previous:  # keep drafting unless plain is faster by more than the margin
             drafting = (1.0 + self.MARGIN) * spec >= plain
         else:  # keep plain unless drafting is faster by more than the margin
             drafting = spec > (1.0 + self.MARGIN) * plain
-        self.choice[rows] = drafting
-        interval = self.interval.get(rows, self.PROBE_EVERY)
+        self.choice[key] = drafting
+        interval = self.interval.get(key, self.PROBE_EVERY)
         if previous is not None and drafting != previous:  # the probes overturned the choice:
-            interval, self.since_probe[rows] = self.PROBE_EVERY, 0  # watch closely again
-        n = self.since_probe.get(rows, 0) + 1
+            interval, self.since_probe[key] = self.PROBE_EVERY, 0  # watch closely again
+        n = self.since_probe.get(key, 0) + 1
         if n < interval:
-            self.since_probe[rows], self.interval[rows] = n, interval
+            self.since_probe[key], self.interval[key] = n, interval
             return drafting
-        self.since_probe[rows] = 0
-        settled = len(self.seconds[(rows, not drafting)]) >= self.WINDOW  # the loser's window is full
-        self.interval[rows] = min(2 * interval, self.MAX_PROBE_EVERY) if settled else interval
+        self.since_probe[key] = 0
+        settled = len(self.seconds[(key, not drafting)]) >= self.WINDOW  # the loser's window is full
+        self.interval[key] = min(2 * interval, self.MAX_PROBE_EVERY) if settled else interval
         return not drafting  # the probe: a round of the losing mode
 
 

@@ -26,6 +26,7 @@ class EngineClock:
     rounds: int = 0
     rows: int = 0  # requests summed over rounds (rows / rounds: how full the batch ran)
     admissions: int = 0  # requests admitted (each one prefill and first token)
+    drafting_rounds: int = 0  # rounds that drafted (the adaptive schedule skips drafting where it does not pay)
     admit_s: float = 0.0
     draft_s: float = 0.0  # drafting and scheduling, the constraint masks included
     mask_s: float = 0.0  # of draft_s: the grammar masks of constrained rows (host work, per row)
@@ -36,6 +37,7 @@ class EngineClock:
         """Per-round milliseconds of each part since ``before`` (a copy taken earlier)."""
         n = max(1, self.rounds - before.rounds)
         return {"rounds": self.rounds - before.rounds, "rows_per_round": (self.rows - before.rows) / n,
+                "drafting_fraction": (self.drafting_rounds - before.drafting_rounds) / n,
                 **{f"{k}_ms_per_round": 1e3 * (getattr(self, k) - getattr(before, k)) / n
                    for k in ("admit_s", "draft_s", "mask_s", "runner_s", "commit_s")}}
 

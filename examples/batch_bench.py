@@ -297,6 +297,8 @@ def figures(handles: list[BatchRequest], latency: list[float], wall: float, step
         "steps": steps,
         # B, the tokens of one batched forward (anchor + verified drafts over its rows)
         "tokens_per_forward": sum(r.verified + 1 for r in rounds) / max(1, steps),
+        # how many of the rows' rounds verified 0, 1, ... drafted tokens (the schedule's choices)
+        "verified_hist": [sum(r.verified == k for r in rounds) for k in range(1 + max((r.verified for r in rounds), default=0))],
         "finish_reasons": {k: sum(s.finish_reason == k for s in stats) for k in sorted({s.finish_reason for s in stats})},
     }
 
@@ -366,6 +368,10 @@ def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[lis
         for mode in live:
             if mode not in out:
                 fig, outs = median_pass(passes[mode])
+                engine = engines[mode][0]
+                if mode == "adaptive":  # what the schedule had learnt by the end of the passes
+                    fig["sps_after"] = sps_summary(engine.sps, len(prompts))
+                    fig["drafting_rates"] = engine._rates.summary()
                 out[mode] = ({**engines[mode][1], **fig}, outs)
         return out
     finally:

@@ -363,6 +363,24 @@ def test_drafting_rates_pick_the_faster_mode_and_probe_the_other():
     assert rates.choose(1)  # another row count knows nothing yet
 
 
+def test_drafting_rates_share_a_key_across_the_row_counts_of_one_bucket(tiny):
+    """On the device runner every row count of a bucket runs one forward size (3 rows pad to 4):
+    the engine keys DraftingRates by it, so rounds seen at 4 rows decide for 3 rows at once. The
+    control: keyed by the row count itself (the CPU runner's key), 3 rows know nothing yet."""
+    from agentspark.drafting_rates import DraftingRates
+
+    engine = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, schedule="adaptive",
+                         sps_table=[1000.0] * 32, graphs=False)
+    engine.runner = DeviceRunner(tiny.model, graphs=False, capacity=96, slots=4, max_tokens=5)
+    assert [engine._rates_key(r) for r in (1, 2, 3, 4)] == [1, 2, 4, 4]
+    rates = DraftingRates()
+    for drafted in [True] * DraftingRates.MIN_ROUNDS + [False] * DraftingRates.MIN_ROUNDS:
+        rates.observe(4, drafted, 4, 0.03 if drafted else 0.01, key=engine._rates_key(4))  # plain 3x faster
+    assert not rates.choose(engine._rates_key(3))  # 3 rows: plain, from the 4-row rounds
+    assert rates.choose(3)  # control: under its own row count it has seen nothing and drafts
+    assert rates.summary()["4"]["drafts"] is False
+
+
 @pytest.mark.parametrize("spec_rate, keeps_drafting", [(0.99, True), (0.97, False)])
 def test_drafting_rates_keep_the_standing_choice_within_the_margin(spec_rate, keeps_drafting):
     """Hysteresis: once drafting won, it stays while plain is faster by less than MARGIN (2%), and
