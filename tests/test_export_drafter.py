@@ -29,7 +29,9 @@ CASES = {  # name: (method, LearnedDrafterConfig.for_target options, changes aft
     "dspark-rnn-reduced": ("dspark", {"markov_rank": 8, "draft_vocab": tuple(range(0, VOCAB, 2))},
                            {"markov_head_type": "rnn", "confidence_temperatures": (1.5,) * 7}),
     "dflash": ("dflash", {"num_layers": 2}, {}),
+    "dflash-reduced": ("dflash", {"draft_vocab": tuple(range(1, VOCAB, 2))}, {}),
     "eagle3": ("eagle3", {}, {}),
+    "eagle3-reduced": ("eagle3", {"draft_vocab": tuple(range(0, VOCAB, 3))}, {}),
 }
 
 
