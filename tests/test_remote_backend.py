@@ -190,6 +190,17 @@ def test_retry_after_is_honoured(monkeypatch, status, header, at_least):
     assert slept == [at_least if at_least is not None else 0.1]
 
 
+def test_retry_after_is_honoured_when_streaming(monkeypatch):
+    """The stream's request goes through the same retries: a 429 with Retry-After before the
+    events waits that long, then the events are read."""
+    slept: list[float] = []
+    monkeypatch.setattr("tenacity.nap.time.sleep", slept.append)
+    busy = httpx.Response(429, headers={"retry-after": "2"}, json={"error": {"message": "busy"}})
+    server = Server(busy, sse_response(sse(delta_chunk({"content": "ok"}), delta_chunk({}, "stop"), "[DONE]")))
+    assert final(list(backend(server, retries=1, backoff=0.1).stream(user("hi")))).message.content == "ok"
+    assert slept == [2.0] and len(server.requests) == 2
+
+
 def test_retry_after_as_an_http_date():
     from email.utils import formatdate
 
