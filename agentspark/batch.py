@@ -360,6 +360,7 @@ class BatchEngine:
         live = list(self.running)
         drafts: list[Draft | None] = [None] * len(live)
         drafting = self._drafts_can_pay(len(live)) and self._drafting_pays(len(live))
+        drafted = False  # whether any row was asked for a draft (the clock's drafting rounds)
         if drafting:
             wanted, rooms = [], []
             for k, h in enumerate(live):
@@ -369,6 +370,7 @@ class BatchEngine:
                 if h._drafter is not None and room > 0:
                     wanted.append(k)
                     rooms.append(room)
+            drafted = bool(wanted)
             drafters, contexts = [live[k]._drafter for k in wanted], [live[k]._req.tokens for k in wanted]
             proposed = (propose_rows if self.batch_drafts else Drafter.propose_rows)(drafters, contexts, rooms)
             for k, room, draft in zip(wanted, rooms, proposed):
@@ -423,7 +425,7 @@ class BatchEngine:
             self._rates.observe(len(live), drafting, produced, seconds, key=self._rates_key(len(live)))
         clock = self.clock
         clock.rounds, clock.rows = clock.rounds + 1, clock.rows + len(live)
-        clock.drafting_rounds += drafting
+        clock.drafting_rounds += drafted
         clock.draft_s, clock.runner_s = clock.draft_s + t1 - t0, clock.runner_s + t2 - t1
         clock.commit_s += time.perf_counter() - t2
         return live
