@@ -25,6 +25,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -212,7 +213,8 @@ def quick_sizes(max_tokens: int) -> list[int]:
 def _monotone_costs(raw: Sequence[float], spikes: bool = True) -> list[float]:
     """Seconds per forward at 1..n tokens from per-size estimates ``raw`` (the rule in SpsTable);
     ``spikes=False`` skips the line that corrects spikes (a batch table's curve is not a line)."""
-    costs = [min(max(float(c), _TINY), _HUGE) for c in raw]
+    # clamped by comparisons, not min(max()): the batch table's 512 sizes are refitted as rounds come
+    costs = [_TINY if c < _TINY else _HUGE if c > _HUGE else c for c in map(float, raw)]
     if spikes and len(costs) >= 4:  # a line needs 3 sizes >= 2 to out-vote one spike
         alpha, beta = _line(costs[1:], first=2)
         for t in range(2, len(costs) + 1):
@@ -223,8 +225,9 @@ def _monotone_costs(raw: Sequence[float], spikes: bool = True) -> list[float]:
     # slowed down by something else. Take the largest non-decreasing curve below the estimates
     # (cost_t = min over s >= t), so such an entry drops to the larger size's, instead of the old
     # running minimum over SPS, which passed one slow T=2 entry on to every larger size.
-    for i in range(len(costs) - 2, -1, -1):
-        costs[i] = min(costs[i], costs[i + 1])
+    costs.reverse()  # the running minimum from the largest size down, in C (accumulate)
+    costs = list(accumulate(costs, min))
+    costs.reverse()
     return costs
 
 
@@ -271,6 +274,11 @@ class SpsTable:
             costs[i] = min(costs[i], costs[i + 1])
         self._values = [1.0 / c for c in costs]
         self._rounds: list[deque[tuple[int, float]]] = [deque(maxlen=_WINDOW) for _ in vals]  # (index, seconds)
+        # kept by observe and _refit so that a refit touches only the sizes that changed (a full
+        # pass over 128-512 sizes cost 17-58 us a round, amortized, in the batch engine's host time)
+        self._held: set[int] = set()  # sizes whose window holds timings
+        self._dirty: set[int] = set()  # sizes observed since the last refit
+        self._low_of: dict[int, float] = {}  # size -> its recent timings' low quantile (>= _MIN_ROUNDS of them)
         self._count = 0  # observations so far
         self.version = 0  # bumped whenever the values change (callers cache what they derive from them)
 
@@ -332,18 +340,37 @@ class SpsTable:
             return
         self._count += 1
         self._rounds[tokens - 1].append((self._count, seconds))
+        self._held.add(tokens - 1)
+        self._dirty.add(tokens - 1)
         if self._count % _REFIT_EVERY == 0:
             self._refit()
 
     def _refit(self) -> None:
+        """The rule of the class docstring over every size's recent timings, recomputing only the
+        sizes observed since the last refit or holding a timing that fell out of the last
+        _RECENT (dropped from their windows now: indices only grow, so once out, always out).
+        ``tests/test_scheduler_fast_paths.py`` holds it equal to the pass over all sizes."""
         oldest = self._count - _RECENT
-        own = [[s for i, s in w if i > oldest] for w in self._rounds]  # recent timings per size
-        observed = [_low(ts) if len(ts) >= _MIN_ROUNDS else None for ts in own]
-        ratios = [o / m for o, m in zip(observed, self._measured) if o is not None]
-        if not ratios:
+        rounds, low_of = self._rounds, self._low_of
+        changed = self._dirty | {t for t in self._held if rounds[t][0][0] <= oldest}
+        for t in changed:
+            w = rounds[t]
+            while w and w[0][0] <= oldest:
+                w.popleft()
+            if not w:
+                self._held.discard(t)
+            if len(w) >= _MIN_ROUNDS:
+                low_of[t] = _low([s for _, s in w])
+            else:
+                low_of.pop(t, None)
+        self._dirty.clear()
+        if not low_of:
             return
-        load = statistics.median(ratios)
-        raw = [m * load if o is None else o for o, m in zip(observed, self._measured)]
+        measured = self._measured
+        load = statistics.median([o / measured[t] for t, o in low_of.items()])
+        raw = [m * load for m in measured]
+        for t, o in low_of.items():
+            raw[t] = o
         self._values = [1.0 / c for c in _monotone_costs(raw, self.spikes)]
         self.version += 1
 

@@ -58,3 +58,68 @@ def test_cached_can_pay_follows_the_table(monkeypatch):
         table.observe(4, 0.003)
     assert table.version > 0
     assert not engine._drafts_can_pay(2)
+
+
+# ---- SpsTable's incremental refit against the pass over every size it replaced ------------------
+
+def _reference_values(table: SpsTable, log: list[tuple[int, int, float]], recent: bool = True) -> list[float] | None:
+    """The rule over every size from scratch: per size the last _WINDOW timings, of those the ones
+    among the last _RECENT observations (``recent=False``: the control that ignores that), their
+    low quantile where >= _MIN_ROUNDS, the load factor elsewhere, the monotone rule. None: no
+    size has enough (the table keeps what it had)."""
+    from agentspark.scheduler import _MIN_ROUNDS, _RECENT, _WINDOW, _low, _monotone_costs
+
+    count = log[-1][0]
+    per_size: dict[int, list[tuple[int, float]]] = {}
+    for i, t, s in log:
+        per_size.setdefault(t, []).append((i, s))
+    measured = table._measured
+    observed = [None] * len(measured)
+    for t, entries in per_size.items():
+        own = [s for i, s in entries[-_WINDOW:] if not recent or i > count - _RECENT]
+        observed[t - 1] = _low(own) if len(own) >= _MIN_ROUNDS else None
+    ratios = [o / m for o, m in zip(observed, measured) if o is not None]
+    if not ratios:
+        return None
+    load = statistics.median(ratios)
+    return [1.0 / c for c in _monotone_costs([m * load if o is None else o for o, m in zip(observed, measured)],
+                                             table.spikes)]
+
+
+def _observe_all(table: SpsTable, plan: list[tuple[int, float]]) -> tuple[list[float] | None, list[tuple[int, int, float]]]:
+    log, reference = [], None
+    for tokens, seconds in plan:
+        before = table.version
+        table.observe(tokens, seconds)
+        log.append((len(log) + 1, tokens, seconds))
+        if table.version != before:
+            reference = _reference_values(table, log)
+            assert table.values() == reference  # exactly: the same floats through the same rule
+    return reference, log
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([8, 32, 128]), st.booleans())
+def test_incremental_refit_is_the_pass_over_every_size(seed, sizes, spikes):
+    """Random rounds (a few sizes most of the time, as a batch engine sees them, and phases that
+    move to others so earlier sizes' timings fall out of the last 512) refit exactly as before."""
+    import random
+
+    rng = random.Random(seed)
+    table = SpsTable([1000.0 / (1 + 0.01 * i) for i in range(sizes)], spikes=spikes)
+    plan = []
+    for phase in range(3):  # each phase favours other sizes: the first phase's expire in the third
+        hot = rng.sample(range(1, sizes + 1), 3)
+        for _ in range(rng.randint(200, 500)):
+            t = rng.choice(hot) if rng.random() < 0.9 else rng.randint(1, sizes)
+            plan.append((t, 1e-3 * (1 + 0.01 * t) * rng.uniform(1.0, 1.3)))
+    _observe_all(table, plan)
+
+
+def test_incremental_refit_control_expiry_matters():
+    """The control: a size timed only early (slow then) must leave the table once its timings are
+    older than the last 512; a refit that forgot expiry would keep it, and this plan tells them apart."""
+    table = SpsTable([1000.0] * 8, spikes=False)
+    plan = [(2, 0.01)] * 8 + [(1, 0.001)] * 600  # size 2 slow early, then only size 1
+    values, log = _observe_all(table, plan)
+    assert values is not None and values != _reference_values(table, log, recent=False)
