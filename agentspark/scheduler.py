@@ -96,9 +96,9 @@ def _candidates(confidences: Sequence[Sequence[float]], limit: int) -> list[tupl
         survival = 1.0
         for j, c in enumerate(cs[:limit], start=1):
             survival *= c
-            out.append((survival, r, j))
-    out.sort(key=lambda x: (-x[0], x[1], x[2]))
-    return out
+            out.append((-survival, r, j))
+    out.sort()  # (-a, r, j) in plain tuple order: the key function cost ~1 us a candidate (x 112 at 16 rows)
+    return [(-a, r, j) for a, r, j in out]
 
 
 RoundTokens = Callable[[int, int, int], int]  # (rows, longest row, total tokens) -> tokens the forward computes
@@ -131,14 +131,16 @@ def choose_lengths(confidences: Sequence[Sequence[float]], steps_per_second: Seq
         return lengths
     expected = float(rows)
     best = expected * steps_per_second[tokens - 1]
-    for survival, r, j in _candidates(confidences, len(steps_per_second)):
-        after = round_tokens(rows, max(longest, 1 + j), total + 1)
-        if after > len(steps_per_second):
+    limit = len(steps_per_second)
+    for survival, r, j in _candidates(confidences, limit):
+        wider = longest if longest > j else 1 + j  # max(longest, 1 + j), without the call
+        after = round_tokens(rows, wider, total + 1)
+        if after > limit:
             break
         throughput = (expected + survival) * steps_per_second[after - 1]
         if throughput <= best:
             break
-        expected, best, total, longest = expected + survival, throughput, total + 1, max(longest, 1 + j)
+        expected, best, total, longest = expected + survival, throughput, total + 1, wider
         lengths[r] = j
     return lengths
 
