@@ -384,7 +384,7 @@ class BatchEngine:
         longest = total = 0  # the verify forward's longest row and tokens (the SPS table's observation)
         for h, draft, length in zip(live, drafts, lengths):
             # the verified prefix, sliced once (a Draft.truncate per row cost ~4 us of host time: x 64 rows)
-            d_tokens = draft.tokens[:length].tolist() if length else []
+            d_tokens = draft.token_list(length) if length else []
             q = None if not length or draft.probs is None else draft.probs[:length].to(self.device)
             req = h._req
             capture = h._drafter is not None and bool(h._drafter.capture_layers)
@@ -485,8 +485,7 @@ class BatchEngine:
         full = [0 if d is None else len(d) for d in drafts]
         if self.schedule == "full" or not any(full):
             return full
-        confidences = [[] if d is None else ([1.0] * len(d) if d.confidences is None else d.confidences.tolist())
-                       for d in drafts]
+        confidences = [[] if d is None else (d.confidence_list() or [1.0] * len(d)) for d in drafts]
         if self.schedule == "threshold":
             return [threshold_length(c, self.confidence_threshold) for c in confidences]
         sps = self._table.view()

@@ -307,9 +307,9 @@ class Engine:
 
     def _schedule_length(self, draft: Draft) -> int:
         """How many leading draft tokens to verify under this engine's schedule."""
-        if self.schedule == "full" or draft.confidences is None or not len(draft):
+        confidences = None if self.schedule == "full" or not len(draft) else draft.confidence_list()
+        if confidences is None:
             return len(draft)
-        confidences = draft.confidences.tolist()
         if self.schedule == "threshold":
             return threshold_length(confidences, self.confidence_threshold)
         if self.schedule == "no-early-stop":

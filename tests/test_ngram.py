@@ -82,3 +82,24 @@ def test_cost_example_runs_and_the_index_beats_the_scan():
     (result,) = json.loads(proc.stdout)["results"]
     assert result["context_tokens"] == 2048 and result["rounds"] == 300 and result["tau"] > 1
     assert result["ngram_propose_us"]["median"] < result["old_full_scan_us"]["median"]
+
+
+def test_host_draft_lists_equal_the_tensors_it_stood_for():
+    """The n-gram draft keeps lists (the batch engine reads them without tensors); whoever reads
+    ``tokens`` / ``confidences`` gets the tensors the drafter used to build, float32 included."""
+    import torch
+
+    from agentspark.drafters.base import HostDraft
+    from agentspark.drafters.ngram import NgramDrafter
+
+    d = NgramDrafter()
+    seq = [5, 6, 7, 8, 5, 6, 7]
+    d.start(seq[:-1], None, None)
+    draft = d.propose(seq, 3)
+    assert isinstance(draft, HostDraft) and draft.token_list(3) == [8, 5, 6] and len(draft) == 3
+    assert torch.equal(draft.tokens, torch.tensor([8, 5, 6]))
+    assert draft.confidences.dtype == torch.float32
+    assert draft.confidence_list() == draft.confidences.tolist()  # the same numbers either way
+    cut = draft.truncate(2)
+    assert cut.token_list(5) == [8, 5] and torch.equal(cut.tokens, torch.tensor([8, 5])) and cut.probs is None
+    assert len(d.propose([1, 2, 3], 4)) == 0 and d.propose([1, 2, 3], 4).confidence_list() == []

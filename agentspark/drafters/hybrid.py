@@ -102,7 +102,7 @@ class HybridDrafter(Drafter):
         """Steps 1 and 2 up to the learned draft: (the lookup's draft, whether the learned drafter
         should draft now). When it should not, the round's choice is already made and returned."""
         found = self.lookup.propose(tokens, max_tokens)
-        c = float(found.confidences[0]) if len(found) else 0.0
+        c = found.confidence_list()[0] if len(found) else 0.0
         if len(found) and c / max(1.0 - c, 1e-6) >= self.gain:
             self.learned.track(tokens)
             return self._use(self.lookup, found), False

@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import InvalidDraftLengthError
 from ..sampling import SamplingParams
-from .base import Draft, Drafter
+from .base import Drafter, HostDraft
 
 
 class NgramDrafter(Drafter):
@@ -93,14 +93,13 @@ class NgramDrafter(Drafter):
                 return seq[j + n : j + n + max_tokens], n
         return [], 0
 
-    def propose(self, tokens: list[int], max_tokens: int) -> Draft:
+    def propose(self, tokens: list[int], max_tokens: int) -> HostDraft:
         found, n = self._indexed_lookup(tokens, max_tokens) if max_tokens > 0 else ([], 0)
         self._last_n = n
         confidence = self._hits[n] / (self._hits[n] + self._misses[n]) if n else 0.0
-        return Draft(  # the engine moves it to the target's device
-            tokens=torch.tensor(found, dtype=torch.long),
-            confidences=torch.full((len(found),), confidence),
-        )
+        # lists: tensors only if a reader asks (the engine moves them); the confidence rounded to
+        # float32, as the tensor it was (the schedule sees the same numbers either way)
+        return HostDraft(found, float(np.float32(confidence)))
 
     def feedback(self, verified: int, accepted: int) -> None:
         n = self._last_n
