@@ -48,6 +48,28 @@ def test_masks_walk_the_draft_and_leave_the_state(default_model):
     assert c.finished and set(last.nonzero().flatten().tolist()) <= set(default_model.eos_token_ids)
 
 
+def test_apply_masks_is_llguidances_kernel_bit_for_bit():
+    """Our mask (no torch.compile: the kernel's first call compiled for 3.8 s inside the first
+    constrained request) against llguidance's apply_token_bitmask_inplace, on random bitmasks:
+    a vocabulary that ends inside the last word, one past the mask's 32 W tokens (those are
+    disallowed), free rows (every word -1) and rows allowing nothing. The control: a mask read
+    with its bit order reversed differs."""
+    import llguidance.torch
+
+    g = torch.Generator().manual_seed(3)
+    for vocab, words in ((100, 4), (4096, 128), (1000, 30)):  # 1000 > 32 * 30: the tail is cut
+        bits = torch.randint(-2**31, 2**31 - 1, (5, words), generator=g, dtype=torch.int64).to(torch.int32)
+        bits[1], bits[2] = -1, 0
+        logits = torch.randn(5, vocab, generator=g)
+        theirs = logits.clone()
+        llguidance.torch.apply_token_bitmask_inplace(theirs, bits)
+        ours = apply_masks(logits, bits)
+        assert torch.equal(ours, theirs)
+        assert torch.isfinite(ours[1, : 32 * words]).all() and not torch.isfinite(ours[2]).any()
+        flipped = apply_masks(logits, bits.view(torch.uint8).flip(-1).contiguous().view(torch.int32).flip(-1))
+        assert not torch.equal(flipped, theirs)
+
+
 def test_bad_grammars_are_the_requests_error(default_model):
     with pytest.raises(InvalidRequestError, match="grammar"):
         Engine(default_model).generate("hi", SamplingParams(grammar=Grammar("json_schema", '{"type": "objectx"}')))

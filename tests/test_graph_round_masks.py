@@ -1,7 +1,8 @@
 """Rows under a grammar, and rows reporting logprobs, run in the device runner's round graphs
 (graph_runner.py): the grammar's bitmask is applied on the device (``apply_masks_rows``) before the
 verifier, and the raw logits come back for the host. The checks: the mask applied on the device
-equals llguidance's own ``apply_token_bitmask_inplace`` (``apply_masks``), bit for bit; a greedy
+equals llguidance's own ``apply_token_bitmask_inplace`` (and so ``apply_masks``, held equal to it in
+test_constraints.py), bit for bit; a greedy
 row's verdict equals the reference verdict on its own raw logits with the mask applied by
 llguidance; every sampled token is one the mask allows. The masks are built to forbid each
 position's unmasked argmax, so a round that ignored them would fail every check (the control,
@@ -41,6 +42,15 @@ def bits_of(allowed: torch.Tensor) -> torch.Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
+def llguidance_masked(logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """llguidance's own kernel (torch.compile'd: its first call compiles), the reference."""
+    import llguidance.torch
+
+    out = logits.float().clone()
+    llguidance.torch.apply_token_bitmask_inplace(out, bits.to(out.device))
+    return out
+
+
 def test_the_device_mask_equals_llguidances_bit_for_bit():
     g = torch.Generator().manual_seed(0)
     for V in (100, 4096):
@@ -51,7 +61,7 @@ def test_the_device_mask_equals_llguidances_bit_for_bit():
         allowed[1, 1] = True
         logits = torch.randn(2, 3, V, generator=g).to(torch.bfloat16)
         ours = apply_masks_rows(logits, bits)
-        theirs = torch.stack([apply_masks(logits[r], bits[r]) for r in range(2)])
+        theirs = torch.stack([llguidance_masked(logits[r], bits[r]) for r in range(2)])
         assert ours.dtype == logits.dtype and torch.equal(ours.float(), theirs)
         assert torch.equal(torch.isfinite(ours), allowed)
 
