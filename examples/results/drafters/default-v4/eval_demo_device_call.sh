@@ -2,6 +2,9 @@
 # n-gram (greedy, 10 eval prompts x 256 tokens), then the agent demo on the GPU with the new drafter in
 # the places it would take if shipped: 5 alternating runs of ngram+learned (= auto) and ngram, and
 # learned alone (= default) while time is left; every demo output tarred into one file
+# As it ran: the eval ran in the first call, every demo there stopped at 'No module named
+# llguidance' (the GPU image lacks it); the second call added llguidance 1.9.1's wheel to .whl,
+# installed them as in train_device_call.sh and ran the rest with the eval line replaced by an echo.
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 AGENTSPARK_DEFAULT_GGUF=/root/stage/SmolLM2-135M-Instruct.Q4_1.gguf
 for d in kernels backends tools traces; do ln -sfn ../$d agentspark/$d; done
 AS='import sys; from agentspark.cli import main; sys.exit(main(sys.argv[1:]))'

@@ -2,6 +2,11 @@
 # (its files of 2026-12-02 were lost with that session's machine; same recipe, same committed samples,
 # --time-budget 500) and bring back its drafter, report and log. The drafter stays at
 # /root/work/out/drafter for call E, issued right after (the machine stays warm 30 s).
+# As it ran: the first try stopped at 'No module named pydantic', the second at tenacity (the GPU
+# image has neither); the third carried their wheels in .whl (pydantic 2.12.5, pydantic-core
+# 2.41.5, annotated-types 0.7.0, typing-inspection 0.4.2, tenacity 9.1.2; device README, Notes)
+# with carry [".whl", ".data"], the model already joined by the first try:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
 cp .stage/4/* /root/stage/ && cat /root/stage/part-0* > /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /root/stage/gguf-*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 AGENTSPARK_DEFAULT_GGUF=/root/stage/SmolLM2-135M-Instruct.Q4_1.gguf
 for d in kernels backends tools traces; do ln -sfn ../$d agentspark/$d; done
