@@ -253,6 +253,12 @@ class Engine:
 
         if plain_rounds is not None:
             plain_rounds.close()  # ends the runner's stream (and waits for its step in flight)
+        if drafter is not None:
+            # A learned drafter records the tokens behind its features when it drafts; the last
+            # round's commits (up to max_draft + 1 tokens) it never learned, so the session's next
+            # request kept its prefix only up to that round: 3-7 tokens prefilled again each turn
+            # of the demo, a 128-token prefill chunk instead of 32 on the GPU for some of them.
+            drafter.track(req.tokens)
         # The slot holds exactly the committed sequence minus its last token (multi-turn reuse).
         self._cached_len = len(req.tokens) - 1
         self._cached_ids = req.tokens[: self._cached_len]

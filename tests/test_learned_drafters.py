@@ -133,6 +133,36 @@ def test_session_reuses_target_and_drafter_caches(family):
     assert second.token_ids == plain.generate(follow, params, speculative=False).token_ids
 
 
+@pytest.mark.parametrize("method", ["dspark", "auto"])
+def test_the_next_turn_prefills_only_what_was_appended(family, method):
+    """A learned drafter records the tokens behind its features when it drafts, so the last
+    round's commits were never recorded: the session's next turn kept its prefix only up to the
+    last round and prefilled that round's tokens again (3-7 tokens a turn in the CPU demo). The
+    engine tells the drafter at the request's end. Control: without that, it prefills more."""
+    from agentspark.drafters.hybrid import HybridDrafter
+
+    target, prompts, _, params = family
+    model = random_drafter_model(target, "dspark", seed=38)
+
+    def second_prefill(told: bool) -> tuple[int, int]:
+        drafter = make_drafter(model, target)
+        if method == "auto":
+            drafter = HybridDrafter(drafter, min_gain=0.0)
+        if not told:
+            drafter.track = lambda tokens: None  # the control: never told at the end
+        engine = Engine(target, drafter, max_draft=7, schedule="full")
+        first = engine.generate(prompts[0], params, reuse_cache=True)
+        follow = prompts[0] + first.token_ids + prompts[1]
+        second = engine.generate(follow, params, reuse_cache=True)
+        assert second.token_ids == Engine(target).generate(follow, params, speculative=False).token_ids
+        return second.stats.prefill_tokens, len(prompts[1]) + 1  # the appended turn and the last token
+
+    got, want = second_prefill(told=True)
+    assert got == want
+    control, _ = second_prefill(told=False)
+    assert control > want
+
+
 # ---- checkpoints ------------------------------------------------------------------------------
 
 def deepspec_checkpoint(tmp_path, target, *, markov_rank: int, confidence: bool):
