@@ -163,6 +163,31 @@ def test_the_next_turn_prefills_only_what_was_appended(family, method):
     assert control > want
 
 
+def test_track_after_a_stop_inside_the_accepted_block(family):
+    """A stop (EOS, a stop string) can end a request inside the last round's accepted block: the
+    drafter then holds features past the sequence's anchor. track records the tokens up to the
+    anchor, so the next turn reuses that whole prefix (not only what the last draft had seen) and
+    nothing past it. Control: a drafter told nothing reuses only up to its last draft's anchor."""
+    target, prompts, _, _ = family
+    model = random_drafter_model(target, "dspark", seed=39)
+    seq = prompts[0] + [5, 6, 7, 8, 9, 10]
+
+    def reused(told: bool) -> int:
+        d = make_drafter(model, target)
+        d.start(seq[:4], SamplingParams(), None)
+        width = d.model.cfg.num_features * d.model.cfg.hidden_size  # m target layers' features
+        d.observe(torch.randn(len(seq) + 1, width), 0)  # the whole sequence and a draft past it
+        d.seen = seq[:3]  # as its last draft left it
+        ended = seq[:-2]  # the stop cut three accepted positions off: the drafter holds len(seq) + 1
+        if told:
+            d.track(ended)
+        d.start(ended + [11, 12], SamplingParams(), None)
+        return d.reusable_context()
+
+    assert reused(True) == len(seq) - 3  # every position before the ended sequence's anchor
+    assert reused(False) == 3
+
+
 # ---- checkpoints ------------------------------------------------------------------------------
 
 def deepspec_checkpoint(tmp_path, target, *, markov_rank: int, confidence: bool):

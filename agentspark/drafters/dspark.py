@@ -88,8 +88,11 @@ class DSparkDrafter(Drafter):
         self._last_logits = self._device_conf = None
 
     def track(self, tokens: list[int]) -> None:
-        if self.length == len(tokens) - 1:  # features of every position before the anchor
-            self.seen = tokens[: self.length]
+        # features of every position before the anchor; more when a stop (EOS, a stop string) cut
+        # the last round's accepted block short, whose features past the cut are of drafts the
+        # sequence does not hold: the record stops at the anchor, so no reuse reaches them
+        if self.length >= len(tokens) - 1:
+            self.seen = tokens[: len(tokens) - 1]
 
     @torch.inference_mode()
     def observe(self, hidden: Tensor, start: int) -> None:
