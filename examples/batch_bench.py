@@ -69,7 +69,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: kernels/, tools/ ... must not shadow PyPI packages of those names
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agentspark import SamplingParams  # noqa: E402

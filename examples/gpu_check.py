@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: kernels/, tools/ ... must not shadow PyPI packages of those names
 
 from agentspark import Engine, NgramDrafter, SamplingParams, load_model  # noqa: E402
 from agentspark.datasets import load_prompts  # noqa: E402

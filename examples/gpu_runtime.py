@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: kernels/, tools/ ... must not shadow PyPI packages of those names
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_shapes import HF_NAMES, copy_bandwidth, random_model, shape_config, weight_bytes_per_step  # noqa: E402

@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: kernels/, tools/ ... must not shadow PyPI packages of those names
 
 from agentspark.commands.demo import NOTES, TASKS  # noqa: E402
 from agentspark.tools.builtin.arithmetic import evaluate  # noqa: E402 (an AST walk, never eval)

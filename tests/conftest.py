@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
+
+# The repository's top-level folders (kernels/, tools/, traces/, backends/) install as
+# agentspark.kernels etc.; on sys.path as themselves they shadow PyPI packages of those names.
+# transformers 5.25 depends on Hugging Face's `kernels` and imports it while reading a tokenizer:
+# with `python -m pytest` (the working directory first on sys.path) it found our kernels/ and 382
+# tests failed on a fresh clone. So the root leaves sys.path here and in every Python the tests
+# start (PYTHONSAFEPATH: no script directory or working directory prepended).
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _ROOT]
+os.environ["PYTHONSAFEPATH"] = "1"
 
 if "PYTEST_XDIST_WORKER" in os.environ:
     # Two workers on two cores: one BLAS/OpenMP thread each, or their spinning threads fight
