@@ -175,34 +175,19 @@ class Constraint:
         return self.matcher.is_stopped()
 
 
-_BIT_INDEX: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}  # (V, device) -> (word of each token, its bit)
-
-
-def _bit_index(vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    key = (vocab, str(device))
-    index = _BIT_INDEX.get(key)
-    if index is None:
-        token = torch.arange(vocab, device=device)
-        index = _BIT_INDEX[key] = (token // 32, (token % 32).to(torch.int32))
-    return index
-
-
 def apply_masks(logits: Tensor, bits: Tensor) -> Tensor:
     """logits [K, V] with every token a row's bitmask [K, W] disallows at -inf (a new float32
     tensor); tokens past the mask's 32 W are disallowed. What llguidance's own
     ``apply_token_bitmask_inplace`` computes (tests/test_constraints.py holds the two equal, bit
-    for bit), without its ``torch.compile``: that kernel's first call compiled for 3.8 s on a
-    2-core CPU, inside the first constrained request of the process (the demo's speculative round
-    0, whose plain replay then found it compiled: 0.59x "speedup" on that round)."""
-    out = logits.float().clone()
-    vocab, covered = out.shape[-1], 32 * bits.shape[-1]
-    if vocab > covered:
-        out[:, covered:] = float("-inf")
-    n = min(vocab, covered)
-    word, bit = _bit_index(n, out.device)
-    allowed = (bits.to(out.device).index_select(-1, word) >> bit) & 1  # [K, n]; the shift is arithmetic: & 1 keeps one bit
-    out[:, :n].masked_fill_(allowed == 0, float("-inf"))
-    return out
+    for bit), through ``apply_masks_rows``' unpacking instead of that kernel's ``torch.compile``,
+    whose first call compiled for 3.8 s on a 2-core CPU inside the first constrained request of
+    the process (the demo's speculative round 0, whose plain replay then found it compiled)."""
+    out = logits.float()
+    n = min(out.shape[-1], 32 * bits.shape[-1])
+    head = apply_masks_rows(out[None, :, :n], bits[None].to(out.device))[0]  # a new tensor
+    if n == out.shape[-1]:
+        return head
+    return torch.cat([head, torch.full_like(out[:, n:], float("-inf"))], dim=-1)
 
 
 def mask_words(vocab: int) -> int:
