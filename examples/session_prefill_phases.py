@@ -1,5 +1,5 @@
 """Where a multi-turn session's prefill time goes, per drafter: the target's prefill forward, the
-drafter's start, its observation of the prompt's features, and the first token's pick.
+drafter's start and its observation of the target's features (summed over the turn).
 
 Why: on the H200 (run 34) the agent demo's `auto` (n-gram + the learned drafter) decoded its 5
 rounds as fast as n-gram alone (69 against 67 ms) but prefilled them in 51 ms against 36: about 3
@@ -64,7 +64,7 @@ class PhaseClock:
 
 def session(target, spec: str, args) -> list[dict]:  # noqa: ANN001 (LoadedModel: it loads torch)
     drafter = build_drafter(spec, target)
-    engine = Engine(target, drafter, max_draft=7, exact=None)
+    engine = Engine(target, drafter, max_draft=7)
     clock = PhaseClock(target.model.embed.weight.device)
     clock.wrap(engine.runner, "prefill", "target prefill")
     if drafter is not None:
@@ -72,7 +72,7 @@ def session(target, spec: str, args) -> list[dict]:  # noqa: ANN001 (LoadedModel
         clock.wrap(drafter, "observe", "drafter observe")
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
     tok = target.tokenizer
-    for warm in range(args.warmup):  # the same session once, untimed: graph captures, first calls
+    for _ in range(args.warmup):  # the same session once, untimed: graph captures, first calls
         run_turns(engine, tok, params, clock)
         engine.reset()
     clock.seconds.clear()
