@@ -11,8 +11,11 @@ For each model (``--models``), each concurrency C (``--concurrency``) and each m
   adaptive  ``max_draft=7, schedule="adaptive"``: lengths chosen together over SPS(B), the table
             the engine measures (or takes from its cache) in its constructor
 
-C requests are submitted at once (every slot busy), greedy, ``--new-tokens`` each. Every engine
-first serves the same C prompts for a few tokens (prefill chunks and round graphs captured, the
+C x W requests are submitted at once to an engine of C slots (W = ``--waves``), greedy,
+``--new-tokens`` each: C run, the rest wait in the engine's queue and each joins in the round after
+a slot frees (continuous batching), so W > 1 is what a server sees under a steady load of C clients
+(vLLM's benchmark with ``--max-concurrency C`` and more prompts than C), and W = 1 one burst of C,
+whose wall time is its slowest request's. Every engine first serves the first C prompts for a few tokens (prefill chunks and round graphs captured, the
 drafters' code paths warm) and, on CUDA, replays every round shape it can meet once, so no graph
 capture is timed. Then every mode of a C is timed ``--repeats`` times, the modes alternating, and
 each mode's median pass is reported (``tok_s_passes`` lists them all: one pass of 128 tokens is a
@@ -20,8 +23,8 @@ fraction of a second on the H200, where two runs of one cell differed by 25%). A
 what it learnt in earlier passes (adaptive's drafting rates, its SPS table), as a server would.
 Per (C, mode): wall seconds from the first submit until the engine is idle,
 aggregate tok/s (every new token over that wall time), latency p50/p99 per request (from submit to
-the end of the round that finished it, the client's view; the request's own ``stats.total_s``,
-from its admission, beside it), tau (tokens committed per round), draft tokens verified per round,
+the end of the round that finished it, the client's view with W = 1; the request's own
+``stats.total_s``, from its admission, beside it: the client's view of a steady load, W > 1), tau (tokens committed per round), draft tokens verified per round,
 and greedy identity: outputs equal to plain decoding at the same C (``identical``, against plainN
 of the mode's own max_draft where that ran, else plain: ``identical_vs``) and to plain decoding of
 each prompt alone (``identical_to_solo``: one slot, one request at a time). Per C: the best fixed
@@ -36,7 +39,7 @@ Requests are prefilled whole (``reuse_prefix=False``): the warm-up leaves each s
 prompt the timed pass sends again, which prefix reuse would skip.
 
     python examples/batch_bench.py [--concurrency 1,4,16,64] [--modes plain,k1,k3,k7,adaptive]
-        [--drafter ngram|auto|default] [--new-tokens N] [--models default[,1.5b,8b]] [--exact]
+        [--drafter ngram|auto|default] [--new-tokens N] [--waves W] [--models default[,1.5b,8b]] [--exact]
         [--time-limit-s S] [--quick] [--out PATH]
     python examples/batch_bench.py --concurrency 1,2 --modes plain,k1,adaptive --new-tokens 8 --quick  # CPU smoke
     python examples/batch_bench.py --models default,1.5b,8b --time-limit-s 480  # the H200, one call
@@ -305,7 +308,8 @@ def figures(handles: list[BatchRequest], latency: list[float], wall: float, step
 
 def prepare_engine(target: Target, proto, mode: str, prompts: list[list[int]], args,
                    max_seq_len: int) -> tuple[BatchEngine, dict]:
-    """One (C, mode)'s engine, built and warmed up (every graph it can replay captured)."""
+    """One (C, mode)'s engine of C = len(prompts) slots, built and warmed up on those prompts
+    (every graph it can replay captured)."""
     engine, info = make_engine(target, proto, mode, len(prompts), max_seq_len, args.exact)
     t0 = time.perf_counter()
     engine.generate_many(prompts, SamplingParams(max_new_tokens=args.warmup_tokens))
@@ -326,9 +330,10 @@ def median_pass(passes: list[tuple[dict, list[list[int]]]]) -> tuple[dict, list[
     return fig, outs
 
 
-def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[list[int]], args, max_seq_len: int,
-                      out_of_time: Callable[[], bool]) -> dict[str, tuple[dict, list[list[int]]] | dict]:
-    """Every mode at one C: the engines built and warmed up first, then ``--repeats`` timed passes
+def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[list[int]], slots: int, args,
+                      max_seq_len: int, out_of_time: Callable[[], bool]) -> dict[str, tuple[dict, list[list[int]]] | dict]:
+    """Every mode at C = ``slots`` (each pass submits every prompt: ``--waves`` per slot, queued
+    for the slots): the engines built and warmed up first, then ``--repeats`` timed passes
     of each, the modes alternating (the order rotated every repeat), so slow drift of the machine
     (clocks, other tenants) falls on every mode alike; per mode the median pass. A mode that fails
     maps to {"error": ...}; one past the time limit to {"skipped": ...}."""
@@ -342,10 +347,10 @@ def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[lis
             try:
                 if not mode.startswith("plain") and proto is None:
                     raise RuntimeError("no drafter (see drafter_error)")
-                engines[mode] = prepare_engine(target, proto, mode, prompts, args, max_seq_len)
+                engines[mode] = prepare_engine(target, proto, mode, prompts[:slots], args, max_seq_len)
             except Exception:
                 out[mode] = {"error": traceback.format_exc()[-3000:]}
-                log(f"[C={len(prompts)} {mode}] FAILED\n{out[mode]['error']}")
+                log(f"[C={slots} {mode}] FAILED\n{out[mode]['error']}")
         passes: dict[str, list] = {m: [] for m in engines}
         live = list(engines)
         # What a server does once its model is loaded (vLLM does the same): the engines, weights and
@@ -364,13 +369,13 @@ def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[lis
                     passes[mode].append((fig, [h.result.token_ids for h in handles]))
                 except Exception:
                     out[mode] = {"error": traceback.format_exc()[-3000:]}
-                    log(f"[C={len(prompts)} {mode}] FAILED\n{out[mode]['error']}")
+                    log(f"[C={slots} {mode}] FAILED\n{out[mode]['error']}")
         for mode in live:
             if mode not in out:
                 fig, outs = median_pass(passes[mode])
                 engine = engines[mode][0]
                 if mode == "adaptive":  # what the schedule had learnt by the end of the passes
-                    fig["sps_after"] = sps_summary(engine.sps, len(prompts))
+                    fig["sps_after"] = sps_summary(engine.sps, slots)
                     fig["drafting_rates"] = engine._rates.summary()
                 out[mode] = ({**engines[mode][1], **fig}, outs)
         return out
@@ -428,7 +433,7 @@ def bench_model(entry: dict, target: Target, args, save: Callable[[], None], out
     """Every (C, mode) of one model into ``entry``, each part caught and saved as it ends."""
     entry["note"], entry["drafter"] = target.note, target.drafter
     concurrency = args.concurrency
-    prompts = target.prompts(max(concurrency))
+    prompts = target.prompts(max(concurrency) * args.waves)
     entry["prompts"] = {"count": len(prompts), "distinct": len({tuple(p) for p in prompts}),
                         "mean_tokens": sum(map(len, prompts)) / len(prompts), "max_tokens": max(map(len, prompts))}
     # room for the longest prompt, its budget and a full draft past it
@@ -459,8 +464,8 @@ def bench_model(entry: dict, target: Target, args, save: Callable[[], None], out
         plain_out: dict[int, tuple[str, list[list[int]]]] = {}  # max_draft -> (plain mode, its outputs)
         t0 = time.time()
         log(f"[C={c}] {', '.join(args.modes)} x {args.repeats} passes ...")
-        for mode, got in bench_concurrency(target, proto, args.modes, prompts[:c], args, max_seq_len,
-                                           out_of_time).items():
+        sent = prompts[: c * args.waves]
+        for mode, got in bench_concurrency(target, proto, args.modes, sent, c, args, max_seq_len, out_of_time).items():
             if isinstance(got, dict):  # an error, or skipped
                 at_c["modes"][mode] = got
                 continue
@@ -470,10 +475,10 @@ def bench_model(entry: dict, target: Target, args, save: Callable[[], None], out
             ref = plain_out.get(max_draft_of(mode)) or plain_out.get(0)
             fig["identical_vs"], fig["identical"] = (ref[0], same(ref[1], outs)) if ref else (None, None)
             if solo is not None:
-                fig["identical_to_solo"] = sum(solo.get(tuple(p)) == o for p, o in zip(prompts[:c], outs))
+                fig["identical_to_solo"] = sum(solo.get(tuple(p)) == o for p, o in zip(sent, outs))
             at_c["modes"][mode] = fig
             log(f"[C={c} {mode}] {fig['tok_s']:.1f} tok/s (median of {fig['repeats']}), wall {fig['wall_s']:.2f} s, "
-                f"p50 {fig['latency_p50_s']:.3f} s, tau {fig['tau']:.2f}, identical {fig['identical']}/{c}")
+                f"p50 {fig['latency_p50_s']:.3f} s, tau {fig['tau']:.2f}, identical {fig['identical']}/{len(sent)}")
         at_c["part_s"] = time.time() - t0
         at_c["comparison"] = compare(at_c["modes"])
         save()
@@ -490,6 +495,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--models", default="default", help="comma-separated: default, and on CUDA 1.5b, 8b (random weights)")
     ap.add_argument("--new-tokens", type=int, help="per request (default 128 on CUDA, 32 on the CPU, 8 with --quick)")
     ap.add_argument("--warmup-tokens", type=int, help="per request of each engine's untimed pass (default 8, 2 with --quick)")
+    ap.add_argument("--waves", type=int, default=1, help="requests per slot of each pass, submitted at once and "
+                    "queued (default 1: one burst of C)")
     ap.add_argument("--repeats", type=int, help="timed passes per (C, mode), modes alternating; the median is "
                     "reported (default 5 on CUDA, 3 on the CPU, 1 with --quick)")
     ap.add_argument("--exact", action="store_true", help="pass exact=True to BatchEngine (CUDA: graph_runner's exact mode)")
@@ -510,6 +517,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.warmup_tokens = 2 if args.quick else 8
     if args.repeats is None:
         args.repeats = 1 if args.quick else (5 if args.device == "cuda" else 3)
+    if args.waves < 1:
+        ap.error(f"--waves must be at least 1, got {args.waves}")
     if args.repeats < 1:
         ap.error(f"--repeats must be at least 1, got {args.repeats}")
     args.dtype = "bfloat16" if args.device == "cuda" else "float32"
@@ -527,13 +536,13 @@ def header(args, argv: Sequence[str]) -> dict:
         "device": device, "device_type": args.device, "cores": os.cpu_count(), "torch": torch.__version__,
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
         "settings": {"concurrency": args.concurrency, "modes": args.modes, "drafter": args.drafter, "models": args.models,
-                     "new_tokens": args.new_tokens, "warmup_tokens": args.warmup_tokens, "repeats": args.repeats,
+                     "new_tokens": args.new_tokens, "waves": args.waves, "warmup_tokens": args.warmup_tokens, "repeats": args.repeats,
                      "dtype": args.dtype,
                      "exact": True if args.exact else f"not passed (runner default {EXACT_BY_DEFAULT} on CUDA)",
                      "adaptive_max_draft": ADAPTIVE_MAX_DRAFT, "sampling": "greedy", "reuse_prefix": False,
                      "quick": args.quick},
-        "latency": "latency_*: from the submit (all C at once) to the end of the round that finished the request; "
-                   "own_total_*: the request's stats.total_s, from its admission into a slot",
+        "latency": "latency_*: from the submit (all C x waves at once) to the end of the round that finished the "
+                   "request; own_total_*: the request's stats.total_s, from its admission into a slot",
         "models": {},
     }
 

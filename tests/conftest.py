@@ -3,6 +3,7 @@ default model, and prompts from the bundled eval sample."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -18,6 +19,10 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _ROOT]
 os.environ["PYTHONSAFEPATH"] = "1"
+if importlib.util.find_spec("agentspark") is None:
+    # Not installed (the GPU machine runs the working tree through PYTHONPATH, with the sibling
+    # folders linked into agentspark/): the root comes back last, behind every installed package.
+    sys.path.append(str(_ROOT))
 
 if "PYTEST_XDIST_WORKER" in os.environ:
     # Two workers on two cores: one BLAS/OpenMP thread each, or their spinning threads fight

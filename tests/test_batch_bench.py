@@ -72,3 +72,23 @@ def test_time_limit_skips_and_still_writes(bench, tiny_target, tmp_path):
     assert bench.main(argv, loaders={"tiny": tiny_target}) == 0
     modes = json.loads(out.read_text())["models"]["tiny"]["concurrency"]["1"]["modes"]
     assert all(m.get("skipped") == "time limit" for m in modes.values())
+
+
+def test_waves_queue_requests_behind_the_slots(bench, tiny_target, tmp_path):
+    # --waves 3 at C = 2: six requests through two slots, four of them waiting for a slot to free;
+    # each output still equals its prompt's plain decoding alone
+    out = tmp_path / "bench.json"
+    argv = ["--models", "tiny", "--device", "cpu", "--concurrency", "2", "--modes", "plain,k3,adaptive", "--waves", "3",
+            "--new-tokens", "8", "--warmup-tokens", "2", "--out", str(out)]
+    assert bench.main(argv, loaders={"tiny": tiny_target}) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["waves"] == 3
+    for mode, f in res["models"]["tiny"]["concurrency"]["2"]["modes"].items():
+        assert f["requests"] == 6 and f["identical"] == 6 and f["identical_to_solo"] == 6, mode
+        assert f["time_split"]["rows_per_round"] <= 2  # never more rows than slots
+        assert f["own_total_p50_s"] < f["latency_p99_s"]  # the last ones waited in the queue first
+
+
+def test_waves_must_be_positive(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--waves", "0"])
