@@ -1,4 +1,4 @@
-# run 35, PREPARED ON 2026-12-03 AND NOT RUN (that session's device time was spent): the call after
+# run 35, prepared in the second session of 2026-12-03 and run in the third (results: run35_*): the call after
 # staging calls 1-3 (GPU.md), carry [".stage/4", ".data", ".whl"], where .whl holds the wheels the
 # GPU image lacks (pydantic 2.12.5, pydantic-core 2.41.5, annotated-types 0.7.0, typing-inspection
 # 0.4.2, tenacity 9.1.2, llguidance 1.9.1 for cp312 manylinux: device README, Notes). It measures
@@ -6,6 +6,10 @@
 # for drafting rows (4f03fa5), the end-of-request track (the next turn prefills only what was
 # appended), the fixed exact-mode control (e62bd4f); and where auto's extra prefill goes.
 cp .stage/4/* /root/stage/ && cat /root/stage/part-0* > /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf
+# As it ran (2026-12-03, third session, device tree at 54ebafe): the GPU test stopped at conftest (no module
+# agentspark: the conftest had dropped the root that PYTHONPATH named; fixed in 8987d63, run 36 ran them);
+# the shapes part ran out of its 230 s before the 8B shape's C=64 (run35_shapes_log.txt is what the log held
+# when the tar read it); the rest ran whole.
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /root/stage/gguf-*.whl .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 AGENTSPARK_DEFAULT_GGUF=/root/stage/SmolLM2-135M-Instruct.Q4_1.gguf
 for d in kernels backends tools traces; do ln -sfn ../$d agentspark/$d; done
