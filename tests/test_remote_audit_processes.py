@@ -1,9 +1,11 @@
 """``agentspark audit --base-url`` against two real ``agentspark serve`` processes over loopback,
 one speculative and one ``--plain`` (issue 14): each with the command's defaults (the batch engine,
-4 slots, the adaptive schedule), a tiny random model with a character tokenizer so that each
-process starts in seconds. The speculative one drafts with a noisy copy of the target
-(``draft-model:``), so rounds accept some drafts and reject others; /metrics shows it drafted
-and accepted. The audit must find every reply identical token for token. Then a planted bug: a
+4 slots), a tiny random model with a character tokenizer so that each process starts in seconds.
+The speculative one drafts with a noisy copy of the target (``draft-model:``) and verifies every
+drafted token (``--schedule full``), so rounds accept some drafts and reject others, the same ones
+on every machine; /metrics shows it drafted and accepted. (Under the default adaptive schedule
+what it verifies follows its timings: on a busy 2-core CI runner it drafted in one or two rounds,
+8 tokens, and accepted none.) The audit must find every reply identical token for token. Then a planted bug: a
 proxy in this process in front of the speculative server that replaces one token of each reply
 (its text and logprobs item), audited against the same ``--plain`` process, must be reported at
 that token with the reference's top-2 margin, exit 1."""
@@ -97,7 +99,7 @@ def servers(model_folders, tmp_path_factory):
     target, draft = model_folders
     logs = tmp_path_factory.mktemp("logs")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}  # two processes on a 2-core runner
-    extra = {"spec": ["--drafter", f"draft-model:{draft}"], "plain": ["--plain"]}
+    extra = {"spec": ["--drafter", f"draft-model:{draft}", "--schedule", "full"], "plain": ["--plain"]}
     procs, urls = {}, {}
     try:
         for side, flags in extra.items():
