@@ -12,8 +12,12 @@ result and not forced. Nothing here may reach the internet: the Agents SDK's tra
 are off (pydantic-ai-slim has only logfire-api, a no-op without logfire, which is not installed),
 clients do not retry, and each test has a timeout.
 
-smolagents' ToolCallingAgent is not here: it cannot complete the task on this model (README.md,
-"Constrained decoding", says what it sends and what the model does)."""
+smolagents' ToolCallingAgent is the exception: it needs a tool call on every step (the answer is its
+final_answer tool), sends tool_choice "required" on every request by default, and the 135M model
+under "required" calls final_answer first or get_weather again after the result (README.md,
+"Constrained decoding"). So its test names each step's tool, smolagents' own way: the model's
+tool_choice set to get_weather, and a step callback that sets it to final_answer once the tool
+has answered. The model writes both calls' arguments."""
 
 from __future__ import annotations
 
@@ -233,3 +237,30 @@ def test_langgraph_react_agent(server):
     assert_answer_uses_the_result(messages[-1].content)
     # langchain-openai leaves tool_choice out when none is bound: the server's default, auto
     assert_two_step_traffic(recorder.chats)
+
+
+def test_smolagents_tool_calling_agent(server):
+    from smolagents import OpenAIServerModel, ToolCallingAgent, tool
+
+    url, recorder = server
+    calls: list[str] = []
+    named = lambda name: {"type": "function", "function": {"name": name}}  # noqa: E731
+    # the model's kwargs override what smolagents sends (its default tool_choice, "required")
+    model = OpenAIServerModel(model_id=MODEL, api_base=f"{url}/v1", api_key="unused", temperature=0,
+                              max_tokens=MAX_TOKENS, tool_choice=named("get_weather"),
+                              client_kwargs={"max_retries": 0, "timeout": 60})
+
+    def answer_once_the_tool_has(step, agent):
+        if calls:
+            agent.model.kwargs["tool_choice"] = named("final_answer")
+
+    agent = ToolCallingAgent(tools=[tool(weather_tool(calls))], model=model, max_steps=3, verbosity_level=0,
+                             step_callbacks=[answer_once_the_tool_has])
+    answer = agent.run(TASK)
+    assert calls == ["Paris"]
+    assert_answer_uses_the_result(answer)
+    chats = recorder.chats
+    assert [c["tool_choice"] for c in chats] == [named("get_weather"), named("final_answer")]
+    assert all(sorted(t["function"]["name"] for t in c["tools"]) == ["final_answer", "get_weather"] for c in chats)
+    # smolagents sends the history as text: the call, then the observation with the tool's result
+    assert WEATHER.format(city="Paris") in json.dumps(chats[1]["messages"])
