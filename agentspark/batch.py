@@ -431,7 +431,7 @@ class BatchEngine:
             # Whether drafting pays at all is DraftingRates', from whole rounds.
             self._table.observe(self.runner.round_tokens(len(rows), longest, total), t2 - t1)
         if self.schedule == "adaptive" and self._prototype is not None:
-            self._rates.observe(len(live), drafting, produced, seconds, key=rates_key)
+            self._rates.observe(len(live), drafting, produced, seconds, key=rates_key, host_seconds=t1 - t0)
         clock = self.clock
         clock.rounds, clock.rows = clock.rounds + 1, clock.rows + len(live)
         clock.drafting_rounds += drafted

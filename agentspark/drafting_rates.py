@@ -33,6 +33,16 @@ class DraftingRates:
     and go, text turns repetitive). Once the loser has ``WINDOW`` rounds, every probe that confirms
     the choice doubles the interval (``PROBE_EVERY`` up to ``MAX_PROBE_EVERY``); a flip resets it.
 
+    Where drafting's own host work is cheap (``cheap``: the drafting rounds' host time before the
+    forward exceeds the plain rounds' by at most ``HOST_SHARE`` of a plain round), the comparison is
+    skipped and every round drafts: what drafting then costs beyond that host time is verification,
+    which the Θ rule prices per token against the SPS table, so the gate has nothing left to guard
+    and its noisy gain estimate could only overrule Θ. On the H200 (run 35, the 1.5B shape at C=1)
+    the comparison chose plain, judging drafting rounds at 1.03 tokens a row from a few probes
+    among plain rounds, where every fixed length beat plain by 10-13% and the n-gram's host work
+    was 1% of a round. A simulation of that case (bursty acceptance, drafting 8% faster in
+    expectation) had the comparison leave 47% of 200 seeded runs mostly plain.
+
     Measured on the H200 (runs 20-22): probing one round in 16 forever left adaptive several
     percent behind plain where plain wins (C = 16, 64); a margin in drafting's favour kept drafting
     rounds that verified nothing, 4-9% slower than plain; and rates from sums over 16 rounds of
@@ -41,6 +51,7 @@ class DraftingRates:
 
     WINDOW, MIN_ROUNDS, PROBE_EVERY, MAX_PROBE_EVERY, MARGIN = 16, 4, 16, 256, 0.02
     GAIN_ROWS, GAIN_ROUNDS = 256, 256
+    HOST_SHARE = 0.03  # drafting's host work at most this share of a plain round: cheap, always draft
 
     def __init__(self) -> None:
         self.seconds: dict[tuple[int, bool], deque[float]] = {}
@@ -56,9 +67,15 @@ class DraftingRates:
         self.since_probe: dict[int, int] = {}
         self.interval: dict[int, int] = {}
         self.choice: dict[int, bool] = {}  # the winning mode at the last comparison
+        # per (key, drafted): the rounds' host seconds before the forward, and their medians
+        self.host: dict[tuple[int, bool], deque[float]] = {}
+        self._host_median: dict[tuple[int, bool], float] = {}
 
-    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float, key: int | None = None) -> None:
-        """A round of ``rows`` rows that committed ``tokens`` in ``seconds``. ``key`` (default
+    def observe(self, rows: int, drafted: bool, tokens: int, seconds: float, key: int | None = None,
+                host_seconds: float | None = None) -> None:
+        """A round of ``rows`` rows that committed ``tokens`` in ``seconds``, ``host_seconds`` of
+        them on the host before the forward (drafting, the rows' inputs; None: not measured, and
+        then ``cheap`` never holds). ``key`` (default
         ``rows``) is what its cost follows, under which its time is kept and ``choose`` is asked:
         the batch engine passes the plain round's forward size, so the rows of one graph bucket
         (33 to 64 rows all run a 64-row forward) share one comparison instead of each row count
@@ -68,6 +85,11 @@ class DraftingRates:
         window.append(seconds)
         if len(window) >= self.MIN_ROUNDS:
             self._median[(key, drafted)] = _median(window)
+        if host_seconds is not None:
+            host = self.host.setdefault((key, drafted), deque(maxlen=self.WINDOW))
+            host.append(host_seconds)
+            if len(host) >= self.MIN_ROUNDS:
+                self._host_median[(key, drafted)] = _median(host)
         if drafted:
             self.gains.append((tokens, rows))
             pool = self._pool
@@ -97,13 +119,27 @@ class DraftingRates:
         per_row = self._per_row if drafted else 1.0
         return None if seconds is None or per_row is None or seconds <= 0 else per_row / seconds
 
+    def cheap(self, key: int) -> bool:
+        """Whether drafting's host work under ``key`` is at most ``HOST_SHARE`` of a plain round:
+        the drafting rounds' median host time before the forward over the plain rounds'."""
+        draft, plain = self._host_median.get((key, True)), self._host_median.get((key, False))
+        round_s = self._median.get((key, False))
+        return draft is not None and plain is not None and round_s is not None \
+            and draft - plain <= self.HOST_SHARE * round_s
+
     def summary(self) -> dict[str, dict[str, float | bool | None]]:
-        """Per key: each mode's median seconds a round, the pooled tokens per row of drafting
-        rounds and the standing choice (benchmarks record it beside their figures)."""
+        """Per key: each mode's median seconds a round (and host seconds before the forward), the
+        pooled tokens per row of drafting rounds, whether drafting is cheap and the standing
+        choice (benchmarks record it beside their figures)."""
         keys = sorted({k for k, _ in self.seconds})
-        return {str(k): {"draft_ms": 1e3 * self._median[(k, True)] if (k, True) in self._median else None,
-                         "plain_ms": 1e3 * self._median[(k, False)] if (k, False) in self._median else None,
-                         "tokens_per_row": self._per_row, "drafts": self.choice.get(k)} for k in keys}
+
+        def ms(table: dict, k: int, drafted: bool) -> float | None:
+            return 1e3 * table[(k, drafted)] if (k, drafted) in table else None
+
+        return {str(k): {"draft_ms": ms(self._median, k, True), "plain_ms": ms(self._median, k, False),
+                         "draft_host_ms": ms(self._host_median, k, True), "plain_host_ms": ms(self._host_median, k, False),
+                         "tokens_per_row": self._per_row, "cheap": self.cheap(k), "drafts": self.choice.get(k)}
+                for k in keys}
 
     def choose(self, key: int) -> bool:
         """Whether the next round of this key (``observe``'s; the row count by default) drafts."""
@@ -112,6 +148,9 @@ class DraftingRates:
             return True
         if plain is None:
             return False
+        if self.cheap(key):  # nothing for the gate to guard: Θ prices what drafting costs beyond
+            self.choice[key] = True
+            return True
         previous = self.choice.get(key)
         if previous is None:
             drafting = spec >= plain

@@ -149,6 +149,10 @@ def test_adaptive_measures_sps_at_total_tokens(tiny):
     ps = prompts(4, seed=9)
     refs = [Engine(tiny).generate(p, PARAMS[0], speculative=False).token_ids for p in ps]
     assert [r.token_ids for r in batch.generate_many(ps, PARAMS[0])] == refs
+    # its rounds gave DraftingRates their host time before the forward, for both modes
+    seen = batch._rates.summary()
+    assert any(v["draft_host_ms"] is not None for v in seen.values())
+    assert any(v["plain_host_ms"] is not None for v in seen.values())
 
 
 def test_cancel_frees_the_slot_and_leaves_the_others_alone(tiny):
@@ -420,6 +424,28 @@ def test_drafting_rates_choose_well_at_one_row_despite_bursty_acceptance(extra, 
         rates.observe(1, drafted, tokens, seconds)
     share = sum(picks[100:]) / len(picks[100:])
     assert share > 0.9 if drafts_mostly else share < 0.1, share
+
+
+@pytest.mark.parametrize("host_extra, always_drafts", [(0.01, True), (0.10, False)])
+def test_drafting_rates_leave_cheap_drafting_to_the_theta_rule(host_extra, always_drafts):
+    """Drafting's host work 1% of a plain round: every round drafts, even where the realized gains
+    say plain commits faster (verification is the Θ rule's to price, and the gain estimate is noisy:
+    run 35's 1.5B shape at C=1). The control, 10% of a round: the comparison decides as before and
+    plain wins."""
+    from agentspark.drafting_rates import DraftingRates
+
+    rates, picks = DraftingRates(), []
+    plain_s, plain_host = 1.0e-3, 0.02e-3
+    for _ in range(200):
+        drafted = rates.choose(1)
+        picks.append(drafted)
+        host = plain_host + (host_extra * plain_s if drafted else 0.0)
+        # drafting rounds commit 1 token a row in 10% more time: by the comparison, plain is faster
+        rates.observe(1, drafted, 1, (1.1 if drafted else 1.0) * plain_s, host_seconds=host)
+    later = picks[2 * DraftingRates.MIN_ROUNDS :]
+    assert rates.cheap(1) is always_drafts
+    assert all(later) if always_drafts else sum(later) < 0.2 * len(later), sum(later)
+    assert rates.summary()["1"]["cheap"] is always_drafts
 
 
 def test_slots_past_the_largest_row_bucket_are_refused_on_the_device_runner(tiny):
