@@ -40,8 +40,9 @@ class DraftingRates:
     and its noisy gain estimate could only overrule Θ. On the H200 (run 35, the 1.5B shape at C=1)
     the comparison chose plain, judging drafting rounds at 1.03 tokens a row from a few probes
     among plain rounds, where every fixed length beat plain by 10-13% and the n-gram's host work
-    was 1% of a round. A simulation of that case (bursty acceptance, drafting 8% faster in
-    expectation) had the comparison leave 47% of 200 seeded runs mostly plain.
+    was 1% of a round. A simulation of that case (examples/drafting_gate_sim.py: bursty acceptance,
+    drafting about 8% faster in expectation) had the comparison leave 52% of 200 seeded runs
+    mostly plain.
 
     Measured on the H200 (runs 20-22): probing one round in 16 forever left adaptive several
     percent behind plain where plain wins (C = 16, 64); a margin in drafting's favour kept drafting
