@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,7 +58,8 @@ class PhaseClock:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def wrap(self, owner: object, name: str, phase: str, opens: bool = False) -> None:
+    def wrap(self, owner: object, name: str, phase: str, opens: bool = False) -> Callable:
+        """Replace ``owner.name`` by its timed version; returns the original (to put back)."""
         fn = getattr(owner, name)
 
         @functools.wraps(fn)
@@ -74,6 +76,7 @@ class PhaseClock:
             return out
 
         setattr(owner, name, timed)
+        return fn
 
 
 def session(target, spec: str, args) -> list[dict]:  # noqa: ANN001 (LoadedModel: it loads torch)
@@ -87,8 +90,13 @@ def session(target, spec: str, args) -> list[dict]:  # noqa: ANN001 (LoadedModel
     if args.session == "demo":
         import agentspark.engine as engine_module
 
-        clock.wrap(engine_module, "first_logits", "first token (mask)")
-        return demo_session(engine, args, clock)
+        # a module function, shared by every session: put back after this one, or the next
+        # session's wrapper would wrap this one's (and time into its clock too)
+        original = clock.wrap(engine_module, "first_logits", "first token (mask)")
+        try:
+            return demo_session(engine, args, clock)
+        finally:
+            engine_module.first_logits = original
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
     tok = target.tokenizer
     for _ in range(args.warmup):  # the same session once, untimed: graph captures, first calls
@@ -104,12 +112,13 @@ def demo_session(engine: Engine, args, clock: PhaseClock) -> list[dict]:  # noqa
     import tempfile
 
     from agentspark.agent.loop import Agent
-    from agentspark.commands.demo import NOTES, TASKS, demo_backends, warm_grammar
+    from agentspark.backends.local import LocalBackend
+    from agentspark.commands.demo import NOTES, TASKS, warm_grammar
     from agentspark.tools import calculator, make_file_tools
     from agentspark.traces import read_trace
 
     warm_grammar(engine.target)
-    backend, _ = demo_backends(engine, Engine(engine.target))
+    backend = LocalBackend(engine, constrain_tool_calls=True)  # demo_backends' speculative one
     workspace = Path(tempfile.mkdtemp(prefix="prefill-phases-"))
     (workspace / "notes.txt").write_text(NOTES)
     tools = [calculator, *make_file_tools(workspace)]
