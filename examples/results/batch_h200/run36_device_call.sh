@@ -6,6 +6,9 @@
 # batch table under a steady load (--waves 4: 4C requests through C slots, continuous batching).
 # Call B: the 1.5B and 8B shapes, --waves 2. Call C: the agent demo, auto against ngram, 5
 # alternating runs (the end-of-request track and the stop-cut track landed after run 34's demo).
+# As it ran: calls A, C, B in that order, one lease. Each run36*_commit.txt names 54ebafe: the
+# device copy's .git was stale; its working tree was 8987d63's (the files it lists as changed and
+# this script are that commit's).
 set -u
 part=${1:?A, B or C}
 mkdir -p /root/stage /root/data /root/out
