@@ -27,6 +27,17 @@ the ``full`` or ``threshold`` schedule a request's lengths do not depend on the 
 even its sampled output for a seed is the one it gets alone; ``adaptive`` trades that for
 throughput (the same distribution).
 
+Admission (``first_token_in_round``, on by default on the CUDA graph runner): a joining request
+prefills all but its prompt's last token, and that token is its row in the round that follows, a
+plain row whose verify gives the first token. So admitting waits for nothing: the prefill graphs
+are queued ahead of the round's forward, and the host drafts and schedules the other rows while
+they run, where before every admission read its first token through a host sync of its own and
+the round's host work waited behind it (run 36, 64 slots under a steady load: 2.0-2.5 ms of
+admission a round against a 1.5-1.7 ms forward). The row drafts nothing in that round, so a
+sampled request draws what its first token draws alone; its K/V and logits are those of the
+prefill it replaces wherever a row's bits do not depend on how the prompt was cut (route a; the
+CPU's tests run it too, through ``first_token_in_round=True``).
+
 Prefix reuse (``reuse_prefix=True``, the default): a slot keeps the K/V of the conversation it
 served after its request ends, and a new request takes the free slot whose conversation shares
 the longest prefix with its prompt, prefilling only the rest; without a match, the free slot used
@@ -68,7 +79,7 @@ from .request import (GenerationResult, StreamChunk, _Request, chunk_of, commit_
 from .errors import InvalidRequestError
 from .model.linear import blas_owns_the_cores
 from .model.loading import LoadedModel
-from .model.runner import PrefillItem, RowWork, make_runner, pick_token
+from .model.runner import PrefillItem, PrefillOutput, RowWork, make_runner, pick_token
 from .prompts import Prompt, encode_prompt
 from .sampling import SamplingParams, make_generator
 from .scheduler import SpsTable, choose_length, choose_lengths, choose_lengths_no_early_stop, threshold_length
@@ -99,6 +110,7 @@ class BatchRequest:
     _slot: int = -1
     _stats: RequestStats = field(default_factory=RequestStats)
     _t0: float = 0.0
+    _fresh: bool = False  # admitted without its first token: the next round feeds its last prompt token
 
     @property
     def done(self) -> bool:
@@ -122,6 +134,7 @@ class BatchEngine:
         reuse_prefix: bool = True,
         skip_drafting: bool = True,
         batch_drafts: bool | None = None,
+        first_token_in_round: bool | None = None,
     ) -> None:
         """drafter: a prototype (each slot gets a ``sibling`` of it) or a callable that makes one
         drafter per slot; None for plain batched decoding. slots: requests running at once (more
@@ -135,7 +148,11 @@ class BatchEngine:
         None = on CUDA, where a forward costs its launches whatever its rows (the batched
         forward rounds differently, so a sampled draft, never the output's distribution, can
         differ from the request's alone; on the CPU each request drafts alone, so a seeded
-        sampled request gets its solo output with the full schedule)."""
+        sampled request gets its solo output with the full schedule). first_token_in_round: an
+        admission prefills all but the prompt's last token and waits for nothing; that token is
+        the request's row in the next round, whose verify gives the first token (no draft, so
+        the draws of a plain first token). None = on the CUDA graph runner (module docstring,
+        "Admission")."""
         if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise InvalidRequestError(f"slots must be a positive integer, got {slots!r}")
         if not isinstance(max_draft, int) or isinstance(max_draft, bool) or not 0 <= max_draft <= 64:
@@ -163,6 +180,8 @@ class BatchEngine:
         self.free = list(range(slots))  # least recently used first
         self.reuse_prefix = reuse_prefix
         self.batch_drafts = self.device.type == "cuda" if batch_drafts is None else bool(batch_drafts)
+        self.first_token_in_round = (self.runner.kind.startswith("cuda-graphs") if first_token_in_round is None
+                                     else bool(first_token_in_round))
         self.slot_ids: list[list[int]] = [[] for _ in range(slots)]  # tokens whose K/V a free slot holds
         self.waiting: deque[BatchRequest] = deque()
         self.running: list[BatchRequest] = []
@@ -329,13 +348,25 @@ class BatchEngine:
                     if capture:  # the drafter must hold the features of what is not prefilled again
                         keep = min(keep, h._drafter.reusable_context())
                 batch.append((h, keep, capture))
-            outs = self.runner.prefill_rows([PrefillItem(h._slot, h._req.prompt_ids[keep:], keep, capture)
-                                             for h, keep, capture in batch])
+            defer = self.first_token_in_round
+            items = [PrefillItem(h._slot, h._req.prompt_ids[keep : len(h._req.prompt_ids) - defer], keep, capture)
+                     for h, keep, capture in batch]
+            todo = [i for i, item in enumerate(items) if item.ids]  # deferring can leave nothing to prefill
+            outs: list[PrefillOutput | None] = [None] * len(items)
+            for i, out in zip(todo, self.runner.prefill_rows([items[i] for i in todo])):
+                outs[i] = out
             for (h, keep, capture), out in zip(batch, outs):
                 req = h._req
-                first = pick_token(first_logits(req, out.logits), h.params, h._generator)  # host sync: the first token
-                if capture:  # written at its first draft, with the other rows' (one projection)
+                if capture and out is not None:  # written at its first draft, with the other rows' (one projection)
                     h._drafter.observe_later(out.hidden, keep, owned=True)
+                if defer:  # its first token comes from the next round (module docstring, "Admission")
+                    h._fresh = True
+                    h._stats.prefill_tokens = len(req.prompt_ids) - keep  # its last token is fed by that round
+                    self.running.append(h)
+                    joined.append(h)
+                    self.clock.admissions += 1
+                    continue
+                first = pick_token(first_logits(req, out.logits), h.params, h._generator)  # host sync: the first token
                 h._stats.prefill_tokens, h._stats.prefill_s = len(req.prompt_ids) - keep, time.perf_counter() - h._t0
                 self.running.append(h)  # before its first commit, which may already end it (EOS, a budget of 1)
                 self._emit(h, *commit_tokens(req, [first], out.logits))
@@ -370,7 +401,7 @@ class BatchEngine:
                 req = h._req
                 start = len(req.tokens) - 1  # the anchor's position; the slot's cache holds [0, start)
                 room = min(self.max_draft, req.budget - req.generated - 1, self.runner.capacity - 1 - start)
-                if h._drafter is not None and room > 0:
+                if h._drafter is not None and room > 0 and not h._fresh:
                     wanted.append(k)
                     rooms.append(room)
             drafted = bool(wanted)
@@ -419,8 +450,12 @@ class BatchEngine:
             committed, delta = commit_tokens(h._req, d_tokens[:a] + [res.token],
                                              None if res.logits is None else res.logits[: a + 1])
             produced += len(committed)
-            h._stats.rounds.append(RoundStats(0 if draft is None else len(draft), len(d_tokens), a, len(committed),
-                                              t1 - t0, t2 - t1, 0.0))
+            if h._fresh:  # its first token, which belongs to no decoding round (RequestStats.mean_accepted_length)
+                h._fresh = False
+                h._stats.prefill_s = time.perf_counter() - h._t0
+            else:
+                h._stats.rounds.append(RoundStats(0 if draft is None else len(draft), len(d_tokens), a,
+                                                  len(committed), t1 - t0, t2 - t1, 0.0))
             self._emit(h, committed, delta)
         seconds = time.perf_counter() - t0
         if self._table is not None and not self._table.fixed:

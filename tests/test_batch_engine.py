@@ -37,16 +37,19 @@ PARAMS = [SamplingParams(max_new_tokens=12 + 5 * (i % 3)) for i in range(7)]
 SAMPLED = [SamplingParams(temperature=0.9, top_k=30, seed=10 + i, max_new_tokens=14) for i in range(7)]
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["first-token-at-admission", "first-token-in-round"])
 @pytest.mark.parametrize("params", [PARAMS, SAMPLED], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("drafted", [False, True], ids=["plain", "ngram"])
-def test_each_request_gets_what_it_gets_alone(tiny, params, drafted):
+def test_each_request_gets_what_it_gets_alone(tiny, params, drafted, defer):
     """7 requests through 3 slots: they join as others leave (budgets differ, EOS may end one
-    early); each output, finish reason and committed stream equals the request served alone."""
+    early); each output, finish reason and committed stream equals the request served alone.
+    Also with the first token from the round after admission (the CUDA graph runner's way): the
+    same tokens, seed for seed, and the same prefill and round counts."""
     ps = prompts(7, seed=1)
     alone = Engine(tiny, NgramDrafter() if drafted else None, max_draft=4, schedule="full", max_seq_len=96)
     refs = [alone.generate(p, q, speculative=drafted) for p, q in zip(ps, params)]
     batch = BatchEngine(tiny, NgramDrafter if drafted else None, slots=3, max_draft=4, max_seq_len=96,
-                        reuse_prefix=False)  # each prefilled whole, as alone
+                        reuse_prefix=False, first_token_in_round=defer)  # each prefilled whole, as alone
     handles = [batch.submit(p, q) for p, q in zip(ps, params)]
     peak = 0
     while not batch.idle:
@@ -57,6 +60,8 @@ def test_each_request_gets_what_it_gets_alone(tiny, params, drafted):
         assert h.result.token_ids == ref.token_ids
         assert h.result.finish_reason == ref.finish_reason
         assert [t for c in h.chunks for t in c.token_ids] == ref.token_ids
+        assert h.result.stats.prefill_tokens == ref.stats.prefill_tokens
+        assert len(h.result.stats.rounds) == len(ref.stats.rounds)
     if drafted:
         assert sum(r.accepted for h in handles for r in h.result.stats.rounds) > 0
 
@@ -70,7 +75,8 @@ def test_requests_joining_mid_flight_and_the_device_round(tiny):
     refs = [Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=96).generate(p, params).token_ids
             for p in ps]
     for device in (False, True):
-        batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, reuse_prefix=False)
+        batch = BatchEngine(tiny, NgramDrafter, slots=4, max_draft=4, max_seq_len=96, reuse_prefix=False,
+                            first_token_in_round=device)
         if device:
             batch.runner = DeviceRunner(tiny.model, graphs=False, capacity=96, slots=4, max_tokens=5)
         first = [batch.submit(p, params) for p in ps[:3]]
@@ -81,7 +87,8 @@ def test_requests_joining_mid_flight_and_the_device_round(tiny):
         assert [h.result.token_ids for h in first + late] == refs
 
 
-def test_conversations_reuse_their_prefix_across_rounds(tiny):
+@pytest.mark.parametrize("defer", [False, True], ids=["first-token-at-admission", "first-token-in-round"])
+def test_conversations_reuse_their_prefix_across_rounds(tiny, defer):
     """Two conversations, three rounds each, every round resending the whole conversation (an
     agent through the OpenAI API): each round lands in the slot that served its conversation and
     prefills only what was appended; its tokens are those of one engine per conversation with
@@ -91,7 +98,7 @@ def test_conversations_reuse_their_prefix_across_rounds(tiny):
     users = prompts(6, seed=5)
     convs = {"a": list(users[0]), "b": list(users[1])}
     solo = {k: Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=160) for k in convs}
-    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=4, max_seq_len=160)
+    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=4, max_seq_len=160, first_token_in_round=defer)
     for turn in range(3):
         handles = {k: batch.submit(c, params) for k, c in convs.items()}
         batch.run()
@@ -108,14 +115,17 @@ def test_conversations_reuse_their_prefix_across_rounds(tiny):
     assert batch.slot_ids.count([]) == 0 and sum(ids[: len(users[5])] == users[5] for ids in batch.slot_ids) == 1
 
 
-def test_a_request_that_ends_at_its_first_token_leaves_at_once(tiny):
-    """A budget of one token ends a request at its prefill: it leaves the batch there, its slot
-    is free for the next, and the requests beside it are untouched."""
+@pytest.mark.parametrize("defer", [False, True], ids=["first-token-at-admission", "first-token-in-round"])
+def test_a_request_that_ends_at_its_first_token_leaves_at_once(tiny, defer):
+    """A budget of one token ends a request at its first token (at admission, or in the round of
+    the same step): it leaves the batch there, its slot is free for the next, and the requests
+    beside it are untouched."""
     ps = prompts(4, seed=6)
     params = [SamplingParams(max_new_tokens=1), SamplingParams(max_new_tokens=9)] * 2
     refs = [Engine(tiny, NgramDrafter(), max_draft=4, schedule="full", max_seq_len=96).generate(p, q).token_ids
             for p, q in zip(ps, params)]
-    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=4, max_seq_len=96, reuse_prefix=False)
+    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=4, max_seq_len=96, reuse_prefix=False,
+                        first_token_in_round=defer)
     handles = [batch.submit(p, q) for p, q in zip(ps, params)]
     batch.step()
     assert handles[0].done and handles[0] not in batch.running and len(batch.running) <= 2
@@ -244,9 +254,9 @@ def test_the_appendix_a_variant_lets_a_later_draft_decide():
     assert choose_lengths_no_early_stop(confident_after, sps) == [2]
 
 
-@pytest.mark.parametrize("method,batch_drafts", [("dspark", False), ("dspark", True), ("eagle3", False),
-                                                 ("auto", True)])
-def test_learned_drafters_in_the_batch_are_lossless(family, method, batch_drafts):  # noqa: F811 (the fixture)
+@pytest.mark.parametrize("method,batch_drafts,defer", [("dspark", False, False), ("dspark", True, True),
+                                                       ("eagle3", False, True), ("auto", True, False)])
+def test_learned_drafters_in_the_batch_are_lossless(family, method, batch_drafts, defer):  # noqa: F811 (the fixture)
     """A learned drafter per slot (``sibling``), fed its own rows' target features from the
     batched forward, drafting one request at a time or all rows in one block forward (DSpark, and
     the learned half of the hybrid): every request greedy equals plain decoding of it alone,
@@ -258,7 +268,8 @@ def test_learned_drafters_in_the_batch_are_lossless(family, method, batch_drafts
     drafter = make_drafter(random_drafter_model(target, "dspark" if method == "auto" else method, seed=71), target)
     if method == "auto":
         drafter = HybridDrafter(drafter)
-    batch = BatchEngine(target, drafter, slots=3, max_draft=4, max_seq_len=128, batch_drafts=batch_drafts)
+    batch = BatchEngine(target, drafter, slots=3, max_draft=4, max_seq_len=128, batch_drafts=batch_drafts,
+                        first_token_in_round=defer)  # defer: the first token from the round after admission
     results = batch.generate_many(ps, params)
     assert [r.token_ids for r in results] == reference
     assert sum(sum(r.accepted for r in res.stats.rounds) for res in results) > 0  # the drafts did land
