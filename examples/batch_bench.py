@@ -10,6 +10,10 @@ For each model (``--models``), each concurrency C (``--concurrency``) and each m
   k1 k3 k7  the drafter with a fixed verified length: ``max_draft=N, schedule="full"``
   adaptive  ``max_draft=7, schedule="adaptive"``: lengths chosen together over SPS(B), the table
             the engine measures (or takes from its cache) in its constructor
+  M/sync    mode M with each admission's first token read at admission, through its own host sync
+            (``first_token_in_round=False``, the CPU's way), where the CUDA graph runner otherwise
+            takes it from the next round (batch.py, "Admission"); per C, ``round_admission_vs_sync``
+            sets M against M/sync
 
 C x W requests are submitted at once to an engine of C slots (W = ``--waves``), greedy,
 ``--new-tokens`` each: C run, the rest wait in the engine's queue and each joins in the round after
@@ -83,6 +87,7 @@ from agentspark.model.loading import LoadedModel  # noqa: E402
 from agentspark.model.runner import RowWork  # noqa: E402
 
 FIXED = ("k1", "k3", "k7")
+SYNC = "/sync"  # a mode's suffix: the first token read at admission (module docstring)
 ADAPTIVE_MAX_DRAFT = 7
 RANDOM_SHAPES = ("1.5b", "8b")
 MOTIF_PROMPT_TOKENS = 64
@@ -183,6 +188,8 @@ def make_engine(target: Target, proto, mode: str, slots: int, max_seq_len: int,
                 exact: bool) -> tuple[BatchEngine, dict]:
     """The engine of one mode, and what its construction cost (adaptive: its SPS(B) table)."""
     kw: dict = dict(slots=slots, max_seq_len=max_seq_len, reuse_prefix=False)
+    if mode.endswith(SYNC):
+        mode, kw["first_token_in_round"] = mode.removesuffix(SYNC), False
     if exact:
         kw["exact"] = True
     info: dict = {}
@@ -213,6 +220,7 @@ def make_engine(target: Target, proto, mode: str, slots: int, max_seq_len: int,
 
 def max_draft_of(mode: str) -> int:
     """The max_draft a mode's engine runs with (plain 0, plainN and kN N, adaptive 7)."""
+    mode = mode.removesuffix(SYNC)
     if mode == "adaptive":
         return ADAPTIVE_MAX_DRAFT
     digits = mode.removeprefix("plain").removeprefix("k")
@@ -374,7 +382,7 @@ def bench_concurrency(target: Target, proto, modes: list[str], prompts: list[lis
             if mode not in out:
                 fig, outs = median_pass(passes[mode])
                 engine = engines[mode][0]
-                if mode == "adaptive":  # what the schedule had learnt by the end of the passes
+                if mode.removesuffix(SYNC) == "adaptive":  # what the schedule had learnt by the end of the passes
                     fig["sps_after"] = sps_summary(engine.sps, slots)
                     fig["drafting_rates"] = engine._rates.summary()
                 out[mode] = ({**engines[mode][1], **fig}, outs)
@@ -422,6 +430,9 @@ def compare(modes: dict) -> dict:
             out["adaptive_vs_best_fixed"] = ok["adaptive"]["tok_s"] / fixed[best]
     if "adaptive" in ok and "plain" in ok:
         out["adaptive_vs_plain"] = ok["adaptive"]["tok_s"] / ok["plain"]["tok_s"]
+    vs_sync = {m: e["tok_s"] / ok[m + SYNC]["tok_s"] for m, e in ok.items() if m + SYNC in ok}
+    if vs_sync:
+        out["round_admission_vs_sync"] = vs_sync
     return out
 
 

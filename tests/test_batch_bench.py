@@ -78,7 +78,7 @@ def test_waves_queue_requests_behind_the_slots(bench, tiny_target, tmp_path):
     # --waves 3 at C = 2: six requests through two slots, four of them waiting for a slot to free;
     # each output still equals its prompt's plain decoding alone
     out = tmp_path / "bench.json"
-    argv = ["--models", "tiny", "--device", "cpu", "--concurrency", "2", "--modes", "plain,k3,adaptive", "--waves", "3",
+    argv = ["--models", "tiny", "--device", "cpu", "--concurrency", "2", "--modes", "plain,k3,adaptive,k3/sync", "--waves", "3",
             "--new-tokens", "8", "--warmup-tokens", "2", "--out", str(out)]
     assert bench.main(argv, loaders={"tiny": tiny_target}) == 0
     res = json.loads(out.read_text())
@@ -87,6 +87,8 @@ def test_waves_queue_requests_behind_the_slots(bench, tiny_target, tmp_path):
         assert f["requests"] == 6 and f["identical"] == 6 and f["identical_to_solo"] == 6, mode
         assert f["time_split"]["rows_per_round"] <= 2  # never more rows than slots
         assert f["own_total_p50_s"] < f["latency_p99_s"]  # the last ones waited in the queue first
+    # M/sync: M with the first token read at admission (the CPU's way already), set against M
+    assert set(res["models"]["tiny"]["concurrency"]["2"]["comparison"]["round_admission_vs_sync"]) == {"k3"}
 
 
 def test_waves_must_be_positive(bench):
