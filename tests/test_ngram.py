@@ -103,3 +103,43 @@ def test_host_draft_lists_equal_the_tensors_it_stood_for():
     cut = draft.truncate(2)
     assert cut.token_list(5) == [8, 5] and torch.equal(cut.tokens, torch.tensor([8, 5])) and cut.probs is None
     assert len(d.propose([1, 2, 3], 4)) == 0 and d.propose([1, 2, 3], 4).confidence_list() == []
+
+
+def test_confidences_are_per_position_and_learn_only_from_the_positions_reached():
+    """A copy that survives its first token tends to go on: the n-gram keeps one acceptance rate per
+    (match length, position), from the positions each verify reached. Position 1 accepted in half
+    the rounds, and whenever it was, positions 2-4 were too: the deeper conditionals rise towards
+    1 while position 1 stays near 0.5, and position 5 (never reached) keeps its prior. One rate
+    for every position (the old rule) would have given c**j: survival 0.125 at position 3 instead
+    of ~0.45."""
+    d = NgramDrafter(max_ngram=1)
+    seq = [1, 2, 3, 4, 5, 6, 1]  # "1" matched: the copy 2, 3, 4, 5, 6, 1
+    d.start(seq[:-1], SamplingParams(), None)
+    for i in range(40):
+        draft = d.propose(seq, 5)
+        assert len(draft) == 5 and d._last_n == 1
+        d.feedback(4, 4 if i % 2 else 0)  # 4 verified: all accepted, or the first rejected
+    c = d.propose(seq, 5).confidence_list()
+    assert abs(c[0] - 0.5) < 0.1
+    assert all(x > 0.9 for x in c[1:4])
+    assert c[4] == 0.5  # position 5: never verified, the prior
+    survival = c[0] * c[1] * c[2]
+    assert survival > 0.4 > c[0] ** 3
+    # the pooled per-token rate (HybridDrafter's) is kept beside: 4 accepted a round in half the rounds
+    assert 0.7 < d.token_rate() < 0.85
+
+
+def test_unverified_drafts_drift_every_drafted_position_back_to_the_prior():
+    d = NgramDrafter(max_ngram=1)
+    seq = [7, 8, 9, 7]
+    d.start(seq[:-1], SamplingParams(), None)
+    for _ in range(20):
+        d.propose(seq, 2)
+        d.feedback(2, 0)  # rejected at position 1 every time
+    low = d.propose(seq, 2).confidence_list()
+    assert low[0] < 0.2 and low[1] == 0.5
+    for _ in range(60):
+        d.propose(seq, 2)
+        d.feedback(0, 0)  # the schedule verified nothing: nothing learned, the counts drift back
+    back = d.propose(seq, 2).confidence_list()
+    assert abs(back[0] - 0.5) < 0.05 and back[1] == 0.5

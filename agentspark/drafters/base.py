@@ -49,19 +49,26 @@ class Draft:
 
 
 class HostDraft(Draft):
-    """A deterministic draft made on the host (the n-gram lookup): its tokens as a list and one
-    confidence for all of them; ``tokens`` and ``confidences`` become tensors only when read. The
+    """A deterministic draft made on the host (the n-gram lookup): its tokens and its per-position
+    confidences as lists (one float: the same for every position); ``tokens`` and ``confidences``
+    become tensors only when read. The
     batch engine reads the lists: two tensors made and read back per row cost ~10 us of a round's
     host time each (x 64 rows on the H200)."""
 
-    def __init__(self, tokens: list[int], confidence: float) -> None:  # no dataclass __init__: no tensors
-        self._tokens, self._confidence = tokens, float(confidence)
+    def __init__(self, tokens: list[int], confidence: float | list[float]) -> None:  # no dataclass __init__: no tensors
+        if isinstance(confidence, list):
+            if len(confidence) != len(tokens):
+                raise ValueError(f"{len(tokens)} draft tokens but {len(confidence)} confidences")
+            self._confidences = confidence
+        else:
+            self._confidences = [float(confidence)] * len(tokens)
+        self._tokens = tokens
         self._as_tensors: tuple[Tensor, Tensor] | None = None
 
     def _tensors(self) -> tuple[Tensor, Tensor]:
         if self._as_tensors is None:
             self._as_tensors = (torch.tensor(self._tokens, dtype=torch.long),
-                                torch.full((len(self._tokens),), self._confidence))
+                                torch.tensor(self._confidences, dtype=torch.float32))
         return self._as_tensors
 
     tokens = property(lambda self: self._tensors()[0])  # type: ignore[assignment]  # [gamma] long, CPU
@@ -72,13 +79,13 @@ class HostDraft(Draft):
         return len(self._tokens)
 
     def truncate(self, n: int) -> HostDraft:
-        return HostDraft(self._tokens[:n], self._confidence)
+        return HostDraft(self._tokens[:n], self._confidences[:n])
 
     def token_list(self, n: int) -> list[int]:
         return self._tokens[:n]
 
     def confidence_list(self) -> list[float]:
-        return [self._confidence] * len(self._tokens)
+        return self._confidences
 
 
 @dataclass

@@ -4,9 +4,9 @@ Agent turns mix copying (tool arguments, JSON echoed from earlier turns: free to
 long accepted runs) with new text (where only a learned drafter can guess). Each round:
 
 1. The n-gram lookup runs (on the host, about 20 microseconds at 4k tokens: examples/ngram_cost.py).
-   If it matched and its running per-token acceptance c (for that match length) promises at least
-   as many tokens as the learned drafter has been winning, c / (1 - c) >= gain, the lookup's draft
-   is used.
+   If it matched and its running per-token acceptance c (for that match length, over all
+   positions: ``NgramDrafter.token_rate``) promises at least as many tokens as the learned drafter
+   has been winning, c / (1 - c) >= gain, the lookup's draft is used.
 2. Otherwise the learned drafter drafts, if it is paying: ``gain``, the decayed mean of draft
    tokens it got accepted per round it drafted, is at least ``min_gain`` (the break-even: a learned
    draft costs its own forward plus the longer verify). A learned drafter that is not paying is
@@ -102,7 +102,7 @@ class HybridDrafter(Drafter):
         """Steps 1 and 2 up to the learned draft: (the lookup's draft, whether the learned drafter
         should draft now). When it should not, the round's choice is already made and returned."""
         found = self.lookup.propose(tokens, max_tokens)
-        c = found.confidence_list()[0] if len(found) else 0.0
+        c = self.lookup.token_rate() if len(found) else 0.0
         if len(found) and c / max(1.0 - c, 1e-6) >= self.gain:
             self.learned.track(tokens)
             return self._use(self.lookup, found), False
