@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -244,6 +244,25 @@ class DeviceRunner(ModelRunner):
             if self.graphs:
                 self._capture(bucket)
         return bucket
+
+    def capture_lengths(self) -> int:
+        """Capture every round length (1 .. max_tokens tokens a row) of each bucket key met so far
+        (same rows, sampling, features, mask and logits), so that a verified length never met
+        before captures nothing later: a capture costs tens of ms, charged to the round that
+        meets it. Chained buckets (plain steps) have one length. Returns the graphs captured.
+        Callers: a rehearsal before timed work (the demo), where the drafters' confidence
+        estimates have moved and will choose lengths the rehearsal did not."""
+        if self.route == "b":  # every decode-phase forward already runs max_tokens a row
+            return 0
+        keys = [k for k in self.buckets if not k.chained]
+        n = 0
+        for key in keys:
+            for t in range(1, self.max_tokens + 1):
+                other = replace(key, tokens=t)
+                if other not in self.buckets:
+                    self._bucket(other)
+                    n += 1
+        return n
 
     def _replay(self, b: _Bucket) -> None:
         if self.graphs:
