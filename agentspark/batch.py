@@ -295,9 +295,10 @@ class BatchEngine:
         which costs a round the same whatever lengths the table chooses (``_round``)."""
         shapes = self.runner.probe_shapes(self.slots)
         tokens = max(shapes)
-        # the runner's kind names graphs or not and exact mode; "padded": B as round_tokens counts it
+        # the runner's kind names graphs or not and exact mode; "padded": B as round_tokens counts it;
+        # "full": every length timed at the full row bucket (graph_runner.probe_shapes)
         key = sps_key(self.target.source, self.model.cfg, self.model.dtype, self.device,
-                      f"{self.runner.kind}-batch{self.slots}-padded", tokens)
+                      f"{self.runner.kind}-batch{self.slots}-padded-full", tokens)
 
         def measure() -> SpsTable:
             if not self.idle:
@@ -440,6 +441,10 @@ class BatchEngine:
         t1 = time.perf_counter()
         results = self.runner.round(rows)  # one forward for every request; the round's one host sync
         t2 = time.perf_counter()
+        # A round that feeds an admission's last prompt token waits, in its sync, for that
+        # admission's prefill, queued just before it (first_token_in_round): its time says nothing
+        # about the lengths or the mode, so neither the SPS table nor DraftingRates learns from it
+        admitting = any(h._fresh for h in live)
         produced = 0
         committed_features = self._committed_features(rows, results)
         for h, row, draft, d_tokens, res, feats in zip(live, rows, drafts, verified, results, committed_features):
@@ -463,14 +468,14 @@ class BatchEngine:
                                                   len(committed), t1 - t0, t2 - t1, 0.0))
             self._emit(h, committed, delta)
         seconds = time.perf_counter() - t0
-        if self._table is not None and not self._table.fixed:
+        if self._table is not None and not self._table.fixed and not admitting:
             # The table prices lengths against each other, so it takes the runner's round alone (as
             # its probes did): the drafting before it costs the same whatever the lengths, and
             # charged to B > 1 only it made every verified token look dearer than a plain step
             # (measured on the H200: adaptive verified 0.5 tokens a round where k7 paid with 3.5).
             # Whether drafting pays at all is DraftingRates', from whole rounds.
             self._table.observe(self.runner.round_tokens(len(rows), longest, total), t2 - t1)
-        if self.schedule == "adaptive" and self._prototype is not None:
+        if self.schedule == "adaptive" and self._prototype is not None and not admitting:
             self._rates.observe(len(live), drafting, produced, seconds, key=rates_key, host_seconds=t1 - t0)
         clock = self.clock
         clock.rounds, clock.rows = clock.rounds + 1, clock.rows + len(live)

@@ -338,6 +338,9 @@ def test_padded_rounds_are_priced_at_their_padded_size(tiny):
         shapes = runner.probe_shapes(3)
         assert 1 in shapes and max(shapes) == 4 * 5
         assert all(runner.round_tokens(r, t, r * t) == b for b, (r, t) in shapes.items() if b > 1)
+    # every length is timed at the full batch, which wins a B it shares with fewer rows (2 rows x 4
+    # tokens is not what a round of 3 rows x 2 costs: the H200 put B = 16 9% dearer that way)
+    assert all(fast.probe_shapes(3)[4 * t] == (3, t) for t in range(1, 6))
     confidences = [[0.9, 0.2, 0.1], [0.3], [0.05, 0.05]]
     sps = [100.0 / (1 + 0.1 * b) for b in range(20)]  # every token costs: lengths get cut...
     assert choose_lengths(confidences, sps, fast.round_tokens) != [3, 1, 2]
@@ -547,3 +550,19 @@ def _without_track(h, release):  # noqa: ANN001, ANN202 (the control above: rele
         release(h)
     finally:
         h._drafter = drafter
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["first-token-at-admission", "first-token-in-round"])
+def test_rounds_that_feed_an_admission_teach_neither_the_table_nor_the_drafting_rates(tiny, defer):
+    """A round holding a just-admitted row waits, in its sync, for that row's prefill (queued just
+    before it): its time is the admission's, not the mode's or the lengths', so DraftingRates and
+    the SPS table learn only from the other rounds; with the first token read at admission every
+    round counts."""
+    batch = BatchEngine(tiny, NgramDrafter, slots=2, max_draft=3, max_seq_len=96, schedule="adaptive",
+                        sps_table=[100.0] * 8, first_token_in_round=defer)
+    observed = []
+    batch._rates.observe = lambda *a, **k: observed.append(batch.clock.rounds)  # the round about to be counted
+    batch.generate_many(prompts(2, seed=5), SamplingParams(max_new_tokens=6))
+    rounds = batch.clock.rounds
+    assert rounds >= 3
+    assert observed == (list(range(1, rounds)) if defer else list(range(rounds)))  # round 0 admitted both
