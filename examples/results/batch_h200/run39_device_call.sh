@@ -1,10 +1,14 @@
-# run 38: calls A, B, C, D right after staging calls 1-3
+# run 39: calls B, C, D right after staging calls 1-3
 # (GPU.md), each carrying [".stage/4", ".data", ".whl"] (.whl: pydantic 2.12.5, pydantic-core
 # 2.41.5, annotated-types 0.7.0, typing-inspection 0.4.2, tenacity 9.1.2, llguidance 1.9.1).
-# Prepared and run 2026-12-04 (the same session as run 38), after three changes since run 38: the batch SPS table timed at every length of the full row bucket (run 38 timed B = 16 at 4 slots as 2 rows x 8 tokens), rounds that feed an admission kept out of the table and DraftingRates, and the demo rehearsal capturing every round length of the keys it met. Run 38 came after two: the n-gram.s confidences per draft position
+# Prepared and run 2026-12-04, the session of run 38, after three changes since run 38: the batch
+# SPS table timed at every length of the full row bucket (run 38 timed B = 16 at 4 slots as 2 rows
+# x 8 tokens), rounds that feed an admission kept out of the table and of DraftingRates, and the
+# demo's rehearsal capturing every round length of the keys it met. Run 38 came after the n-gram's
+# confidences per draft position
 # (the batch Θ rule had priced every position at one rate) and the n-gram drafter's start moved
 # behind the queued prefill at admission.
-# Call A (`bash run39_device_call.sh A`): every GPU test (route a's batch rows, exact mode).
+# Call A is run 38's (not run here).
 # Call B: the default model's batch table under a steady load (--waves 4), plain, k1, k3, k7, adaptive.
 # Call C: one burst (W=1) of the default model, and the 1.5B shape at C=1,4 (--waves 2).
 # Call D: the agent demo on the GPU, auto against n-gram, 5 alternating runs (issue 12, item 4).
