@@ -81,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sampled answers per prompt, each its own draw (default: 1)")
     r.add_argument("--regen-greedy", action="store_true",
                    help="also one greedy answer per prompt (what greedy decoding meets; default: off)")
+    r.add_argument("--chat-prompts", type=_at_least_0, default=0,
+                   help="have the target write N chat requests itself (sampled after its chat template's user-turn "
+                        "header: T 1.0, top-p 0.95, at most 96 tokens; kept if it closed the turn, is 16+ characters, "
+                        "new and free of chat markup) and answer them like --prompts, into the training mix; saved "
+                        "as out/data/chat_prompts.jsonl and chat_samples.jsonl and reused by later runs (default: 0)")
     c = p.add_argument_group("calibration")
     c.add_argument("--held-out", type=real_in(0.0, 1.0, open_high=True), default=0.05,
                    help="fraction of samples kept for calibration, in [0, 1)")
@@ -131,6 +136,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..model.loading import load_model
     from ..training.agent_data import AgentDataParams
+    from ..training.chat_prompts import ChatPromptParams
     from ..training.data import RegenParams
     from ..training.pipeline import DrafterRecipe
     from ..training.pipeline import run as run_pipeline
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         agent=AgentDataParams(sessions=args.agent_sessions, temperature=args.regen_temperature, top_p=args.regen_top_p,
                               top_k=args.regen_top_k, max_new_tokens=args.agent_max_new_tokens, seed=args.seed,
                               slots=args.agent_slots or (16 if args.device.startswith("cuda") else 1)),
+        chat=ChatPromptParams(prompts=args.chat_prompts, batch_size=args.regen_batch_size, seed=args.seed),
     )
     report = run_pipeline(args.target, target, args.prompts, Path(args.out), recipe,
                           responses=Path(args.responses) if args.responses else None, limit=args.limit,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..datasets import load_prompts
+from ..datasets import PromptRecord, load_prompts
 from ..errors import InvalidRequestError
 
 
@@ -63,13 +63,20 @@ def prompt_ids_for(tokenizer: Any, user_turn: str) -> list[int]:
                                               tokenize=True, return_dict=False))
 
 
-def regenerate(hf_model: Any, tokenizer: Any, prompts_source: str | Path, params: RegenParams, *,
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that closes a chat turn: ``<|im_end|>`` where the vocabulary has it, else EOS."""
+    return tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+
+
+def regenerate(hf_model: Any, tokenizer: Any, prompts_source: str | Path | list[PromptRecord], params: RegenParams, *,
                limit: int | None = None, max_prompt_tokens: int = 512, progress: Any = None) -> list[Sample]:
-    """Answer every prompt's first turn with the target (batched, left-padded HF generate)."""
-    records = load_prompts(prompts_source, limit)
+    """Answer every prompt's first turn with the target (batched, left-padded HF generate).
+    ``prompts_source``: a prompts file or folder, or records already read (chat_prompts.py's)."""
+    given = isinstance(prompts_source, list)
+    records = prompts_source[:limit] if given else load_prompts(prompts_source, limit)
     if not records:
-        raise InvalidRequestError(f"no prompts in {prompts_source}")
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+        raise InvalidRequestError("no prompts to answer" if given else f"no prompts in {prompts_source}")
+    eos = end_of_turn_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [(r.dataset, prompt_ids_for(tokenizer, r.turns[0])[-max_prompt_tokens:]) for r in records]
     if params.answers < 1:
@@ -142,13 +149,19 @@ def has_samples(path: Path) -> bool:
         return False
 
 
-def load_samples(path: Path) -> list[Sample]:
+def read_stored(path: Path) -> str:
+    """The text of ``path`` in whichever form ``stored_samples`` finds it (gzip undone); OSError,
+    ValueError or EOFError when there is none or it does not read."""
     files = stored_samples(path)
+    if not files:
+        raise OSError(f"no {path.name}, {path.name}.gz or {path.name}.gz.part-* in {path.parent}")
+    raw = b"".join(f.read_bytes() for f in files)
+    return (gzip.decompress(raw) if files[0].name != path.name or raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+
+
+def load_samples(path: Path) -> list[Sample]:
     try:
-        if not files:
-            raise OSError(f"no {path.name}, {path.name}.gz or {path.name}.gz.part-* in {path.parent}")
-        raw = b"".join(f.read_bytes() for f in files)
-        text = (gzip.decompress(raw) if files[0].name != path.name or raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+        text = read_stored(path)
         return [Sample(**json.loads(line)) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError, TypeError, EOFError) as exc:
         raise InvalidRequestError(f"{path} is not a samples file written by train-drafter: {exc}") from exc

@@ -1,8 +1,11 @@
-"""train-drafter, end to end: regenerate -> agent sessions -> split -> train online -> calibrate -> export.
+"""train-drafter, end to end: regenerate -> self-written chat -> agent sessions -> split -> train online ->
+calibrate -> export.
 
 Layout of ``out``:
   data/samples.jsonl        the regenerated conversations (reused by later runs and --resume; also
                             read as samples.jsonl.gz or its split parts samples.jsonl.gz.part-*)
+  data/chat_prompts.jsonl   the chat requests the target wrote itself (chat_prompts.py; reused likewise)
+  data/chat_samples.jsonl   their answers, regenerated like samples.jsonl (reused likewise)
   data/agent_samples.jsonl  the agent sessions (agent_data.py; reused likewise)
   checkpoint/               the latest resumable state (checkpoint_state.py: float32 weights and
                             optimizer state in shards of at most 16 MiB, next step, run log)
@@ -34,15 +37,18 @@ from ..errors import InvalidRequestError
 from ..model.loading import LoadedModel
 from ..sampling import SamplingParams
 from .agent_data import AgentDataParams, generate_agent_samples, refuse_eval_prompts, target_backend
+from .chat_prompts import CHAT_DATASET, ChatPromptParams, generate_chat_prompts, load_chat_prompts, save_chat_prompts
 from .checkpoint_state import read_state
-from .data import (RegenParams, Sample, draft_vocabulary, has_samples, load_samples, pick_mask_token, save_samples,
-                   split_held_out)
+from .data import (RegenParams, Sample, draft_vocabulary, has_samples, load_samples, pick_mask_token, regenerate,
+                   save_samples, split_held_out)
 from .dspark_objective import ObjectiveWeights
 from .train_log import TrainLog
 from .trainer import TrainOptions, train
 
 SAMPLES = "samples.jsonl"
 AGENT_SAMPLES = "agent_samples.jsonl"
+CHAT_PROMPTS = "chat_prompts.jsonl"
+CHAT_SAMPLES = "chat_samples.jsonl"
 
 
 @dataclass
@@ -60,26 +66,36 @@ class DrafterRecipe:
     train: TrainOptions = field(default_factory=TrainOptions)
     regen: RegenParams = field(default_factory=RegenParams)
     agent: AgentDataParams = field(default_factory=AgentDataParams)
+    chat: ChatPromptParams = field(default_factory=ChatPromptParams)
+
+
+def load_hf_copy(target_spec: str, target: LoadedModel) -> Any:
+    """The target's weights loaded again through transformers, for its batched ``generate``."""
+    from transformers import AutoModelForCausalLM
+
+    from ..model.loading import resolve_folder
+
+    folder = resolve_folder(target_spec)
+    # use_safetensors: a pytorch_model.bin beside the safetensors is never unpickled
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=target.model.dtype,
+                                                use_safetensors=True).to(target.model.device).eval()
+
+
+def _release(target: LoadedModel) -> None:
+    """After the caller dropped its HF copy: give its device memory back before training."""
+    if target.model.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def regenerate_with_hf(target_spec: str, target: LoadedModel, prompts: str | Path, recipe: DrafterRecipe,
                        limit: int | None, progress: Any = None) -> list[Sample]:
     """Load the same weights through transformers (batched generate) and answer every prompt."""
-    from transformers import AutoModelForCausalLM
-
-    from ..model.loading import resolve_folder
-    from .data import regenerate
-
-    folder = resolve_folder(target_spec)
-    # use_safetensors: a pytorch_model.bin beside the safetensors is never unpickled
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=target.model.dtype,
-                                              use_safetensors=True).to(target.model.device).eval()
+    hf = load_hf_copy(target_spec, target)
     try:
         return regenerate(hf, target.tokenizer, prompts, recipe.regen, limit=limit, progress=progress)
     finally:
         del hf
-        if target.model.device.type == "cuda":
-            torch.cuda.empty_cache()
+        _release(target)
 
 
 def new_drafter_model(target: LoadedModel, recipe: DrafterRecipe, samples: list[Sample]) -> torch.nn.Module:
@@ -134,6 +150,50 @@ def regenerated_samples(target_spec: str, target: LoadedModel, prompts: str | Pa
     return samples
 
 
+def chat_samples(target_spec: str, target: LoadedModel, out: Path, recipe: DrafterRecipe, log: Any,
+                 progress_factory: Any) -> tuple[int, list[Sample]]:
+    """(prompts, samples) of ``recipe.chat`` (none when its prompts are 0): the samples reused from
+    data/chat_samples.jsonl when there; else the requests reused from data/chat_prompts.jsonl when
+    there, else written by the target and saved there; then answered like the training prompts
+    (``recipe.regen``) and saved. The HF copy is loaded again here rather than shared with the
+    regeneration's: a second load only in a run that writes both, and no copy held meanwhile."""
+    params = recipe.chat
+    if params.prompts <= 0:
+        return 0, []
+    prompts_path, samples_path = out / "data" / CHAT_PROMPTS, out / "data" / CHAT_SAMPLES
+    records = load_chat_prompts(prompts_path) if has_samples(prompts_path) else None
+    if records is not None:
+        note = "" if len(records) == params.prompts else f" (not the {params.prompts} asked: delete it to write them again)"
+        log(f"chat prompts: {len(records)} reused from {prompts_path}{note}")
+    if has_samples(samples_path):
+        samples = load_samples(samples_path)
+        log(f"chat samples: {len(samples)} reused from {samples_path}")
+        # the prompts file may not have travelled with them: count the prompts the samples answer
+        return (len(records) if records is not None else len({tuple(prompt_part(s)) for s in samples})), samples
+    hf = load_hf_copy(target_spec, target)
+    try:
+        if records is None:
+            log(f"writing {params.prompts} chat requests with the target ({params})")
+            with progress_factory("chat prompts", params.prompts) if progress_factory else nullcontext() as advance:
+                records = generate_chat_prompts(hf, target.tokenizer, params, progress=advance)
+            if not records:
+                raise InvalidRequestError(f"the target wrote no usable chat request in {params.attempts * params.prompts} "
+                                          "tries (none closed its turn, or all were short, repeated or held chat "
+                                          "markup); run without --chat-prompts")
+            save_chat_prompts(records, prompts_path)
+            note = "" if len(records) == params.prompts else f" (of {params.prompts} asked: the tries ran out)"
+            log(f"chat prompts: {len(records)}{note} -> {prompts_path}")
+        total = len(records) * (recipe.regen.answers + int(recipe.regen.greedy))
+        with progress_factory("answer chat prompts", total) if progress_factory else nullcontext() as advance:
+            samples = regenerate(hf, target.tokenizer, records, recipe.regen, progress=advance)
+    finally:
+        del hf
+        _release(target)
+    save_samples(samples, samples_path)
+    log(f"chat samples: {len(samples)} answered -> {samples_path}")
+    return len(records), samples
+
+
 def agent_samples(target: LoadedModel, prompts: str | Path, out: Path, recipe: DrafterRecipe, limit: int | None,
                   log: Any, progress_factory: Any, backend: Any = None) -> list[Sample]:
     """The agent sessions of ``recipe.agent`` (none when sessions is 0): reused from
@@ -176,9 +236,11 @@ def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, r
     clock_start = t_start if clock_start is None else clock_start
     samples = regenerated_samples(target_spec, target, prompts, out, recipe, responses, limit, log, progress_factory)
     regen_s = time.perf_counter() - t_start
+    chat_prompts, chat = chat_samples(target_spec, target, out, recipe, log, progress_factory)
+    chat_s = time.perf_counter() - t_start - regen_s
     agent = agent_samples(target, prompts, out, recipe, limit, log, progress_factory, agent_backend)
-    agent_s = time.perf_counter() - t_start - regen_s
-    samples = [s for s in samples + agent if s.loss_tokens >= 2]
+    agent_s = time.perf_counter() - t_start - regen_s - chat_s
+    samples = [s for s in samples + agent + chat if s.loss_tokens >= 2]
     if not samples:
         raise InvalidRequestError("no usable training samples (every response was empty)")
     train_set, held_out = split_held_out(samples, recipe.held_out, recipe.train.seed)
@@ -204,7 +266,9 @@ def run(target_spec: str, target: LoadedModel, prompts: str | Path, out: Path, r
     report: dict[str, Any] = {
         "recipe": asdict(recipe), "target": target_spec, "samples": len(samples),
         "agent_samples": sum(s.dataset.startswith("agent-") for s in samples), "train_samples": len(train_set),
-        "held_out_samples": len(held_out), "regenerate_s": regen_s, "agent_sessions_s": agent_s, "train_s": train_s,
+        "held_out_samples": len(held_out), "regenerate_s": regen_s, "agent_sessions_s": agent_s,
+        "chat_prompts": chat_prompts, "chat_samples": sum(s.dataset == CHAT_DATASET for s in samples),
+        "chat_prompts_s": chat_s, "train_s": train_s,
         "next_step": next_step, "steps": recipe.train.steps, "finished": finished,
         "final_loss": _mean_tail(history),
     }
