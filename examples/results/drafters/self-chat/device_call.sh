@@ -3,7 +3,7 @@
 # on the H200, in the device call after staging calls 1-3 (GPU.md), carrying [".stage/4", ".data", ".whl"].
 # default-v3's committed samples are put in out/data first, so only the chat data is generated; the
 # run trains one step and stops (--stop-at-step 1): the data is what this call is for. Brought back
-# gzipped (every file <= 16 MiB); a later run trains on all three files with --resume-free options.
+# gzipped (every file <= 16 MiB); a later run trains on the three sample files together.
 set -u
 mkdir -p /root/stage /root/data /root/work/out/data
 [ -f /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf ] || { cp .stage/4/* /root/stage/ && cat /root/stage/part-0* > /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf; }
