@@ -13,12 +13,14 @@ from agentspark.tools import calculator
 
 
 class _Rehearsed(ScriptedBackend):
-    """A scripted backend standing in for a LocalBackend: ``engine.runner.graphs`` and a reset count."""
+    """A scripted backend standing in for a LocalBackend: ``engine.runner.graphs`` (with the
+    runner's ``capture_lengths``) and a reset count."""
 
     def __init__(self, graphs: bool) -> None:
         super().__init__(["Done."] * 16)
         self.resets = 0
-        self.engine = SimpleNamespace(runner=SimpleNamespace(graphs=graphs), reset=self._reset)
+        self.engine = SimpleNamespace(runner=SimpleNamespace(graphs=graphs, capture_lengths=lambda: 0),
+                                      reset=self._reset)
 
     def _reset(self) -> None:
         self.resets += 1

@@ -81,9 +81,7 @@ def rehearse_session(backends, tools, system: str, sampling) -> bool:  # noqa: A
             # the timed session's drafters start from the confidences the rehearsal left, so they
             # may verify lengths it did not, each a capture inside a timed round (H200, run 38:
             # n-gram's rounds 0 and 3 took 78 and 55 ms against 31 and 6 in run 36)
-            capture = getattr(backend.engine.runner, "capture_lengths", None)
-            if capture is not None:
-                capture()
+            backend.engine.runner.capture_lengths()
     return True
 
 

@@ -50,19 +50,14 @@ class Draft:
 
 class HostDraft(Draft):
     """A deterministic draft made on the host (the n-gram lookup): its tokens and its per-position
-    confidences as lists (one float: the same for every position); ``tokens`` and ``confidences``
-    become tensors only when read. The
+    confidences as lists; ``tokens`` and ``confidences`` become tensors only when read. The
     batch engine reads the lists: two tensors made and read back per row cost ~10 us of a round's
     host time each (x 64 rows on the H200)."""
 
-    def __init__(self, tokens: list[int], confidence: float | list[float]) -> None:  # no dataclass __init__: no tensors
-        if isinstance(confidence, list):
-            if len(confidence) != len(tokens):
-                raise ValueError(f"{len(tokens)} draft tokens but {len(confidence)} confidences")
-            self._confidences = confidence
-        else:
-            self._confidences = [float(confidence)] * len(tokens)
-        self._tokens = tokens
+    def __init__(self, tokens: list[int], confidences: list[float]) -> None:  # no dataclass __init__: no tensors
+        if len(confidences) != len(tokens):
+            raise ValueError(f"{len(tokens)} draft tokens but {len(confidences)} confidences")
+        self._tokens, self._confidences = tokens, confidences
         self._as_tensors: tuple[Tensor, Tensor] | None = None
 
     def _tensors(self) -> tuple[Tensor, Tensor]:

@@ -122,8 +122,7 @@ class NgramDrafter(Drafter):
         conf = self._conf[n]
         if len(conf) < length:
             hits, misses = self._grown(n, length)
-            # float32-rounded in one C pass (np.float32 per value cost ~1 us each)
-            conf[len(conf):] = array("f", [h / (h + m) for h, m in zip(hits[len(conf):], misses[len(conf):])]).tolist()
+            conf[len(conf):] = _conditionals(hits[len(conf):], misses[len(conf):])
         return conf[:length]
 
     def token_rate(self) -> float:
@@ -147,17 +146,15 @@ class NgramDrafter(Drafter):
             return
         decay = self.DECAY
         rate = self._rate[n]
-        if not verified:
-            rate[0], rate[1] = 1.0 + decay * (rate[0] - 1.0), 1.0 + decay * (rate[1] - 1.0)
-        else:
-            rate[0], rate[1] = decay * rate[0] + accepted, decay * rate[1] + (1 if accepted < verified else 0)
-        hits, misses = self._grown(n, max(self._drafted, verified))
+        hits, misses = self._grown(n, self._drafted)  # verified <= drafted
         if not verified:
             # Not verified, nothing learned: drift back towards the prior (1, 1) so that a match
             # length once judged poor gets tried again as the text changes.
+            rate[0], rate[1] = 1.0 + decay * (rate[0] - 1.0), 1.0 + decay * (rate[1] - 1.0)
             for j in range(self._drafted):
                 hits[j], misses[j] = 1.0 + decay * (hits[j] - 1.0), 1.0 + decay * (misses[j] - 1.0)
         else:
+            rate[0], rate[1] = decay * rate[0] + accepted, decay * rate[1] + (1 if accepted < verified else 0)
             # the verify reached d_1 .. d_{a+1} (d_{a+1} only if it was verified): the accepted ones
             # are hits of their position, the first rejected one a miss; deeper ones were not
             # reached and say nothing (their counts are left as they are)
@@ -169,4 +166,10 @@ class NgramDrafter(Drafter):
         conf = self._conf[n]
         upto = min(self._drafted if not verified else min(accepted + 1, verified), len(conf))
         if upto:
-            conf[:upto] = array("f", [h / (h + m) for h, m in zip(hits[:upto], misses[:upto])]).tolist()
+            conf[:upto] = _conditionals(hits[:upto], misses[:upto])
+
+
+def _conditionals(hits: list[float], misses: list[float]) -> list[float]:
+    """hits / (hits + misses) per position, float32-rounded in one C pass (np.float32 per value
+    cost ~1 us each)."""
+    return array("f", [h / (h + m) for h, m in zip(hits, misses)]).tolist()

@@ -133,6 +133,11 @@ class ModelRunner:
         each as even rows as it goes."""
         return {b: (min(rows, b), -(-b // min(rows, b))) for b in batch_sizes(rows * self.max_tokens)}
 
+    def capture_lengths(self) -> int:
+        """Make ready every round length of the round shapes met so far (the CUDA graph runner
+        captures them: DeviceRunner.capture_lengths); nothing to make elsewhere. Returns how many."""
+        return 0
+
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
