@@ -3,6 +3,7 @@ the CPU) and exit 0, printing what they demonstrate."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,16 @@ def test_replay_and_audit(default_model, tmp_path):
     assert rounds[0].request.sampling["tool_choice"] == "calculator" and rounds[0].request.sampling["forced_prefix"] == ""
     assert rounds[0].tool_calls and rounds[0].tool_calls[0].name == "calculator"
     assert rounds[1].request.sampling["tool_choice"] == "auto"
+
+
+def test_ngram_calibration(default_model):
+    """Both estimates are judged on the same verified tokens (same counts and outcomes per
+    position), each predicting a survival probability in (0, 1]."""
+    res = json.loads(run_example("ngram_calibration.py", "--prompts", "2", "--tokens", "24"))
+    assert res["verified_tokens"] > 0
+    own, single = res["per_position"]["positions"], res["single_rate"]["positions"]
+    assert own.keys() == single.keys() and all(own[k]["tokens"] == single[k]["tokens"] for k in own)
+    assert all(own[k]["observed"] == single[k]["observed"] for k in own)
+    for est in (own, single):
+        predicted = [est[k]["predicted"] for k in sorted(est, key=int)]
+        assert all(0 < p <= 1 for p in predicted)
