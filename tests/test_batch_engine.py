@@ -339,7 +339,7 @@ def test_padded_rounds_are_priced_at_their_padded_size(tiny):
         assert 1 in shapes and max(shapes) == 4 * 5
         assert all(runner.round_tokens(r, t, r * t) == b for b, (r, t) in shapes.items() if b > 1)
     # every length is timed at the full batch, which wins a B it shares with fewer rows (2 rows x 4
-    # tokens is not what a round of 3 rows x 2 costs: the H200 put B = 16 9% dearer that way)
+    # tokens is not what a round of 3 rows x 2 costs: the H200 put B = 16 10% dearer that way)
     assert all(fast.probe_shapes(3)[4 * t] == (3, t) for t in range(1, 6))
     confidences = [[0.9, 0.2, 0.1], [0.3], [0.05, 0.05]]
     sps = [100.0 / (1 + 0.1 * b) for b in range(20)]  # every token costs: lengths get cut...

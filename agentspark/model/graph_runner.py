@@ -563,8 +563,9 @@ class DeviceRunner(ModelRunner):
         one with more rows (a round of a full batch is the one the Θ rule prices most). B = 1
         maps to the smallest round (in route b it computes max_tokens). A round's cost follows
         its tokens per row, not only B: at 4 slots (H200, run 38) B = 16 was timed as 2 rows x 8
-        tokens, 9% dearer than 4 x 3, while k3's rounds of 4 x 4 cost what 4 x 3 did, and the
-        rule, told that a third draft token cost 9%, verified 0.89 tokens a round against k3's 1.69."""
+        tokens, 10% dearer than B = 8 (4 x 2), while k3's rounds of 4 x 4 cost within 1% of k1's 4 x 2,
+        and the rule, told that a third draft token cost 10%, verified 0.89 tokens a round against
+        k3's 1.69."""
         counts = sorted({b for b in ROW_BUCKETS if b < rows} | {rows})
         fewer = sorted({self._tokens(t) for t in (1, 2, 3, self.max_tokens) if t <= self.max_tokens})
         every = sorted({self._tokens(t) for t in range(1, self.max_tokens + 1)})
