@@ -80,7 +80,8 @@ def rehearse_session(backends, tools, system: str, sampling) -> bool:  # noqa: A
             backend.engine.reset()
             # the timed session's drafters start from the confidences the rehearsal left, so they
             # may verify lengths it did not, each a capture inside a timed round (H200, run 38:
-            # n-gram's rounds 0 and 3 took 78 and 55 ms against 31 and 6 in run 36)
+            # n-gram's round 0 took 76-78 ms against 31-40 in run 36, one round 3 55 ms against
+            # 6-7; with this, run 39's round 0 took 31-42 ms)
             backend.engine.runner.capture_lengths()
     return True
 
