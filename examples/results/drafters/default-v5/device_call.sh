@@ -5,8 +5,8 @@
 #   default-v3's samples (11,100 greedy + sampled answers to the train prompts), its 1,280 agent
 #   sessions, and the 2,048 self-written chat requests with their 4,096 answers (self-chat/).
 # Part T: v5a = default-v4's recipe (1 layer, bf16) on that data; v5b = 2 layers stored int8.
-#   Both at once (the GPU is far from full with one: ~0.06 s a step at batch 16), --time-budget 480
-#   each. Brought back as one tar split in 15 MiB parts (every file <= 16 MiB).
+#   Both at once, --time-budget 480 each (we expected room for two on the GPU at ~0.06 s a step;
+#   as it ran, each got about half of one's pace: 4,079 and 3,741 steps against default-v4's 7,457). Brought back as one tar split in 15 MiB parts (every file <= 16 MiB).
 # Part E: eval-drafter, every drafted token verified (7), 10 prompts x 256 tokens per eval set,
 #   T = 0 for v5a, v5b, default, ngram; T = 1 (6 prompts) for v5a, v5b, default.
 # Part D: the demo, 5 alternating runs of ngram+<best v5> (what auto would be) and ngram, and the
