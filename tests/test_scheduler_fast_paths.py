@@ -123,3 +123,85 @@ def test_incremental_refit_control_expiry_matters():
     plan = [(2, 0.01)] * 8 + [(1, 0.001)] * 600  # size 2 slow early, then only size 1
     values, log = _observe_all(table, plan)
     assert values is not None and values != _reference_values(table, log, recent=False)
+
+
+# ---- choose_lengths' heap merge against the sort of every candidate it replaced ----------------
+
+# confidences with ties (a few values, exact 0 and 1) or anything in [0, 1]; rows of 0..9 drafts
+conf_st = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), st.floats(0.0, 1.0))
+rows_st = st.lists(st.lists(conf_st, max_size=9), min_size=1, max_size=20)
+
+
+def _padded(rows: int, longest: int, total: int) -> int:  # the CPU runner: every row as long as the longest
+    return rows * longest
+
+
+def _bucketed(rows: int, longest: int, total: int) -> int:  # the graph runner: a row bucket x the longest
+    return (1 << max(0, rows - 1).bit_length()) * longest
+
+
+def _table(draw_values: list[float], size: int) -> list[float]:
+    return [draw_values[i % len(draw_values)] for i in range(size)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows_st, st.lists(st.floats(1.0, 1e4), min_size=1, max_size=8), st.integers(1, 200),
+       st.sampled_from(["total", "padded", "bucketed"]), st.booleans())
+def test_choose_lengths_is_the_sorted_reference(confidences, values, size, kind, by_longest):
+    """Random rows, tables (rising or not) and sizes (B past the table stops it) and each B rule,
+    with the rule's list (by_longest) or its calls: the same lengths as the sort."""
+    from agentspark.scheduler import _total_tokens, choose_lengths, choose_lengths_reference
+
+    sps = _table(values, size)
+    round_tokens = {"total": _total_tokens, "padded": _padded, "bucketed": _bucketed}[kind]
+    rows, longest = len(confidences), 1 + max(len(c) for c in confidences)
+    by = [round_tokens(rows, t, 0) for t in range(longest + 1)] if by_longest and kind != "total" else None
+    assert choose_lengths(confidences, sps, round_tokens, by) == choose_lengths_reference(confidences, sps, round_tokens)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), conf_st), max_size=7),
+                min_size=1, max_size=8), st.lists(st.floats(1.0, 1e4), min_size=1, max_size=8), st.integers(1, 64))
+def test_choose_lengths_outside_unit_interval_is_the_reference(confidences, values, size):
+    """A confidence above 1, below 0 or NaN (a row's survival may rise): the sort decides, as before."""
+    import math
+
+    from agentspark.scheduler import choose_lengths, choose_lengths_reference
+
+    sps = _table(values, size)
+    if any(math.isnan(c) for cs in confidences for c in cs):  # NaN never equals itself: compare as strings
+        assert repr(choose_lengths(confidences, sps)) == repr(choose_lengths_reference(confidences, sps))
+    else:
+        assert choose_lengths(confidences, sps) == choose_lengths_reference(confidences, sps)
+
+
+def test_choose_lengths_control_order_matters():
+    """The control: admitting in row order (not by survival) gives other lengths on this input, so
+    the property test above would see a merge that broke the order."""
+    from agentspark.scheduler import choose_lengths
+
+    confidences = [[0.3, 0.3], [0.9, 0.9]]
+    sps = [100.0, 100.0, 90.0, 60.0, 50.0]
+    # by survival: 0.9 raises Θ (2.9 x 90 > 2 x 100), 0.81 does not (3.71 x 60); in row order 0.3
+    # would come first (2.3 x 90 > 200) and 0.09 stop it: [1, 0]
+    assert choose_lengths(confidences, sps) == [0, 1]
+
+
+def test_tokens_by_longest_is_round_tokens():
+    """The CPU runner's list is its round_tokens at every longest row, in inference mode (padded
+    rows) and out of it (None: B is the total there)."""
+    import torch
+
+    from agentspark.model.runner import make_runner
+    from conftest import ours_from_hf, tiny_hf_model
+
+    model = ours_from_hf(tiny_hf_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1)).model
+    runner = make_runner(model, capacity=64, slots=4, max_tokens=8, graphs=False)
+    with torch.inference_mode():
+        for rows in (1, 2, 4):
+            by = runner.tokens_by_longest(rows)
+            if by is None:
+                assert all(runner.round_tokens(rows, t, total) == total for t in range(1, 9) for total in (rows, 9))
+            else:
+                assert all(by[t] == runner.round_tokens(rows, t, total) for t in range(1, 9) for total in (rows, 9, 30))
+    assert runner.tokens_by_longest(4) is None and runner.round_tokens(4, 3, 7) == 7
