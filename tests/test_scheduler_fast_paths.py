@@ -205,3 +205,74 @@ def test_tokens_by_longest_is_round_tokens():
             else:
                 assert all(by[t] == runner.round_tokens(rows, t, total) for t in range(1, 9) for total in (rows, 9, 30))
     assert runner.tokens_by_longest(4) is None and runner.round_tokens(4, 3, 7) == 7
+
+
+# ---- DraftingRates' medians from sorted copies against sorting each window ----------------------
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 4, 16]), st.booleans(),
+                          st.one_of(st.sampled_from([1e-3, 2e-3, 3e-3]), st.floats(1e-6, 1.0)),
+                          st.one_of(st.none(), st.sampled_from([1e-5, 2e-5]), st.floats(1e-6, 1e-2))),
+                min_size=1, max_size=120))
+def test_sorted_windows_give_the_windows_medians(rounds):
+    """Rounds of a few keys and both modes (ties among the times included): after each, every
+    mode's median (and host median) is ``_median`` of its window."""
+    rates = DraftingRates()
+    for key, drafted, seconds, host in rounds:
+        rates.observe(key, drafted, key + 1, seconds, key=key, host_seconds=host)
+        for table, windows in ((rates._median, rates.seconds), (rates._host_median, rates.host)):
+            assert table == {m: _median(w) for m, w in windows.items() if len(w) >= rates.MIN_ROUNDS}
+        for mode, w in rates.seconds.items():
+            assert rates._sorted[mode] == sorted(w)
+
+
+# ---- NgramDrafter.feedback's slice updates against the loop over positions ----------------------
+
+def _feedback_reference(self, verified: int, accepted: int) -> None:
+    """NgramDrafter.feedback as first written: each position's counts updated in a loop."""
+    from agentspark.drafters.ngram import _conditionals
+
+    n = self._last_n
+    if not n:
+        return
+    decay = self.DECAY
+    rate = self._rate[n]
+    hits, misses = self._grown(n, self._drafted)
+    if not verified:
+        rate[0], rate[1] = 1.0 + decay * (rate[0] - 1.0), 1.0 + decay * (rate[1] - 1.0)
+        for j in range(self._drafted):
+            hits[j], misses[j] = 1.0 + decay * (hits[j] - 1.0), 1.0 + decay * (misses[j] - 1.0)
+    else:
+        rate[0], rate[1] = decay * rate[0] + accepted, decay * rate[1] + (1 if accepted < verified else 0)
+        for j in range(accepted):
+            hits[j], misses[j] = decay * hits[j] + 1.0, decay * misses[j]
+        if accepted < verified:
+            hits[accepted], misses[accepted] = decay * hits[accepted], decay * misses[accepted] + 1.0
+    conf = self._conf[n]
+    upto = min(self._drafted if not verified else min(accepted + 1, verified), len(conf))
+    if upto:
+        conf[:upto] = _conditionals(hits[:upto], misses[:upto])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(0, 8)), min_size=1, max_size=80),
+       st.integers(0, 2**31))
+def test_ngram_feedback_is_the_loop(rounds, seed):
+    """Two drafters on one repetitive text, one learning through the loop: after every round of
+    random room, verified and accepted lengths their counts, rates and confidences are equal."""
+    import random
+
+    from agentspark.drafters.ngram import NgramDrafter
+
+    rng = random.Random(seed)
+    text = [rng.randint(0, 5) for _ in range(40)]
+    fast, ref = NgramDrafter(), NgramDrafter()
+    for i, (room, verified, accepted) in enumerate(rounds):
+        context = text[: 8 + i % 32]
+        a, b = fast.propose(context, room), ref.propose(context, room)
+        assert a.token_list(room) == b.token_list(room) and a.confidence_list() == b.confidence_list()
+        verified = min(verified, len(a))
+        accepted = min(accepted, verified)
+        fast.feedback(verified, accepted)
+        _feedback_reference(ref, verified, accepted)
+        assert (fast._hits, fast._misses, fast._rate, fast._conf) == (ref._hits, ref._misses, ref._rate, ref._conf)
