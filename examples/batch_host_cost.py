@@ -87,7 +87,10 @@ RUN39 = Path(__file__).resolve().parent / "results" / "batch_h200" / "run39_batc
 def h200_table(slots: int) -> list[float]:
     """Run 39's SPS(B) of the default model on the H200 at ``slots`` rows (its measured sizes,
     costs linear between them as SpsTable.measure interpolates): nearly flat up to 16 tokens."""
-    at = json.loads(RUN39.read_text())["models"]["default"]["concurrency"][str(slots)]["modes"]["adaptive"]
+    runs = json.loads(RUN39.read_text())["models"]["default"]["concurrency"]
+    if str(slots) not in runs:
+        raise SystemExit(f"run 39 has no table at C = {slots} (it ran C = {', '.join(runs)}): use --sps measured")
+    at = runs[str(slots)]["modes"]["adaptive"]
     low = {int(b): 1.0 / v for b, v in at["sps_measured_sizes"].items()}
     return [1.0 / (low[b] if b in low else _between(low, b)) for b in range(1, at["sps_len"] + 1)]
 
