@@ -191,6 +191,8 @@ class BatchEngine:
         self.skip_drafting = skip_drafting
         self._table: SpsTable | None = None
         self._can_pay: dict[tuple[int, int, int], bool] = {}  # (rows, table, its version) -> _drafts_can_pay
+        self._plain_key: dict[int, int] = {}  # rows -> _rates_key
+        self._tokens_of: dict[tuple[int, bool], list[int] | None] = {}  # (rows, grad mode) -> _by_longest
         if sps_table is not None:
             self._table = SpsTable(sps_table, fixed=True)
         elif schedule in ("adaptive", "no-early-stop") and self._prototype is not None:
@@ -507,8 +509,12 @@ class BatchEngine:
 
     def _rates_key(self, rows: int) -> int:
         """What a round's cost follows, for DraftingRates: its plain forward's size (the graph
-        runner's row bucket, the row count elsewhere)."""
-        return self.runner.round_tokens(rows, 1, rows)
+        runner's row bucket, the row count elsewhere). Kept per row count: the runner's
+        round_tokens at one token a row is rows whatever the grad mode (the CPU's 1.6 us a call)."""
+        key = self._plain_key.get(rows)
+        if key is None:
+            key = self._plain_key[rows] = self.runner.round_tokens(rows, 1, rows)
+        return key
 
     def _drafts_can_pay(self, rows: int) -> bool:
         """Whether the adaptive schedule could verify anything this round: a draft token is worth
@@ -541,8 +547,17 @@ class BatchEngine:
             # one row (its forward computes its own tokens, padded or not): choose_lengths is
             # choose_length (the candidates are its positions in order), at a third of the host time
             return [choose_length(confidences[0], sps)]
-        choose = choose_lengths if self.schedule == "adaptive" else choose_lengths_no_early_stop
-        return choose(confidences, sps, self.runner.round_tokens)
+        if self.schedule != "adaptive":
+            return choose_lengths_no_early_stop(confidences, sps, self.runner.round_tokens)
+        return choose_lengths(confidences, sps, self.runner.round_tokens, self._by_longest(len(drafts)))
+
+    def _by_longest(self, rows: int) -> list[int] | None:
+        """The runner's ``tokens_by_longest(rows)``, kept per row count: it follows the runner and
+        the grad mode alone (the CPU runner pads rows only in inference mode, which rounds run in)."""
+        key = (rows, torch.is_grad_enabled())
+        if key not in self._tokens_of:
+            self._tokens_of[key] = self.runner.tokens_by_longest(rows)
+        return self._tokens_of[key]
 
     def _release(self, h: BatchRequest) -> None:
         """h leaves its slot, which keeps the K/V of its committed sequence but its last token

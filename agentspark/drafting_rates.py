@@ -7,6 +7,7 @@ choice changes no output distribution.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import deque
 
 
@@ -71,6 +72,9 @@ class DraftingRates:
         # per (key, drafted): the rounds' host seconds before the forward, and their medians
         self.host: dict[tuple[int, bool], deque[float]] = {}
         self._host_median: dict[tuple[int, bool], float] = {}
+        # each window's values sorted, kept as they come and go (_keep): the medians read from them
+        self._sorted: dict[tuple[int, bool], list[float]] = {}
+        self._host_sorted: dict[tuple[int, bool], list[float]] = {}
 
     def observe(self, rows: int, drafted: bool, tokens: int, seconds: float, key: int | None = None,
                 host_seconds: float | None = None) -> None:
@@ -82,15 +86,10 @@ class DraftingRates:
         (33 to 64 rows all run a 64-row forward) share one comparison instead of each row count
         learning its own from scratch as requests finish."""
         key = rows if key is None else key
-        window = self.seconds.setdefault((key, drafted), deque(maxlen=self.WINDOW))
-        window.append(seconds)
-        if len(window) >= self.MIN_ROUNDS:
-            self._median[(key, drafted)] = _median(window)
+        mode = (key, drafted)
+        self._keep(self.seconds, self._sorted, self._median, mode, seconds)
         if host_seconds is not None:
-            host = self.host.setdefault((key, drafted), deque(maxlen=self.WINDOW))
-            host.append(host_seconds)
-            if len(host) >= self.MIN_ROUNDS:
-                self._host_median[(key, drafted)] = _median(host)
+            self._keep(self.host, self._host_sorted, self._host_median, mode, host_seconds)
         if drafted:
             self.gains.append((tokens, rows))
             pool = self._pool
@@ -102,6 +101,26 @@ class DraftingRates:
                 t, r = pool.popleft()
                 self._pool_tokens, self._pool_rows = self._pool_tokens - t, self._pool_rows - r
             self._per_row = self._pool_tokens / self._pool_rows if self._pool_rows else None
+
+    def _keep(self, windows: dict, sorted_of: dict, medians: dict, mode: tuple[int, bool], x: float) -> None:
+        """x into the mode's window (the last WINDOW) and into its sorted copy, in place of the value
+        it pushes out: the median is then read from the copy, where it was two sorts of 16 and
+        their deques made (and dropped) every round, ~10 us of a round's host time in the engine.
+        The copy holds the window's values in sorted's order (times are finite: no NaN), so the
+        medians are the floats ``_median`` gives (``tests/test_scheduler_fast_paths.py``)."""
+        window = windows.get(mode)
+        if window is None:
+            window = windows[mode] = deque(maxlen=self.WINDOW)
+            sorted_of[mode] = []
+        s = sorted_of[mode]
+        if len(window) == window.maxlen:
+            del s[bisect_left(s, window[0])]  # the oldest, about to leave the window
+        window.append(x)
+        insort(s, x)
+        n = len(s)
+        if n >= self.MIN_ROUNDS:
+            m = n // 2
+            medians[mode] = s[m] if n % 2 else (s[m - 1] + s[m]) / 2
 
     def tokens_per_row(self) -> float | None:
         """Committed tokens per row of the latest drafting rounds (``GAIN_ROWS`` rows of them): the

@@ -72,3 +72,16 @@ def test_ngram_calibration(default_model):
     for est in (own, single):
         predicted = [est[k]["predicted"] for k in sorted(est, key=int)]
         assert all(0 < p <= 1 for p in predicted)
+
+
+def test_batch_host_cost(tmp_path):
+    """Both modes run on the tiny model and agree (greedy: each is plain decoding); the per-round
+    host figures come out for each, and the JSON is written."""
+    path = tmp_path / "host.json"
+    res = json.loads(run_example("batch_host_cost.py", "--concurrency", "4", "--repeats", "1", "--new-tokens", "12",
+                                 "--json", str(path)))
+    assert json.loads(path.read_text()) == res and res["sps"] == "h200"
+    at = res["results"]["4"]
+    assert at["identical_outputs"]
+    for mode in ("k3", "adaptive"):
+        assert at[mode]["rounds"] > 0 and all(at[mode][f"{k}_us_per_round"] > 0 for k in ("draft_s", "commit_s", "runner_s"))

@@ -557,6 +557,11 @@ class DeviceRunner(ModelRunner):
         and the Θ rule calls this once a candidate (28 a round at 4 rows of 7 drafts)."""
         return row_bucket(rows) * self._tokens(longest)
 
+    def tokens_by_longest(self, rows: int) -> list[int]:
+        """``round_tokens`` by the longest row alone: every row of a bucket is padded (ModelRunner's)."""
+        bucket = row_bucket(rows)
+        return [bucket * self._tokens(t) for t in range(self.max_tokens + 1)]
+
     def probe_shapes(self, rows: int) -> dict[int, tuple[int, int]]:
         """The row buckets below ``rows`` x 1, 2, 3 and max_tokens per row, and ``rows`` itself x
         every length 1 .. max_tokens (route b: max_tokens only); where two shapes give one B, the

@@ -126,6 +126,12 @@ class ModelRunner:
         row is padded to the longest (``row_forwards``); elsewhere each row runs its own."""
         return rows * longest if shares_forwards(self, rows) else total
 
+    def tokens_by_longest(self, rows: int) -> list[int] | None:
+        """``round_tokens(rows, l, total)`` for l = 0 .. max_tokens where it does not depend on the
+        total (every row padded to the longest: [max_tokens + 1], entry 0 unused), else None. The
+        Θ rule reads it instead of calling round_tokens once a candidate (choose_lengths)."""
+        return [rows * t for t in range(self.max_tokens + 1)] if shares_forwards(self, rows) else None
+
     def probe_shapes(self, rows: int) -> dict[int, tuple[int, int]]:
         """For a batch SPS(B) table over up to ``rows`` rows: B -> (rows, tokens per row) of a
         round whose ``round_tokens`` is B, for the sizes worth timing (1 and the largest among
