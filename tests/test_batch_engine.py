@@ -334,6 +334,11 @@ def test_padded_rounds_are_priced_at_their_padded_size(tiny):
     fast = DeviceRunner(tiny.model, graphs=False, capacity=96, slots=3, max_tokens=5)
     exact = DeviceRunner(tiny.model, graphs=False, exact=True, capacity=96, slots=3, max_tokens=5)
     assert fast.round_tokens(3, 2, 4) == 4 * 2 and exact.round_tokens(3, 2, 4) == 4 * 5
+    # the Θ rule's list (tokens_by_longest) is round_tokens at every longest row, whatever the total
+    for runner in (fast, exact):
+        for rows in (1, 2, 3):
+            by = runner.tokens_by_longest(rows)
+            assert all(by[t] == runner.round_tokens(rows, t, total) for t in range(1, 6) for total in (rows, 7, 15))
     for runner in (fast, exact):
         shapes = runner.probe_shapes(3)
         assert 1 in shapes and max(shapes) == 4 * 5
