@@ -85,3 +85,17 @@ def test_batch_host_cost(tmp_path):
     assert at["identical_outputs"]
     for mode in ("k3", "adaptive"):
         assert at[mode]["rounds"] > 0 and all(at[mode][f"{k}_us_per_round"] > 0 for k in ("draft_s", "commit_s", "runner_s"))
+
+
+def test_eval_summary(tmp_path):
+    """The device calls' τ lines: per drafter, each set's τ and their mean; a missing file is a
+    line that says so, not a stop (the other files are still read)."""
+    rows = [{"drafter": "ngram", "dataset": "gsm8k", "tau": 2.0}, {"drafter": "ngram", "dataset": "mbpp", "tau": 1.5},
+            {"drafter": "default", "dataset": "gsm8k", "tau": 3.0}]
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(rows))
+    out = run_example("eval_summary.py", str(tmp_path / "missing.json"), str(path))
+    lines = out.splitlines()
+    assert "missing.json: No such file or directory" in lines[0]
+    assert lines[1].endswith("ngram {'gsm8k': 2.0, 'mbpp': 1.5} mean 1.75")
+    assert lines[2].endswith("default {'gsm8k': 3.0} mean 3.0")

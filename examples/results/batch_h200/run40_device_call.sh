@@ -8,14 +8,6 @@
 #   ~30 ms against n-gram's 24, and the CPU run could not tell the parts apart).
 # Part B: the default model's batch table under a steady load (--waves 4) at C = 4, 16, 64, for
 #   plain, k1, k3 (the best fixed lengths of runs 38-39 there) and adaptive.
-# The device copy's .git may be stale: tree_sha256 names the working tree that ran.
-set -u
-mkdir -p /root/stage /root/data
-[ -f /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf ] || { cp .stage/4/* /root/stage/ && cat /root/stage/part-0* > /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf; }
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /root/stage/gguf-*.whl .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 AGENTSPARK_DEFAULT_GGUF=/root/stage/SmolLM2-135M-Instruct.Q4_1.gguf
-for d in kernels backends tools traces; do ln -sfn ../$d agentspark/$d; done
-cp -r .data/* /root/data/
-{ git log --oneline -1; git status --short; echo "tree_sha256 $(bash examples/results/batch_h200/tree_sha256.sh)"; } > $OUT/run40_commit.txt
+. examples/device_preamble.sh run40
 timeout 110 python3 examples/session_prefill_phases.py --session demo --drafter ngram --drafter auto --device cuda --dtype bfloat16 --repeats 3 --out $OUT/run40_prefill_phases_demo.json > $OUT/run40_prefill_phases_demo.txt 2>&1; echo "P rc=$?"; tail -30 $OUT/run40_prefill_phases_demo.txt
 timeout 330 python3 examples/batch_bench.py --models default --waves 4 --concurrency 4,16,64 --modes plain,k1,k3,adaptive --time-limit-s 260 --out $OUT/run40_batch_default_w4.json > $OUT/run40_batch_default_w4_log.txt 2>&1; echo "B rc=$?"; tail -20 $OUT/run40_batch_default_w4_log.txt

@@ -10,16 +10,8 @@
 #   E:  eval-drafter T = 0 (10 prompts x 256) for v6, default, ngram and T = 1 (6 prompts) for
 #       v6, default; then, while time is left, the demo alternating ngram+v6 and ngram.
 # ~1,800 s of device time in all: start ~90, staging ~10, T1 ~575, T2 ~560, E ~450.
-set -u
 part=${1:?T1, T2 or E}
-mkdir -p /root/stage /root/data /root/f
-[ -f /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf ] || { cp .stage/4/* /root/stage/ && cat /root/stage/part-0* > /root/stage/SmolLM2-135M-Instruct.Q4_1.gguf; }
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /root/stage/gguf-*.whl .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 AGENTSPARK_DEFAULT_GGUF=/root/stage/SmolLM2-135M-Instruct.Q4_1.gguf
-for d in kernels backends tools traces; do ln -sfn ../$d agentspark/$d; done
-cp -r .data/* /root/data/
-{ git log --oneline -1; git status --short; echo "tree_sha256 $(bash examples/results/batch_h200/tree_sha256.sh)"; } > $OUT/v6${part}_commit.txt
-AS='import sys; from agentspark.cli import main; sys.exit(main(sys.argv[1:]))'
+. examples/device_preamble.sh v6$part
 V6=learned:/root/work/v6/drafter
 TRAIN="train-drafter --target default --method dspark --device cuda --prompts /root/data/train --out /root/work/v6
   --agent-sessions 1280 --agent-slots 64 --num-layers 2 --num-features 3 --markov-rank 32 --draft-vocab 16384
@@ -40,19 +32,7 @@ T2)
 E)
   timeout 200 python3 -c "$AS" eval-drafter --device cuda --dtype bfloat16 --gpu-mode fast --drafter $V6 --drafter default --drafter ngram --prompts /root/data/eval --limit 10 --max-new-tokens 256 --temperature 0.0 --json $OUT/eval_gpu_10x256_T0.json > $OUT/eval_T0.log 2>&1; echo "T0 rc=$?"
   timeout 150 python3 -c "$AS" eval-drafter --device cuda --dtype bfloat16 --gpu-mode fast --drafter $V6 --drafter default --prompts /root/data/eval --limit 6 --max-new-tokens 256 --temperature 1.0 --json $OUT/eval_gpu_6x256_T1.json > $OUT/eval_T1.log 2>&1; echo "T1 rc=$?"
-  python3 - "$OUT" <<'PY'
-import json, sys, collections
-for f in ("eval_gpu_10x256_T0.json", "eval_gpu_6x256_T1.json"):
-    try:
-        rows = json.load(open(f"{sys.argv[1]}/{f}"))
-    except OSError:
-        continue
-    taus = collections.defaultdict(dict)
-    for r in rows:
-        taus[r["drafter"]][r["dataset"]] = round(r["tau"], 3)
-    for d, t in taus.items():
-        print(f, d, t, "mean", round(sum(t.values()) / len(t), 3))
-PY
+  python3 examples/eval_summary.py $OUT/eval_gpu_10x256_T0.json $OUT/eval_gpu_6x256_T1.json
   mkdir -p /root/demo
   for i in 1 2 3 4 5; do for d in ngram+$V6 ngram; do [ $SECONDS -gt 520 ] && break 2; n=$(echo $d | sed 's#learned:/root/work/v6/drafter#v6#; s/+/_/'); timeout 60 python3 -c "$AS" demo --device cuda --dtype bfloat16 --drafter $d > /root/demo/demo_${i}_$n.txt 2>&1; echo "$i $n rc=$? $(grep -E 'speedup over plain' /root/demo/demo_${i}_$n.txt | head -1)"; done; done
   grep -hE "audit \(greedy" /root/demo/demo_*.txt | sort | uniq -c
