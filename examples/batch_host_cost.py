@@ -34,6 +34,7 @@ import platform
 import pstats
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,7 +46,6 @@ from agentspark.commands.bench import _mixed  # noqa: E402
 from agentspark.datasets import load_prompts  # noqa: E402
 from agentspark.prompts import encode_prompt  # noqa: E402
 from agentspark.scheduler import SpsTable, _between  # noqa: E402
-from agentspark.stats import EngineClock  # noqa: E402
 
 PARTS = ("draft_s", "commit_s", "runner_s")
 HOST_CODE = r"batch\.py|scheduler\.py|drafting_rates\.py|drafters/|request\.py|stats\.py|sampling\.py|runner\.py:|\{"
@@ -122,13 +122,12 @@ def one_pass(target, mode: str, prompts: list[list[int]], params: SamplingParams
              sps: str) -> tuple[dict, list[list[int]]]:
     """One fresh engine through every prompt at once: per-round microseconds of each clock part."""
     engine = make_engine(target, mode, len(prompts), sps)
-    before = EngineClock(**vars(engine.clock))
+    before = replace(engine.clock)
     outs = [r.token_ids for r in engine.generate_many(prompts, params)]
-    clock, n = engine.clock, max(1, engine.clock.rounds - before.rounds)
-    fig = {f"{k}_us_per_round": 1e6 * (getattr(clock, k) - getattr(before, k)) / n for k in PARTS}
-    fig["rounds"] = clock.rounds - before.rounds
-    fig["drafting_fraction"] = (clock.drafting_rounds - before.drafting_rounds) / n
-    fig["tokens_per_round"] = sum(len(o) for o in outs) / n / len(prompts)
+    split = engine.clock.since(before)  # per-round ms of each part (batch_bench.py records the same)
+    fig = {f"{k}_us_per_round": 1e3 * split[f"{k}_ms_per_round"] for k in PARTS}
+    fig["rounds"], fig["drafting_fraction"] = split["rounds"], split["drafting_fraction"]
+    fig["tokens_per_round"] = sum(len(o) for o in outs) / max(1, split["rounds"]) / len(prompts)
     return fig, outs
 
 
