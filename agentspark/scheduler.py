@@ -172,7 +172,7 @@ def choose_lengths(confidences: Sequence[Sequence[float]], steps_per_second: Seq
 
 
 def choose_lengths_reference(confidences: Sequence[Sequence[float]], steps_per_second: Sequence[float],
-                   round_tokens: RoundTokens = _total_tokens) -> list[int]:
+                             round_tokens: RoundTokens = _total_tokens) -> list[int]:
     """``choose_lengths`` as first written: every candidate built and sorted (``_candidates``), then
     admitted in that order. The reference the fast path is held equal to (tests), and the path it
     takes where a confidence lies outside [0, 1]."""
